@@ -1,0 +1,33 @@
+# evalbus: `make demo` runs a real batch on the embedded stack; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench up down clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/evalbus demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+up: $(STAMP)
+	$(BIN)/evalbus up
+
+down: $(STAMP)
+	$(BIN)/evalbus down
+
+clean:
+	-$(BIN)/evalbus down
+	rm -rf .evalbus

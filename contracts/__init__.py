@@ -1,0 +1,1 @@
+"""evalbus wire contracts: events, enums, ids and subjects. Pure: no I/O."""

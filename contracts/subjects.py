@@ -1,0 +1,61 @@
+"""The subject catalogue and stream names: the only place subjects are spelled out.
+
+`evalbus.v1.batch.<batch_id>.>` is one batch; `evalbus.v1.batch.*.prompt.queued` is one
+service's work. The version token comes early so a v2 can run beside v1.
+"""
+
+PREFIX = "evalbus.v1"
+
+STREAM_EVENTS = "EVALBUS_EVENTS"
+STREAM_PROGRESS = "EVALBUS_PROGRESS"
+STREAM_DLQ = "EVALBUS_DLQ"
+
+EVENTS_SUBJECTS = f"{PREFIX}.batch.>"
+PROGRESS_SUBJECTS = f"{PREFIX}.progress.>"
+DLQ_SUBJECTS = f"{PREFIX}.dlq.>"
+
+
+def batch_event(batch_id: str, entity: str, verb: str) -> str:
+    return f"{PREFIX}.batch.{batch_id}.{entity}.{verb}"
+
+
+def any_batch(entity: str, verb: str) -> str:
+    """Filter for one kind of event across all batches."""
+    return batch_event("*", entity, verb)
+
+
+def batch_all(batch_id: str) -> str:
+    return f"{PREFIX}.batch.{batch_id}.>"
+
+
+def start_requested(batch_id: str) -> str:
+    return batch_event(batch_id, "start", "requested")
+
+
+def cancel_requested(batch_id: str) -> str:
+    return batch_event(batch_id, "cancel", "requested")
+
+
+def batch_lifecycle(batch_id: str) -> str:
+    """accepted, rejected, completed, ... of one batch."""
+    return batch_event(batch_id, "batch", "*")
+
+
+def progress(batch_id: str) -> str:
+    return f"{PREFIX}.progress.{batch_id}"
+
+
+def dlq(service: str) -> str:
+    return f"{PREFIX}.dlq.{service}"
+
+
+def api(endpoint: str) -> str:
+    return f"{PREFIX}.api.{endpoint}"
+
+
+def batch_id_of(subject: str) -> str | None:
+    """The batch id token of an `evalbus.v1.batch.<id>...` subject, if it is one."""
+    parts = subject.split(".")
+    if len(parts) >= 4 and parts[0] == "evalbus" and parts[1] == "v1" and parts[2] == "batch":
+        return parts[3]
+    return None

@@ -1,0 +1,92 @@
+"""Streams and durable consumers as data. `infra.nats_topology` applies them; services bind.
+
+Consumer settings only take effect when a consumer is created (nats-py binds to an existing
+durable without re-applying config), so they live here, in one place.
+"""
+
+from dataclasses import dataclass, field
+
+from contracts import subjects
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: float
+    duplicate_window_s: float = 600.0
+    max_msgs_per_subject: int = -1
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    durable: str
+    stream: str
+    filter_subject: str
+    ack_wait_s: float
+    max_deliver: int
+    max_ack_pending: int
+    backoff_s: tuple[float, ...] = field(default=())
+
+
+DAY = 86_400.0
+
+# Start commands already acted on, by batch id: a start re-sent hours later (past the stream's
+# dedup window) must not run the batch again.
+KV_STARTS = "evalbus_starts"
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec(subjects.STREAM_EVENTS, (subjects.EVENTS_SUBJECTS,), max_age_s=7 * DAY),
+    # Late joiners read the last snapshot per batch; a few are kept for `nats stream view`.
+    StreamSpec(subjects.STREAM_PROGRESS, (subjects.PROGRESS_SUBJECTS,), max_age_s=DAY, max_msgs_per_subject=5),
+    StreamSpec(subjects.STREAM_DLQ, (subjects.DLQ_SUBJECTS,), max_age_s=30 * DAY),
+)
+
+GENERATOR_START = ConsumerSpec(
+    durable="generator-start-requested",
+    stream=subjects.STREAM_EVENTS,
+    filter_subject=subjects.any_batch("start", "requested"),
+    ack_wait_s=60,
+    max_deliver=10,
+    max_ack_pending=16,
+)
+CHAT_RUNNER_QUEUED = ConsumerSpec(
+    durable="chat-runner-prompt-queued",
+    stream=subjects.STREAM_EVENTS,
+    filter_subject=subjects.any_batch("prompt", "queued"),
+    ack_wait_s=60,
+    max_deliver=10,
+    max_ack_pending=2048,
+)
+JUDGE_RESPONDED = ConsumerSpec(
+    durable="judge-prompt-responded",
+    stream=subjects.STREAM_EVENTS,
+    filter_subject=subjects.any_batch("prompt", "responded"),
+    ack_wait_s=60,
+    max_deliver=10,
+    max_ack_pending=2048,
+)
+SCORER_JUDGED = ConsumerSpec(
+    durable="scorer-prompt-judged",
+    stream=subjects.STREAM_EVENTS,
+    filter_subject=subjects.any_batch("prompt", "judged"),
+    ack_wait_s=30,
+    max_deliver=10,
+    max_ack_pending=4096,
+)
+RECORDER_EVENTS = ConsumerSpec(
+    durable="recorder-events",
+    stream=subjects.STREAM_EVENTS,
+    filter_subject=subjects.EVENTS_SUBJECTS,
+    ack_wait_s=30,
+    max_deliver=20,
+    max_ack_pending=8192,
+)
+
+CONSUMERS: tuple[ConsumerSpec, ...] = (
+    GENERATOR_START,
+    CHAT_RUNNER_QUEUED,
+    JUDGE_RESPONDED,
+    SCORER_JUDGED,
+    RECORDER_EVENTS,
+)

@@ -1,0 +1,262 @@
+"""`evalbus`: run a batch and watch it, read recorded batches, start and stop the embedded stack."""
+
+import asyncio
+import secrets
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from contracts import ids
+from contracts.enums import DEFAULT_CRITERIA, BatchStatus
+from contracts.events import BatchAccepted, BatchConfig, BatchProgress, Case, StartBatchRequested, SuiteRef
+from evalbus import client, render, stack
+from services.generator.suite_loader import SuiteError, builtin_names, iter_cases
+from services.runtime.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+INLINE_LIMIT_BYTES = 512 * 1024
+
+EXIT_REJECTED = 2
+EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
+
+
+def _data_dir() -> Path:
+    return get_settings().data_dir
+
+
+def nats_url() -> str:
+    """EVALBUS_NATS_URL, else the embedded stack that `evalbus up` started."""
+    settings = get_settings()
+    if settings.nats_url:
+        return settings.nats_url
+    state = stack.read_state(settings.data_dir)
+    if state is None:
+        err.print("[red]No NATS server: set EVALBUS_NATS_URL or start the embedded stack with `evalbus up`.[/red]")
+        raise typer.Exit(EXIT_UNREACHABLE)
+    return str(state["nats_url"])
+
+
+def suite_ref(suite: str) -> SuiteRef:
+    """Inline cases for a small readable suite (works with remote services); else a path or a bundled name."""
+    path = Path(suite)
+    if not path.exists() and suite in builtin_names():
+        return SuiteRef(builtin=suite)
+    if path.is_file() and path.stat().st_size <= INLINE_LIMIT_BYTES:
+        try:
+            cases: list[Case] = list(iter_cases(SuiteRef(path=str(path))))
+            return SuiteRef(name=path.name, cases=cases)
+        except SuiteError:
+            pass  # the generator names the problem in its rejection
+    return SuiteRef(name=path.name, path=str(path.resolve()))
+
+
+def new_batch_id() -> str:
+    return ids.new_batch_id(datetime.now(UTC).strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
+
+
+async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | None) -> int:
+    nc = await client.connect(nats_url())
+    started = time.monotonic()
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(), console=err, disable=as_json, transient=False,
+    )
+    task = bar.add_task(f"{start.batch_id} queued", total=None, detail="")
+
+    def accepted(evt: BatchAccepted) -> None:
+        bar.update(task, total=evt.total_prompts, description=f"{start.batch_id} running")
+
+    def progressed(snap: BatchProgress) -> None:
+        bar.update(
+            task, completed=snap.done, total=snap.total,
+            detail=f"responded {snap.responded} · judged {snap.judged} · failed {snap.failed}",
+        )
+
+    follower = client.Follower(start.batch_id, accepted, progressed)
+    try:
+        await follower.subscribe(nc)
+        await client.publish_start(nc, start)
+        with bar:
+            await asyncio.wait_for(follower.done.wait(), timeout_s)
+    except TimeoutError:
+        err.print(f"[red]batch {start.batch_id} did not finish within {timeout_s:g} s; it keeps running "
+                  f"(`evalbus status {start.batch_id}`)[/red]")
+        return EXIT_TIMEOUT
+    finally:
+        await nc.drain()
+    out = follower.outcome
+    if out.rejected is not None:
+        if as_json:
+            console.print_json(out.rejected.model_dump_json())
+        err.print(f"[red]batch {start.batch_id} rejected: {out.rejected.reason}[/red]")
+        return EXIT_REJECTED
+    assert out.completed is not None
+    rep = out.completed.report
+    if as_json:
+        sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
+    else:
+        render.print_report(console, rep)
+        console.print(f"[dim]client wall time {time.monotonic() - started:.2f} s[/dim]")
+    return 1 if rep.status is BatchStatus.FAILED else 0
+
+
+@app.command()
+def run(
+    suite: Annotated[str, typer.Argument(help="JSONL or YAML suite file, or a bundled suite name")],
+    model: Annotated[str, typer.Option(help="model under test")],
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL of the model")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="judge model (default: the model under test)")] = None,
+    judge_base_url: Annotated[str | None, typer.Option(help="judge base URL (default: --base-url)")] = None,
+    criteria: Annotated[str, typer.Option(help="comma-separated judge criteria")] = ",".join(DEFAULT_CRITERIA),
+    threshold: Annotated[float, typer.Option(help="pass mark for every criterion (1-10)")] = 7.0,
+    session_id: Annotated[str | None, typer.Option(help="session tag (default batch-<model>-<UTC time>)")] = None,
+    experiment: Annotated[str | None, typer.Option(help="experiment name, to compare sessions")] = None,
+    concurrency: Annotated[int, typer.Option(help="model calls in flight for this batch")] = 8,
+    timeout: Annotated[float, typer.Option(help="seconds per model call")] = 120.0,
+    retries: Annotated[int, typer.Option(help="retries per model call")] = 2,
+    system_prompt: Annotated[str | None, typer.Option(help="system prompt prepended to every case")] = None,
+    batch_id: Annotated[str | None, typer.Option(help="batch id (default: generated)")] = None,
+    wait_timeout: Annotated[float | None, typer.Option(help="give up following after this many seconds")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Start a batch, follow its progress live, and print its report."""
+    try:
+        config = BatchConfig(
+            model=model, base_url=base_url, judge_model=judge_model, judge_base_url=judge_base_url,
+            criteria=[c.strip() for c in criteria.split(",") if c.strip()], default_threshold=threshold,
+            session_id=session_id, experiment=experiment, concurrency=concurrency, timeout_s=timeout,
+            max_retries=retries, system_prompt=system_prompt,
+        )
+        start = StartBatchRequested(batch_id=batch_id or new_batch_id(), config=config, suite=suite_ref(suite))
+    except ValueError as exc:
+        err.print(f"[red]invalid batch: {exc}[/red]")
+        raise typer.Exit(EXIT_REJECTED) from exc
+    raise typer.Exit(asyncio.run(_run(start, as_json, wait_timeout)))
+
+
+async def _query(kind: str, batch_id: str, as_json: bool) -> int:
+    nc = await client.connect(nats_url())
+    try:
+        if kind == "status":
+            snap = await client.fetch_status(nc, batch_id)
+            if as_json:
+                sys.stdout.write(snap.model_dump_json(indent=2) + "\n")
+            else:
+                render.print_status(console, snap)
+        else:
+            rep = await client.fetch_report(nc, batch_id)
+            if as_json:
+                sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
+            else:
+                render.print_report(console, rep)
+    except client.ApiError as exc:
+        err.print(f"[red]{exc.description}[/red]")
+        return 1
+    except TimeoutError:
+        err.print("[red]no answer from the recorder (is it running?)[/red]")
+        return EXIT_UNREACHABLE
+    finally:
+        await nc.drain()
+    return 0
+
+
+@app.command()
+def status(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Progress of a batch, as recorded."""
+    raise typer.Exit(asyncio.run(_query("status", batch_id, as_json)))
+
+
+@app.command()
+def report(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The report of a batch, as recorded (also while it runs)."""
+    raise typer.Exit(asyncio.run(_query("report", batch_id, as_json)))
+
+
+@app.command()
+def up(
+    latency_ms: Annotated[float, typer.Option(help="fake model latency")] = 20.0,
+) -> None:
+    """Start the embedded stack (nats-server, PostgreSQL, fake model, five services) in the background."""
+    data_dir = _data_dir()
+    try:
+        st = stack.up(data_dir, fake_model={"latency_ms": str(latency_ms)})
+    except RuntimeError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"evalbus is up (data in {data_dir}, logs in {data_dir / 'logs'})")
+    console.print(f"  EVALBUS_NATS_URL={st.nats_url}")
+    console.print(f"  EVALBUS_DATABASE_URL={st.database_url}")
+    console.print(f"  fake model: {st.model_base_url}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the embedded stack that `evalbus up` started."""
+    if stack.down(_data_dir()):
+        console.print("evalbus is down")
+    else:
+        console.print("no embedded stack was running")
+
+
+@app.command()
+def migrate() -> None:
+    """Create streams, consumers and the database schema on the configured servers (deploy step)."""
+    settings = get_settings()
+    from infra.migrate import migrate as run_migrations
+    from infra.nats_topology import apply_topology
+
+    async def go() -> None:
+        for warning in await apply_topology(settings.require_nats_url()):
+            err.print(f"[yellow]{warning}[/yellow]")
+        await run_migrations(settings.require_database_url())
+
+    asyncio.run(go())
+    console.print("streams, consumers and schema are up to date")
+
+
+@app.command()
+def demo(
+    suite: Annotated[str, typer.Option(help="suite to run")] = "customer_support",
+    latency_ms: Annotated[float, typer.Option(help="fake model latency per call")] = 40.0,
+    concurrency: Annotated[int, typer.Option(help="model calls in flight")] = 16,
+) -> None:
+    """A real batch through every service on a fresh embedded stack, then everything is stopped."""
+    data_dir = _data_dir() / "demo"
+    if stack.read_state(data_dir):
+        stack.down(data_dir)
+    console.print("[bold]Starting nats-server, PostgreSQL, the fake model and five services...[/bold]")
+    st = stack.up(data_dir, fake_model={"latency_ms": str(latency_ms), "jitter_ms": str(latency_ms / 2)})
+    code = 1
+    try:
+        console.print(f"  NATS {st.nats_url} · PostgreSQL {st.database_url} · model {st.model_base_url}")
+        config = BatchConfig(
+            model="evalbus-fake", judge_model="evalbus-fake-judge", base_url=st.model_base_url,
+            concurrency=concurrency, experiment="demo",
+        )
+        start = StartBatchRequested(batch_id=new_batch_id(), config=config, suite=suite_ref(suite))
+        import os
+
+        os.environ["EVALBUS_NATS_URL"] = st.nats_url
+        get_settings.cache_clear()
+        code = asyncio.run(_run(start, False, 600))
+    finally:
+        console.print("[bold]Stopping the stack...[/bold]")
+        stack.down(data_dir)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

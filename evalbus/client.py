@@ -1,0 +1,104 @@
+"""What the CLI does over NATS: publish a start command, follow a batch, ask the query API."""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from contracts import subjects
+from contracts.events import (
+    BatchAccepted,
+    BatchCompleted,
+    BatchProgress,
+    BatchRejected,
+    BatchReport,
+    StartBatchRequested,
+)
+
+
+class ApiError(RuntimeError):
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+
+
+async def connect(url: str) -> Client:
+    return await nats.connect(url.split(","), name="evalbus-cli", connect_timeout=5, max_reconnect_attempts=-1)
+
+
+async def publish_start(nc: Client, start: StartBatchRequested) -> None:
+    js = nc.jetstream()
+    await js.publish(
+        subjects.start_requested(start.batch_id),
+        start.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": start.event_id},
+        stream=subjects.STREAM_EVENTS,
+        timeout=10,
+    )
+
+
+@dataclass
+class Outcome:
+    accepted: BatchAccepted | None = None
+    rejected: BatchRejected | None = None
+    completed: BatchCompleted | None = None
+
+
+class Follower:
+    """Listens to one batch's lifecycle and progress subjects (subscribe before publishing)."""
+
+    def __init__(
+        self,
+        batch_id: str,
+        on_accepted: Callable[[BatchAccepted], None],
+        on_progress: Callable[[BatchProgress], None],
+    ) -> None:
+        self.batch_id = batch_id
+        self.on_accepted = on_accepted
+        self.on_progress = on_progress
+        self.outcome = Outcome()
+        self.done = asyncio.Event()
+        self._best = -1
+
+    async def subscribe(self, nc: Client) -> None:
+        await nc.subscribe(subjects.batch_lifecycle(self.batch_id), cb=self._lifecycle)
+        await nc.subscribe(subjects.progress(self.batch_id), cb=self._progress)
+
+    async def _lifecycle(self, msg: Msg) -> None:
+        verb = msg.subject.rsplit(".", 1)[-1]
+        if verb == "accepted" and self.outcome.accepted is None:
+            self.outcome.accepted = BatchAccepted.model_validate_json(msg.data)
+            self.on_accepted(self.outcome.accepted)
+        elif verb == "rejected" and self.outcome.accepted is None:
+            self.outcome.rejected = BatchRejected.model_validate_json(msg.data)
+            self.done.set()
+        elif verb == "completed":
+            self.outcome.completed = BatchCompleted.model_validate_json(msg.data)
+            self.done.set()
+
+    async def _progress(self, msg: Msg) -> None:
+        snap = BatchProgress.model_validate_json(msg.data)
+        if snap.done >= self._best:  # shown monotonically even if snapshots cross on the wire
+            self._best = snap.done
+            self.on_progress(snap)
+
+
+async def query(nc: Client, endpoint: str, batch_id: str, timeout_s: float = 10) -> bytes:
+    reply = await nc.request(subjects.api(f"batch.{endpoint}"), orjson.dumps({"batch_id": batch_id}), timeout=timeout_s)
+    headers = reply.headers or {}
+    if "Nats-Service-Error-Code" in headers:
+        raise ApiError(headers["Nats-Service-Error-Code"], headers.get("Nats-Service-Error", ""))
+    return reply.data
+
+
+async def fetch_report(nc: Client, batch_id: str) -> BatchReport:
+    return BatchReport.model_validate_json(await query(nc, "report", batch_id))
+
+
+async def fetch_status(nc: Client, batch_id: str) -> BatchProgress:
+    return BatchProgress.model_validate_json(await query(nc, "status", batch_id))

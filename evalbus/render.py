@@ -1,0 +1,55 @@
+"""Rendering reports and progress for people (rich) and for programs (JSON)."""
+
+from rich.console import Console
+from rich.table import Table
+
+from contracts.events import BatchProgress, BatchReport
+
+
+def _fmt(value: float | None, spec: str = ".2f", unit: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{unit}"
+
+
+def report_table(rep: BatchReport) -> Table:
+    table = Table(title=f"evalbus report · {rep.batch_id}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    rows = [
+        ("status", rep.status.value),
+        ("model / judge", f"{rep.model} / {rep.judge_model}"),
+        ("suite", rep.suite_name),
+        ("session / experiment", f"{rep.session_id or '—'} / {rep.experiment or '—'}"),
+        ("prompts", f"{rep.total} total · {rep.completed} completed · {rep.failed} failed"),
+        ("pass rate", _fmt(None if rep.pass_rate is None else rep.pass_rate * 100, ".1f", "%")
+         + f" ({rep.passed}/{rep.completed})"),
+        ("mean score", _fmt(rep.mean_score)),
+    ]
+    rows += [
+        (f"  {c.criterion}", f"{_fmt(c.mean_score)} avg · {_fmt(None if c.pass_rate is None else c.pass_rate * 100, '.1f', '%')} pass")
+        for c in rep.criteria
+    ]
+    if rep.failures_by_category:
+        rows.append(("failures", ", ".join(f"{k}: {v}" for k, v in sorted(rep.failures_by_category.items()))))
+    rows += [
+        ("latency p50 / p95", f"{_fmt(rep.latency_p50_ms, '.1f', ' ms')} / {_fmt(rep.latency_p95_ms, '.1f', ' ms')}"),
+        ("tokens in / out", f"{rep.tokens_in:,} / {rep.tokens_out:,}"),
+        ("judge tokens in / out", f"{rep.judge_tokens_in:,} / {rep.judge_tokens_out:,}"),
+        ("estimated cost", f"${rep.cost_usd:.4f}"),
+        ("wall time", _fmt(rep.wall_time_s, ".2f", " s")),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
+
+
+def print_report(console: Console, rep: BatchReport) -> None:
+    console.print(report_table(rep))
+
+
+def print_status(console: Console, snap: BatchProgress) -> None:
+    pct = 100 * snap.done / snap.total if snap.total else 0.0
+    console.print(
+        f"[bold]{snap.batch_id}[/bold] {snap.status.value}: {snap.done}/{snap.total} done ({pct:.1f}%) · "
+        f"{snap.responded} responded · {snap.judged} judged · {snap.scored} scored · {snap.failed} failed · "
+        f"{snap.elapsed_s:.1f} s"
+    )

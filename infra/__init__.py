@@ -1,0 +1,1 @@
+"""Deployment-side code: embedded servers, NATS topology, database migrations, process specs."""

@@ -1,0 +1,86 @@
+"""Creates the streams and durable consumers of `contracts.topology` on a NATS server.
+
+This is the provisioner's job (`evalbus migrate`, the compose `migrate` step): services only
+bind to what exists. Applying twice is harmless; an existing consumer whose config drifted is
+reported, since JetStream cannot change a durable's filter in place.
+"""
+
+import logging
+
+import nats
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from contracts.topology import CONSUMERS, KV_STARTS, STREAMS, ConsumerSpec, StreamSpec
+
+log = logging.getLogger("evalbus.topology")
+
+
+def stream_config(spec: StreamSpec) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=spec.max_age_s,
+        duplicate_window=spec.duplicate_window_s,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
+    )
+
+
+def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        filter_subject=spec.filter_subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait_s,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        backoff=list(spec.backoff_s) or None,
+    )
+
+
+async def apply_topology(nats_url: str, *, user: str | None = None, password: str | None = None) -> list[str]:
+    """Create or update streams, create missing consumers; returns drift warnings."""
+    nc = await nats.connect(nats_url.split(","), user=user, password=password, connect_timeout=5)
+    warnings: list[str] = []
+    try:
+        js = nc.jetstream()
+        for spec in STREAMS:
+            cfg = stream_config(spec)
+            try:
+                await js.stream_info(spec.name)
+                await js.update_stream(cfg)
+            except NotFoundError:
+                await js.add_stream(cfg)
+        try:
+            await js.key_value(KV_STARTS)
+        except BucketNotFoundError:
+            await js.create_key_value(KeyValueConfig(bucket=KV_STARTS, history=1, ttl=30 * 86_400))
+        for cspec in CONSUMERS:
+            want = consumer_config(cspec)
+            try:
+                info = await js.consumer_info(cspec.stream, cspec.durable)
+            except NotFoundError:
+                await js.add_consumer(cspec.stream, want)
+                continue
+            have = info.config
+            if have.filter_subject != want.filter_subject:
+                warnings.append(f"consumer {cspec.durable}: filter {have.filter_subject!r} != {want.filter_subject!r}")
+                continue
+            # ack_wait, max_deliver, max_ack_pending and backoff can be updated in place.
+            await js.add_consumer(cspec.stream, want)
+    finally:
+        await nc.close()
+    for w in warnings:
+        log.warning(w)
+    return warnings

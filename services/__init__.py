@@ -1,0 +1,1 @@
+"""evalbus services: one FastStream app per folder, plus a small shared runtime."""

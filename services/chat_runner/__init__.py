@@ -1,0 +1,1 @@
+"""The chat-runner: sends each queued prompt to the model under test."""

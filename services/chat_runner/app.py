@@ -1,0 +1,36 @@
+"""Chat-runner service: `faststream run --factory services.chat_runner.app:create_app`."""
+
+from faststream import FastStream
+from nats.aio.msg import Msg
+
+from contracts.events import PromptQueued
+from contracts.topology import CHAT_RUNNER_QUEUED
+from services.chat_runner.logic import run_prompt
+from services.runtime.bus import jetstream
+from services.runtime.llm import ChatClient
+from services.runtime.service import consume, new_service
+from services.runtime.settings import get_settings
+from services.runtime.worker import work_one
+
+SERVICE = "chat-runner"
+
+
+def create_app() -> FastStream:
+    settings = get_settings()
+    broker, app = new_service(SERVICE, settings)
+    client = ChatClient(
+        api_key=settings.resolved_api_key(),
+        endpoint_concurrency=settings.endpoint_concurrency,
+        retry_base_s=settings.retry_base_s,
+        retry_max_s=settings.retry_max_s,
+    )
+    app.after_shutdown(client.aclose)
+
+    async def work(evt: PromptQueued) -> object:
+        return await run_prompt(client, evt, settings.model_base_url)
+
+    async def on_prompt_queued(raw: Msg) -> None:
+        await work_one(jetstream(broker), SERVICE, raw, PromptQueued, work, CHAT_RUNNER_QUEUED.ack_wait_s / 3)
+
+    consume(app, broker, SERVICE, CHAT_RUNNER_QUEUED, on_message=on_prompt_queued, slots=settings.worker_slots, batch_size=64)
+    return app

@@ -1,0 +1,50 @@
+"""One prompt through the model under test: a response event, or a failure event with its category."""
+
+from contracts.enums import Stage
+from contracts.events import PromptFailed, PromptQueued, PromptResponded, Usage
+from services.runtime.pricing import cost_usd
+from services.runtime.llm import CallOptions, ChatModel, ModelCallError
+
+
+async def run_prompt(model: ChatModel, evt: PromptQueued, default_base_url: str) -> PromptResponded | PromptFailed:
+    cfg = evt.config
+    opts = CallOptions(
+        model=cfg.model,
+        base_url=cfg.base_url or default_base_url,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+    )
+    messages = [{"role": m.role, "content": m.content} for m in evt.messages]
+    tags = {"X-Evalbus-Prompt-Id": evt.prompt_id, "X-Evalbus-Stage": Stage.CHAT.value}
+    try:
+        done = await model.complete(messages, opts, batch_id=evt.batch_id, batch_limit=cfg.concurrency, tags=tags)
+    except ModelCallError as exc:
+        return PromptFailed(
+            batch_id=evt.batch_id,
+            prompt_id=evt.prompt_id,
+            index=evt.index,
+            stage=Stage.CHAT,
+            category=exc.category,
+            error=str(exc)[:4000],
+            attempts=exc.attempts,
+        )
+    return PromptResponded(
+        batch_id=evt.batch_id,
+        prompt_id=evt.prompt_id,
+        index=evt.index,
+        messages=evt.messages,
+        answer=done.text,
+        finish_reason=done.finish_reason,
+        model=cfg.model,
+        usage=Usage(
+            tokens_in=done.tokens_in,
+            tokens_out=done.tokens_out,
+            latency_ms=done.latency_ms,
+            attempts=done.attempts,
+            cost_usd=cost_usd(cfg.model, cfg, done.tokens_in, done.tokens_out),
+        ),
+        expected=evt.expected,
+        config=cfg,
+    )

@@ -1,0 +1,91 @@
+"""Generator service: `faststream run --factory services.generator.app:create_app`."""
+
+import asyncio
+import logging
+from itertools import islice
+
+from faststream import FastStream
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from pydantic import ValidationError
+
+from contracts import ids, subjects
+from contracts.events import BatchRejected, StartBatchRequested
+from contracts.topology import GENERATOR_START, KV_STARTS
+from services.generator.logic import Plan, plan_batch
+from services.runtime.bus import KeepAlive, dead_letter, describe_error, jetstream, publish_events, settle
+from services.runtime.service import consume, new_service
+from services.runtime.settings import get_settings
+
+log = logging.getLogger("evalbus.generator")
+SERVICE = "generator"
+PUBLISH_CHUNK = 1000
+
+
+async def _reject(js: JetStreamContext, batch_id: str | None, reason: str, errors: list[str]) -> None:
+    if batch_id is None or not ids.is_valid_batch_id(batch_id):
+        return  # nobody can be told: the dead letter keeps it
+    await publish_events(js, [BatchRejected(batch_id=batch_id, reason=reason, errors=errors)])
+
+
+async def _publish_plan(js: JetStreamContext, plan: Plan) -> None:
+    await publish_events(js, [plan.accepted])
+    prompts = plan.prompts()
+    while chunk := list(islice(prompts, PUBLISH_CHUNK)):
+        await publish_events(js, chunk)
+
+
+async def handle_start(js: JetStreamContext, raw: Msg) -> None:
+    """Validate a start command, then publish accepted + every prompt, or a rejection."""
+    subject_batch = subjects.batch_id_of(raw.subject)
+    try:
+        start = StartBatchRequested.model_validate_json(raw.data)
+    except (ValidationError, ValueError) as exc:
+        reason = f"invalid start-batch event: {describe_error(exc)}"
+        await _reject(js, subject_batch, reason, [reason])
+        await dead_letter(js, SERVICE, raw, reason)
+        return
+    if start.batch_id != subject_batch:
+        reason = f"batch_id {start.batch_id!r} in the body does not match the subject's {subject_batch!r}"
+        await _reject(js, subject_batch, reason, [reason])
+        await dead_letter(js, SERVICE, raw, reason)
+        return
+
+    kv = await js.key_value(KV_STARTS)
+    try:
+        seen = await kv.get(start.batch_id)
+        log.info("batch %s was already started (%s); ignoring the repeat", start.batch_id, seen.value)
+        return
+    except KeyNotFoundError:
+        pass
+
+    # Validation reads the whole suite once; keep the event loop free for acks and keep-alives.
+    outcome = await asyncio.to_thread(plan_batch, start)
+    if isinstance(outcome, BatchRejected):
+        await publish_events(js, [outcome])
+        await kv.put(start.batch_id, b"rejected")
+        log.info("rejected batch %s: %s", start.batch_id, outcome.reason)
+        return
+    await _publish_plan(js, outcome)
+    await kv.put(start.batch_id, b"accepted")
+    log.info("accepted batch %s: %d prompts", start.batch_id, outcome.accepted.total_prompts)
+
+
+def create_app() -> FastStream:
+    settings = get_settings()
+    broker, app = new_service(SERVICE, settings)
+
+    async def on_start_requested(raw: Msg) -> None:
+        js = jetstream(broker)
+        try:
+            async with KeepAlive(raw, GENERATOR_START.ack_wait_s / 3):
+                await handle_start(js, raw)
+        except Exception:
+            log.exception("start of %s failed; will retry", raw.subject)
+            await settle([raw], ok=False, delay_s=5)
+            return
+        await settle([raw], ok=True)
+
+    consume(app, broker, SERVICE, GENERATOR_START, on_message=on_start_requested, slots=4)
+    return app

@@ -1,0 +1,37 @@
+"""Judge service: `faststream run --factory services.judge.app:create_app`."""
+
+from faststream import FastStream
+from nats.aio.msg import Msg
+
+from contracts.events import PromptResponded
+from contracts.topology import JUDGE_RESPONDED
+from services.judge.logic import judge_prompt
+from services.runtime.bus import jetstream
+from services.runtime.llm import ChatClient
+from services.runtime.service import consume, new_service
+from services.runtime.settings import get_settings
+from services.runtime.worker import work_one
+
+SERVICE = "judge"
+
+
+def create_app() -> FastStream:
+    settings = get_settings()
+    broker, app = new_service(SERVICE, settings)
+    client = ChatClient(
+        api_key=settings.resolved_api_key(),
+        endpoint_concurrency=settings.endpoint_concurrency,
+        retry_base_s=settings.retry_base_s,
+        retry_max_s=settings.retry_max_s,
+    )
+    app.after_shutdown(client.aclose)
+    default_base_url = settings.judge_base_url or settings.model_base_url
+
+    async def work(evt: PromptResponded) -> object:
+        return await judge_prompt(client, evt, default_base_url)
+
+    async def on_prompt_responded(raw: Msg) -> None:
+        await work_one(jetstream(broker), SERVICE, raw, PromptResponded, work, JUDGE_RESPONDED.ack_wait_s / 3)
+
+    consume(app, broker, SERVICE, JUDGE_RESPONDED, on_message=on_prompt_responded, slots=settings.worker_slots, batch_size=64)
+    return app

@@ -1,0 +1,1 @@
+"""The recorder: the only service that touches PostgreSQL."""

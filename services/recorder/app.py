@@ -1,0 +1,137 @@
+"""Recorder service: `faststream run --factory services.recorder.app:create_app`.
+
+It writes every event in bulk, acks only after commit, and publishes progress and the
+batch-completed event from a flush loop that reads committed rows.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from faststream import FastStream
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from contracts import subjects
+from contracts.enums import BatchStatus
+from contracts.events import EVENT_TYPES, BatchCompleted, Event, StartBatchRequested, CancelBatchRequested
+from contracts.topology import RECORDER_EVENTS
+from services.recorder import reporting
+from services.recorder.api import start_api
+from services.recorder.repository import record
+from services.runtime.bus import encode, jetstream, publish_events
+from services.runtime.service import consume, new_service
+from services.runtime.settings import get_settings
+from services.runtime.worker import work_batch
+
+log = logging.getLogger("evalbus.recorder")
+SERVICE = "recorder"
+# Commands are the generator's to validate; the recorder does not store them.
+PASSED_BY = {(StartBatchRequested.entity, StartBatchRequested.verb), (CancelBatchRequested.entity, CancelBatchRequested.verb)}
+
+
+def parse_event(raw: Msg) -> Event | None:
+    parts = raw.subject.split(".")
+    key = (parts[4], parts[5]) if len(parts) == 6 else ("", "")
+    if key in PASSED_BY:
+        return None
+    cls = EVENT_TYPES.get(key)
+    if cls is None:
+        raise ValueError(f"no event type for subject {raw.subject!r}")
+    return cls.model_validate_json(raw.data)
+
+
+class Recorder:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dirty: set[str] = set()
+
+    async def write(self, events: list[Event | None]) -> Sequence[Event]:
+        mine = [e for e in events if e is not None]
+        if mine:
+            async with self.engine.begin() as conn:
+                self.dirty |= await record(conn, mine)
+        return []
+
+    async def mark_running_dirty(self) -> None:
+        async with self.engine.connect() as conn:
+            self.dirty |= set(await reporting.running_batches(conn))
+
+    async def flush(self, js: JetStreamContext) -> None:
+        batch_ids, self.dirty = self.dirty, set()
+        for batch_id in batch_ids:
+            try:
+                await self._flush_one(js, batch_id)
+            except Exception as exc:
+                log.warning("progress for %s failed (%r); will retry", batch_id, exc)
+                self.dirty.add(batch_id)
+
+    async def _flush_one(self, js: JetStreamContext, batch_id: str) -> None:
+        async with self.engine.connect() as conn:
+            prog = await reporting.progress(conn, batch_id)
+        if prog is None:
+            return
+        finishing = prog.status is BatchStatus.RUNNING and prog.total > 0 and prog.done >= prog.total
+        if finishing:
+            status = reporting.final_status(prog.total, prog.scored, prog.failed)
+            prog = prog.model_copy(update={"status": status})
+            async with self.engine.connect() as conn:
+                rep = await reporting.report(conn, batch_id, status)
+            assert rep is not None
+        await js.publish(subjects.progress(batch_id), encode(prog), stream=subjects.STREAM_PROGRESS, timeout=10)
+        if finishing:
+            # Publish before marking the row: a crash in between re-finds the batch running and
+            # publishes again under the same Nats-Msg-Id.
+            await publish_events(js, [BatchCompleted(batch_id=batch_id, status=rep.status, report=rep)])
+            async with self.engine.begin() as conn:
+                await reporting.store_final(conn, rep)
+            log.info("batch %s finished: %s (%d ok, %d failed)", batch_id, rep.status, rep.completed, rep.failed)
+
+
+def create_app() -> FastStream:
+    settings = get_settings()
+    broker, app = new_service(SERVICE, settings)
+    engine = create_async_engine(settings.require_database_url(), pool_size=5, max_overflow=5, pool_pre_ping=True)
+    recorder = Recorder(engine)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def on_events(raws: list[Msg]) -> None:
+        await work_batch(jetstream(broker), SERVICE, raws, parse_event, recorder.write)
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(settings.progress_interval_s)
+            await recorder.flush(jetstream(broker))
+
+    @app.after_startup
+    async def started() -> None:
+        # Batches left running by a previous recorder get their progress and completion re-checked.
+        while True:
+            try:
+                await recorder.mark_running_dirty()
+                break
+            except Exception as exc:
+                log.warning("database not reachable yet (%r); retrying", exc)
+                await asyncio.sleep(2)
+        app.context.set_global("micro", await start_api(broker.connection, engine))
+        tasks.append(asyncio.create_task(flush_forever()))
+
+    consume(
+        app, broker, SERVICE, RECORDER_EVENTS, on_batch=on_events,
+        batch_size=settings.fetch_batch, max_wait_s=settings.fetch_timeout_s,
+    )
+
+    @app.on_shutdown
+    async def stopping() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @app.after_shutdown
+    async def closed() -> None:
+        await engine.dispose()
+
+    return app

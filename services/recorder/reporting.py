@@ -1,0 +1,156 @@
+"""Progress and reports, computed from committed rows (never from counters kept in memory)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts.enums import BatchStatus
+from contracts.events import BatchProgress, BatchReport, CriterionSummary
+
+_COUNTS = text(
+    """
+    SELECT b.status, b.total_prompts, b.accepted_at, b.finished_at,
+      (SELECT count(*) FROM responses r WHERE r.batch_id = b.batch_id) AS responded,
+      (SELECT count(*) FROM judge_calls j WHERE j.batch_id = b.batch_id) AS judged,
+      (SELECT count(*) FROM scores s WHERE s.batch_id = b.batch_id) AS scored,
+      (SELECT count(DISTINCT f.prompt_id) FROM failures f WHERE f.batch_id = b.batch_id
+         AND NOT EXISTS (SELECT 1 FROM scores s2 WHERE s2.prompt_id = f.prompt_id)) AS failed
+    FROM batches b WHERE b.batch_id = :b
+    """
+)
+
+
+def _elapsed(started: datetime | None, finished: datetime | None) -> float:
+    if started is None:
+        return 0.0
+    return max(0.0, ((finished or datetime.now(UTC)) - started).total_seconds())
+
+
+def final_status(total: int, scored: int, failed: int) -> BatchStatus:
+    if failed == 0:
+        return BatchStatus.COMPLETED
+    if scored == 0:
+        return BatchStatus.FAILED
+    return BatchStatus.PARTIAL_FAILURE
+
+
+async def progress(conn: AsyncConnection, batch_id: str) -> BatchProgress | None:
+    row = (await conn.execute(_COUNTS, {"b": batch_id})).mappings().first()
+    if row is None:
+        return None
+    return BatchProgress(
+        batch_id=batch_id,
+        status=BatchStatus(row["status"]),
+        total=row["total_prompts"],
+        responded=row["responded"],
+        judged=row["judged"],
+        scored=row["scored"],
+        failed=row["failed"],
+        elapsed_s=round(_elapsed(row["accepted_at"], row["finished_at"]), 3),
+    )
+
+
+async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | None = None) -> BatchReport | None:
+    """The batch's figures as committed now; `status` overrides the stored one (when finishing)."""
+    batch = (await conn.execute(text("SELECT * FROM batches WHERE batch_id = :b"), {"b": batch_id})).mappings().first()
+    if batch is None:
+        return None
+    prog = await progress(conn, batch_id)
+    assert prog is not None
+    params = {"b": batch_id}
+    chat: Any = (await conn.execute(text(
+        """
+        SELECT coalesce(sum(tokens_in), 0) AS tin, coalesce(sum(tokens_out), 0) AS tout,
+               coalesce(sum(cost_usd), 0) AS cost,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
+        FROM responses WHERE batch_id = :b
+        """), params)).mappings().one()
+    judge: Any = (await conn.execute(text(
+        "SELECT coalesce(sum(tokens_in), 0) AS tin, coalesce(sum(tokens_out), 0) AS tout,"
+        " coalesce(sum(cost_usd), 0) AS cost FROM judge_calls WHERE batch_id = :b"), params)).mappings().one()
+    verdicts: Any = (await conn.execute(text(
+        "SELECT count(*) FILTER (WHERE passed) AS passed, avg(overall_score) AS mean FROM scores WHERE batch_id = :b"
+    ), params)).mappings().one()
+    per_criterion = {
+        r["criterion"]: r for r in (await conn.execute(text(
+            "SELECT criterion, avg(score) AS mean, avg(passed::int) AS pass_rate, count(*) AS n"
+            " FROM judgments WHERE batch_id = :b GROUP BY criterion"), params)).mappings()
+    }
+    failures = {
+        r["category"]: r["n"] for r in (await conn.execute(text(
+            """
+            SELECT category, count(DISTINCT prompt_id) AS n FROM failures f
+            WHERE batch_id = :b AND NOT EXISTS (SELECT 1 FROM scores s WHERE s.prompt_id = f.prompt_id)
+            GROUP BY category ORDER BY category
+            """), params)).mappings()
+    }
+    config = batch["config"] or {}
+    order = list(config.get("criteria") or []) + sorted(set(per_criterion) - set(config.get("criteria") or []))
+
+    def _round(value: Any, digits: int = 3) -> float | None:
+        return None if value is None else round(float(value), digits)
+
+    criteria = [
+        CriterionSummary(
+            criterion=c,
+            mean_score=_round(per_criterion[c]["mean"]) if c in per_criterion else None,
+            pass_rate=_round(per_criterion[c]["pass_rate"], 4) if c in per_criterion else None,
+            judged=per_criterion[c]["n"] if c in per_criterion else 0,
+        )
+        for c in order
+    ]
+    return BatchReport(
+        batch_id=batch_id,
+        status=status or BatchStatus(batch["status"]),
+        model=batch["model"] or "",
+        judge_model=batch["judge_model"] or "",
+        session_id=batch["session_id"],
+        experiment=batch["experiment_name"],
+        suite_name=batch["suite_name"] or "",
+        total=prog.total,
+        completed=prog.scored,
+        failed=prog.failed,
+        passed=verdicts["passed"],
+        pass_rate=_round(verdicts["passed"] / prog.scored, 4) if prog.scored else None,
+        mean_score=_round(verdicts["mean"]),
+        criteria=criteria,
+        failures_by_category=failures,
+        latency_p50_ms=_round(chat["p50"], 1),
+        latency_p95_ms=_round(chat["p95"], 1),
+        tokens_in=int(chat["tin"]),
+        tokens_out=int(chat["tout"]),
+        judge_tokens_in=int(judge["tin"]),
+        judge_tokens_out=int(judge["tout"]),
+        cost_usd=round(float(chat["cost"]) + float(judge["cost"]), 6),
+        wall_time_s=round(prog.elapsed_s, 3) if batch["accepted_at"] else None,
+        created_at=batch["created_at"],
+        finished_at=batch["finished_at"],
+    )
+
+
+async def store_final(conn: AsyncConnection, rep: BatchReport) -> bool:
+    """Mark a running batch finished with its totals; False if it was already finished."""
+    result = await conn.execute(
+        text(
+            """
+            UPDATE batches SET status = :status, completed_prompts = :completed, failed_prompts = :failed,
+              passed_prompts = :passed, tokens_in = :tin, tokens_out = :tout, cost_usd = :cost,
+              report = CAST(:report AS jsonb), finished_at = now()
+            WHERE batch_id = :b AND status = 'running'
+            """
+        ),
+        {
+            "b": rep.batch_id, "status": rep.status.value, "completed": rep.completed, "failed": rep.failed,
+            "passed": rep.passed, "tin": rep.tokens_in, "tout": rep.tokens_out, "cost": rep.cost_usd,
+            "report": rep.model_dump_json(),
+        },
+    )
+    return bool(result.rowcount)
+
+
+async def running_batches(conn: AsyncConnection) -> list[str]:
+    rows = await conn.execute(text("SELECT batch_id FROM batches WHERE status = 'running'"))
+    return [r[0] for r in rows]

@@ -1,0 +1,111 @@
+"""Writing events as rows: one bulk upsert per table per batch of events, keyed by natural ids.
+
+`execute(insert(...).on_conflict_do_nothing(), [dicts])` takes SQLAlchemy's insertmanyvalues
+path, about 8x faster than one `.values([...])` statement per batch.
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts.enums import BatchStatus
+from contracts.events import (
+    BatchAccepted,
+    BatchRejected,
+    Event,
+    PromptFailed,
+    PromptJudged,
+    PromptQueued,
+    PromptResponded,
+    PromptScored,
+)
+from services.recorder import tables as t
+
+# Parents first, so a batch row exists before the rows that point at it.
+ORDER: tuple[Table, ...] = (
+    t.batches,
+    t.prompts,
+    t.responses,
+    t.judge_calls,
+    t.judgments,
+    t.scores,
+    t.failures,
+)
+
+
+def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
+    """The rows one event contributes (none for events the recorder only passes by)."""
+    if isinstance(evt, BatchAccepted):
+        cfg = evt.config
+        return [(t.batches, {
+            "batch_id": evt.batch_id, "status": BatchStatus.RUNNING.value, "config": cfg.model_dump(mode="json"),
+            "suite_name": evt.suite_name, "model": cfg.model, "judge_model": cfg.effective_judge_model,
+            "session_id": cfg.session_id, "experiment_name": cfg.experiment, "total_prompts": evt.total_prompts,
+            "accepted_at": evt.occurred_at,
+        })]
+    if isinstance(evt, BatchRejected):
+        return [(t.batches, {
+            "batch_id": evt.batch_id, "status": BatchStatus.REJECTED.value, "rejected_reason": evt.reason,
+            "finished_at": evt.occurred_at,
+        })]
+    if isinstance(evt, PromptQueued):
+        return [(t.prompts, {
+            "prompt_id": evt.prompt_id, "batch_id": evt.batch_id, "idx": evt.index, "case_id": evt.case_id,
+            "messages": [m.model_dump() for m in evt.messages], "expected": evt.expected, "metadata": evt.metadata,
+        })]
+    if isinstance(evt, PromptResponded):
+        u = evt.usage
+        return [(t.responses, {
+            "prompt_id": evt.prompt_id, "batch_id": evt.batch_id, "model": evt.model, "answer": evt.answer,
+            "finish_reason": evt.finish_reason, "tokens_in": u.tokens_in, "tokens_out": u.tokens_out,
+            "latency_ms": u.latency_ms, "cost_usd": u.cost_usd, "attempts": u.attempts,
+        })]
+    if isinstance(evt, PromptJudged):
+        u = evt.usage
+        rows: list[tuple[Table, dict[str, Any]]] = [(t.judge_calls, {
+            "prompt_id": evt.prompt_id, "batch_id": evt.batch_id, "judge_model": evt.judge_model,
+            "tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "latency_ms": u.latency_ms,
+            "cost_usd": u.cost_usd, "attempts": u.attempts,
+        })]
+        rows += [(t.judgments, {
+            "prompt_id": evt.prompt_id, "criterion": j.criterion, "batch_id": evt.batch_id, "score": j.score,
+            "passed": j.passed, "judge_model": evt.judge_model,
+            "evidence": {"reasoning": j.reasoning, "confidence": j.confidence, "suggestions": j.suggestions},
+        }) for j in evt.judgments]
+        return rows
+    if isinstance(evt, PromptScored):
+        return [(t.scores, {
+            "prompt_id": evt.prompt_id, "batch_id": evt.batch_id, "overall_score": evt.overall_score,
+            "passed": evt.passed, "criteria_passed": evt.criteria_passed, "reasons": evt.reasons,
+        })]
+    if isinstance(evt, PromptFailed):
+        return [(t.failures, {
+            "prompt_id": evt.prompt_id, "stage": evt.stage.value, "batch_id": evt.batch_id,
+            "category": evt.category.value, "error": evt.error, "attempts": evt.attempts,
+            "raw_output": evt.raw_output,
+        })]
+    return []
+
+
+async def record(conn: AsyncConnection, events: Sequence[Event]) -> set[str]:
+    """Upsert every event's rows; returns the batch ids whose state may have changed."""
+    by_table: dict[Table, list[dict[str, Any]]] = defaultdict(list)
+    touched: set[str] = set()
+    for evt in events:
+        rows = rows_for(evt)
+        if rows:
+            touched.add(evt.batch_id)
+        for table, row in rows:
+            by_table[table].append(row)
+    for table in ORDER:
+        rows = by_table.get(table)
+        if rows:
+            # insertmanyvalues needs every dict to have the same keys
+            keys = set().union(*(r.keys() for r in rows))
+            uniform = [{k: r.get(k) for k in keys} for r in rows]
+            await conn.execute(insert(table).on_conflict_do_nothing(), uniform)
+    return touched

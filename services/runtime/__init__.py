@@ -1,0 +1,1 @@
+"""What every service shares: settings, the NATS connection, publishing, model calls."""

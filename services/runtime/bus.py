@@ -1,0 +1,173 @@
+"""The NATS side every service shares: the broker, pipelined publishing, dead letters.
+
+Publishes go through JetStream's `publish_async` (pipelined, tens of thousands per second)
+with the event's deterministic id as `Nats-Msg-Id`, so a re-publish after a crash is dropped
+by the stream and, past the dedup window, by the recorder's keys.
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from faststream.nats import NatsBroker
+from nats.js.api import PubAck
+from pydantic import BaseModel, ValidationError
+
+from contracts import subjects
+from contracts.events import DeadLetter, Event
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+log = logging.getLogger("evalbus.bus")
+
+PUBLISH_TIMEOUT_S = 30.0
+E = TypeVar("E", bound=BaseModel)
+
+
+class _Lifecycle:
+    stopping = False
+
+
+def make_broker(service: str, nats_url: str) -> NatsBroker:
+    """A broker that reconnects forever and exits the process if the connection is closed for good."""
+
+    async def on_error(exc: Exception) -> None:
+        # Permission violations reach only this callback; elsewhere they look like timeouts.
+        log.error("nats error in %s: %r", service, exc)
+
+    async def on_disconnect() -> None:
+        log.warning("%s disconnected from NATS; reconnecting", service)
+
+    async def on_reconnect() -> None:
+        log.warning("%s reconnected to NATS", service)
+
+    async def on_closed() -> None:
+        if not _Lifecycle.stopping:
+            log.critical("%s: NATS connection closed for good; exiting so a supervisor restarts it", service)
+            os._exit(3)
+
+    return NatsBroker(
+        nats_url.split(","),
+        name=f"evalbus-{service}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        closed_cb=on_closed,
+        inbox_prefix=f"_INBOX.{service}",
+        graceful_timeout=30.0,
+        logger=logging.getLogger(f"evalbus.{service}.broker"),
+        log_level=logging.DEBUG,  # per-message logs stay below the WARNING level set in service.py
+        js_options={"publish_async_max_pending": 4000},
+    )
+
+
+def mark_stopping() -> None:
+    """Called on a deliberate shutdown so the closed-connection callback does not exit(3)."""
+    _Lifecycle.stopping = True
+
+
+def jetstream(broker: NatsBroker) -> "JetStreamContext":
+    return broker.config.connection_state.stream
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+async def publish_events(js: "JetStreamContext", events: Iterable[Event]) -> list[PubAck]:
+    """Publish events pipelined and wait for every PubAck; raises if any is not stored."""
+    futures = [
+        await js.publish_async(ev.subject, encode(ev), headers={"Nats-Msg-Id": ev.event_id}, stream=subjects.STREAM_EVENTS)
+        for ev in events
+    ]
+    if not futures:
+        return []
+    return list(await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT_S))
+
+
+async def publish_raw(
+    js: "JetStreamContext", subject: str, payload: bytes, msg_id: str | None = None, stream: str | None = None
+) -> PubAck:
+    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+    return await js.publish(subject, payload, timeout=PUBLISH_TIMEOUT_S, stream=stream, headers=headers)
+
+
+def stream_seq(msg: "Msg") -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # a core message has no JetStream metadata
+        return None
+
+
+async def dead_letter(js: "JetStreamContext", service: str, msg: "Msg", reason: str) -> None:
+    """Keep a message we cannot use on the DLQ stream, with the reason; the caller then acks it."""
+    seq = stream_seq(msg)
+    letter = DeadLetter(
+        service=service,
+        subject=msg.subject,
+        reason=reason[:4000],
+        payload=msg.data[:65_536].decode("utf-8", errors="replace"),
+        stream_seq=seq,
+    )
+    msg_id = f"dlq-{service}-{seq}" if seq is not None else None
+    await publish_raw(js, subjects.dlq(service), encode(letter), msg_id=msg_id, stream=subjects.STREAM_DLQ)
+    log.warning("dead-lettered %s (seq %s) from %s: %s", msg.subject, seq, service, reason[:300])
+
+
+def parse(model: type[E], data: bytes) -> E:
+    return model.model_validate_json(data)
+
+
+def describe_error(exc: ValidationError | ValueError) -> str:
+    """A short human-readable reason for a validation failure."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors()[:10]:
+            loc = ".".join(str(p) for p in err["loc"]) or "body"
+            parts.append(f"{loc}: {err['msg']}")
+        return "; ".join(parts)
+    return str(exc)
+
+
+async def settle(msgs: Sequence["Msg"], *, ok: bool, delay_s: float = 5.0) -> None:
+    """Ack, or negatively ack with a delay so a transient fault is not a hot redelivery loop."""
+    for m in msgs:
+        try:
+            if ok:
+                await m.ack()
+            else:
+                await m.nak(delay=delay_s)
+        except Exception as exc:  # the connection dropped: the server redelivers after ack_wait
+            log.warning("could not settle %s: %r", m.subject, exc)
+
+
+class KeepAlive:
+    """Tells JetStream a message is still being worked on, so a long model call is not redelivered."""
+
+    def __init__(self, msg: "Msg", every_s: float) -> None:
+        self._msg = msg
+        self._every = every_s
+        self._task: asyncio.Task[Any] | None = None
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            try:
+                await self._msg.in_progress()
+            except Exception as exc:
+                log.debug("in_progress failed: %r", exc)
+
+    async def __aenter__(self) -> "KeepAlive":
+        self._task = asyncio.create_task(self._beat())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()

@@ -1,0 +1,64 @@
+"""Building a service's FastStream app: logging, the broker, and consumers bound to durables."""
+
+import logging
+
+from faststream import FastStream
+from faststream.nats import NatsBroker
+
+from contracts.topology import ConsumerSpec
+from services.runtime.bus import make_broker, mark_stopping
+from services.runtime.consumer import BatchHandler, Consumer, MsgHandler
+from services.runtime.settings import Settings
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # FastStream logs bookkeeping at INFO; that costs CPU and says little.
+    logging.getLogger("faststream").setLevel(logging.WARNING)
+    logging.getLogger("evalbus").setLevel(level.upper())
+
+
+def new_service(service: str, settings: Settings) -> tuple[NatsBroker, FastStream]:
+    configure_logging(settings.log_level)
+    broker = make_broker(service, settings.require_nats_url())
+    logging.getLogger(f"evalbus.{service}.broker").setLevel(logging.WARNING)
+    app = FastStream(broker, logger=logging.getLogger(f"evalbus.{service}"))
+    app.on_shutdown(mark_stopping)
+    return broker, app
+
+
+def consume(
+    app: FastStream,
+    broker: NatsBroker,
+    service: str,
+    spec: ConsumerSpec,
+    *,
+    on_message: MsgHandler | None = None,
+    on_batch: BatchHandler | None = None,
+    slots: int = 1,
+    batch_size: int = 256,
+    max_wait_s: float = 1.0,
+) -> None:
+    """Run a consumer on `spec`'s durable while the app runs; on shutdown, in-flight work drains."""
+    holder: list[Consumer] = []
+
+    async def start() -> None:
+        consumer = Consumer(
+            broker.connection,
+            spec,
+            on_message=on_message,
+            on_batch=on_batch,
+            slots=slots,
+            batch_size=batch_size,
+            max_wait_s=max_wait_s,
+            inbox_prefix=f"_INBOX.{service}",
+        )
+        await consumer.start()
+        holder.append(consumer)
+
+    async def stop() -> None:
+        for consumer in holder:
+            await consumer.stop()
+
+    app.after_startup(start)
+    app.on_shutdown(stop)

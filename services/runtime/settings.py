@@ -1,0 +1,58 @@
+"""Settings for every evalbus process, read from `EVALBUS_*` environment variables.
+
+Every setting has a default that works for the embedded stack (`evalbus up`), which exports
+the URLs of the servers it started to the processes it starts.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVALBUS_", extra="ignore")
+
+    nats_url: str | None = Field(default=None, description="NATS server(s); unset = embedded")
+    database_url: str | None = Field(default=None, description="postgresql+asyncpg URL; unset = embedded")
+    data_dir: Path = Field(default=Path(".evalbus"), description="where the embedded stack keeps its data")
+    log_level: str = "INFO"
+
+    model_base_url: str = Field(
+        default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL when a batch names none"
+    )
+    judge_base_url: str | None = Field(default=None, description="judge base URL when a batch names none")
+    api_key: str | None = Field(default=None, description="bearer token for the model API (never logged)")
+    api_key_file: Path | None = Field(default=None, description="file holding the model API key")
+
+    endpoint_concurrency: int = Field(default=64, ge=1, description="in-flight model calls per endpoint and process")
+    worker_slots: int = Field(default=128, ge=1, description="messages a model-calling service works on at once")
+    retry_base_s: float = Field(default=0.5, ge=0, description="first retry delay (full jitter, doubling)")
+    retry_max_s: float = Field(default=20.0, ge=0, description="longest single retry delay")
+
+    fetch_batch: int = Field(default=256, ge=1, description="messages per pull for batched consumers")
+    fetch_timeout_s: float = Field(default=0.05, gt=0, description="how long a batched pull waits to fill")
+    progress_interval_s: float = Field(default=0.25, gt=0, description="minimum gap between progress snapshots")
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key:
+            return self.api_key
+        if self.api_key_file and self.api_key_file.exists():
+            return self.api_key_file.read_text().strip() or None
+        return None
+
+    def require_nats_url(self) -> str:
+        if not self.nats_url:
+            raise RuntimeError("EVALBUS_NATS_URL is not set: start the stack with `evalbus up` or set it")
+        return self.nats_url
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("EVALBUS_DATABASE_URL is not set: start the stack with `evalbus up` or set it")
+        return self.database_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

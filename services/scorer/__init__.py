@@ -1,0 +1,1 @@
+"""The scorer: turns each prompt's judgments into its verdict."""

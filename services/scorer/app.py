@@ -1,0 +1,38 @@
+"""Scorer service: `faststream run --factory services.scorer.app:create_app`."""
+
+from collections.abc import Sequence
+
+from faststream import FastStream
+from nats.aio.msg import Msg
+
+from contracts.events import Event, PromptJudged
+from contracts.topology import SCORER_JUDGED
+from services.runtime.bus import jetstream
+from services.runtime.service import consume, new_service
+from services.runtime.settings import get_settings
+from services.runtime.worker import work_batch
+from services.scorer.logic import score_prompt
+
+SERVICE = "scorer"
+
+
+def _parse(raw: Msg) -> PromptJudged:
+    return PromptJudged.model_validate_json(raw.data)
+
+
+async def _score(events: list[PromptJudged]) -> Sequence[Event]:
+    return [score_prompt(e) for e in events]
+
+
+def create_app() -> FastStream:
+    settings = get_settings()
+    broker, app = new_service(SERVICE, settings)
+
+    async def on_prompts_judged(raws: list[Msg]) -> None:
+        await work_batch(jetstream(broker), SERVICE, raws, _parse, _score)
+
+    consume(
+        app, broker, SERVICE, SCORER_JUDGED, on_batch=on_prompts_judged,
+        batch_size=settings.fetch_batch, max_wait_s=settings.fetch_timeout_s,
+    )
+    return app
