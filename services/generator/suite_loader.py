@@ -22,6 +22,8 @@ class SuiteError(ValueError):
 
 
 def builtin_names() -> list[str]:
+    if not BUILTIN_DIR.is_dir():
+        return []
     return sorted(p.stem for p in BUILTIN_DIR.iterdir() if p.suffix in SUFFIXES)
 
 

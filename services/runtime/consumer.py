@@ -55,6 +55,7 @@ class Consumer:
         self._max_wait_s = max_wait_s
         self._inbox_prefix = inbox_prefix
         self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._running = False
 
@@ -73,6 +74,10 @@ class Consumer:
             _, pending = await asyncio.wait(self._inflight, timeout=grace_s)
             for task in pending:  # unacked: JetStream redelivers them after ack_wait
                 task.cancel()
+        if self._sub is not None:
+            # An open pull request would otherwise hold a connection drain for its whole timeout.
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
 
     async def _bind(self) -> JetStreamContext.PullSubscription:
         js = self._nc.jetstream()
@@ -80,11 +85,11 @@ class Consumer:
         return await js.pull_subscribe_bind(durable=self._spec.durable, stream=self._spec.stream, **kwargs)
 
     async def _run(self) -> None:
-        sub: JetStreamContext.PullSubscription | None = None
         while self._running:
             try:
-                if sub is None:
-                    sub = await self._bind()
+                if self._sub is None:
+                    self._sub = await self._bind()
+                sub = self._sub
                 if self._on_batch is not None:
                     await self._fetch_batch(sub)
                 else:

@@ -1,0 +1,114 @@
+"""Publishing, consuming, dead letters and acks against a real nats-server with JetStream."""
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Sequence
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from contracts import subjects
+from contracts.events import BatchConfig, DeadLetter, Event, PromptScored
+from contracts.topology import ConsumerSpec
+from infra.nats_topology import consumer_config
+from services.runtime.bus import publish_events
+from services.runtime.consumer import Consumer
+from services.runtime.worker import work_batch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def nc(servers) -> AsyncIterator[Client]:  # type: ignore[no-untyped-def]
+    client = await nats.connect(servers.nats_url)
+    yield client
+    await client.drain()
+
+
+def scored(batch_id: str, i: int) -> PromptScored:
+    return PromptScored(batch_id=batch_id, prompt_id=f"{batch_id}-{i:06d}", index=i, overall_score=7.0, passed=True,
+                        criteria_passed={})
+
+
+async def test_same_event_published_twice_is_stored_once(nc: Client) -> None:
+    js = nc.jetstream()
+    batch_id = "b-dup-" + secrets.token_hex(3)
+    first = await publish_events(js, [scored(batch_id, 0), scored(batch_id, 1)])
+    again = await publish_events(js, [scored(batch_id, 0)])
+    assert not any(a.duplicate for a in first) and again[0].duplicate
+    assert again[0].seq == first[0].seq
+
+
+async def make_consumer(nc: Client, batch_id: str, max_deliver: int = 5) -> ConsumerSpec:
+    spec = ConsumerSpec(durable=f"test-{batch_id}", stream=subjects.STREAM_EVENTS,
+                        filter_subject=subjects.any_batch("prompt", "scored").replace("*", batch_id),
+                        ack_wait_s=30, max_deliver=max_deliver, max_ack_pending=100)
+    await nc.jetstream().add_consumer(spec.stream, consumer_config(spec))
+    return spec
+
+
+async def test_batched_worker_dead_letters_bad_messages_and_keeps_the_rest(nc: Client) -> None:
+    js = nc.jetstream()
+    batch_id = "b-dlq-" + secrets.token_hex(3)
+    spec = await make_consumer(nc, batch_id)
+    await publish_events(js, [scored(batch_id, i) for i in range(5)])
+    subject = subjects.batch_event(batch_id, "prompt", "scored")
+    await js.publish(subject, b"{not json", stream=subjects.STREAM_EVENTS)
+    await js.publish(subject, b'{"batch_id": "%s"}' % batch_id.encode(), stream=subjects.STREAM_EVENTS)
+    dlq = await nc.subscribe(subjects.dlq("test-worker"))
+
+    seen: list[PromptScored] = []
+
+    async def work(events: list[PromptScored]) -> Sequence[Event]:
+        seen.extend(events)
+        return []
+
+    async def on_batch(raws: list[Msg]) -> None:
+        await work_batch(js, "test-worker", raws, lambda m: PromptScored.model_validate_json(m.data), work)
+
+    consumer = Consumer(nc, spec, on_batch=on_batch, batch_size=50, max_wait_s=0.2)
+    await consumer.start()
+    letters = [DeadLetter.model_validate_json((await dlq.next_msg(timeout=10)).data) for _ in range(2)]
+    await asyncio.sleep(0.5)
+    await consumer.stop()
+    assert sorted(e.index for e in seen) == [0, 1, 2, 3, 4]
+    assert {dl.subject for dl in letters} == {subject}
+    assert any("JSON" in dl.reason or "json" in dl.reason for dl in letters)
+    assert any("prompt_id" in dl.reason for dl in letters)
+    info = await js.consumer_info(spec.stream, spec.durable)
+    assert info.num_ack_pending == 0 and info.num_pending == 0  # everything settled, nothing redelivered
+
+
+async def test_failed_work_is_redelivered_with_a_delay_and_not_lost(nc: Client) -> None:
+    js = nc.jetstream()
+    batch_id = "b-nak-" + secrets.token_hex(3)
+    spec = await make_consumer(nc, batch_id)
+    await publish_events(js, [scored(batch_id, i) for i in range(3)])
+    attempts: dict[str, int] = {}
+    done: set[str] = set()
+
+    async def on_message(raw: Msg) -> None:
+        evt = PromptScored.model_validate_json(raw.data)
+        attempts[evt.prompt_id] = attempts.get(evt.prompt_id, 0) + 1
+        if evt.index == 1 and attempts[evt.prompt_id] == 1:
+            await raw.nak(delay=0.2)  # a transient fault, as settle(ok=False) does
+            return
+        done.add(evt.prompt_id)
+        await raw.ack()
+
+    consumer = Consumer(nc, spec, on_message=on_message, slots=4, max_wait_s=0.2)
+    await consumer.start()
+    for _ in range(50):
+        if len(done) == 3:
+            break
+        await asyncio.sleep(0.1)
+    await consumer.stop()
+    assert len(done) == 3 and attempts[f"{batch_id}-000001"] == 2
+
+
+def test_config_is_carried_whole_in_prompt_events() -> None:
+    # The next step needs no lookup: thresholds and criteria travel with the prompt.
+    cfg = BatchConfig(model="m", criteria=["accuracy"], thresholds={"accuracy": 9})
+    assert BatchConfig.model_validate_json(cfg.model_dump_json()).threshold("accuracy") == 9

@@ -1,0 +1,94 @@
+import pytest
+from pydantic import ValidationError
+
+from contracts import ids, subjects
+from contracts.events import (
+    EVENT_TYPES,
+    BatchConfig,
+    Case,
+    ChatMessage,
+    PromptQueued,
+    StartBatchRequested,
+    SuiteRef,
+)
+
+
+def test_prompt_ids_and_event_ids_are_deterministic() -> None:
+    assert ids.prompt_id("b-1", 7) == "b-1-000007"
+    a = PromptQueued(batch_id="b-1", prompt_id="b-1-000007", index=7, messages=[], config=BatchConfig(model="m"))
+    b = PromptQueued(batch_id="b-1", prompt_id="b-1-000007", index=7, messages=[], config=BatchConfig(model="x"))
+    assert a.event_id == b.event_id  # same step of the same prompt: same id, whatever the payload
+    other = PromptQueued(batch_id="b-1", prompt_id="b-1-000008", index=8, messages=[], config=BatchConfig(model="m"))
+    assert other.event_id != a.event_id
+
+
+def test_event_round_trips_as_json_with_its_id() -> None:
+    evt = PromptQueued(
+        batch_id="b-2", prompt_id="b-2-000000", index=0,
+        messages=[ChatMessage(role="user", content="hi")], config=BatchConfig(model="m"),
+    )
+    back = PromptQueued.model_validate_json(evt.model_dump_json())
+    assert back == evt
+    assert back.subject == "evalbus.v1.batch.b-2.prompt.queued"
+
+
+def test_unknown_fields_are_ignored_and_unknown_versions_rejected() -> None:
+    start = StartBatchRequested(batch_id="b-3", config=BatchConfig(model="m"), suite=SuiteRef(builtin="x"))
+    data = start.model_dump(mode="json") | {"added_later": 1}
+    assert StartBatchRequested.model_validate(data) == start
+    with pytest.raises(ValidationError, match="schema_version"):
+        StartBatchRequested.model_validate(data | {"schema_version": 2})
+
+
+@pytest.mark.parametrize("bad", ["has.dot", "has space", "", "x" * 65, "star*"])
+def test_batch_ids_must_be_one_subject_token(bad: str) -> None:
+    assert not ids.is_valid_batch_id(bad)
+    with pytest.raises(ValidationError):
+        StartBatchRequested(batch_id=bad, config=BatchConfig(model="m"), suite=SuiteRef(builtin="x"))
+
+
+def test_case_needs_exactly_one_input() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        Case()
+    with pytest.raises(ValidationError, match="exactly one"):
+        Case(prompt="a", messages=[ChatMessage(role="user", content="b")])
+    with pytest.raises(ValidationError, match="user message"):
+        Case(messages=[ChatMessage(role="system", content="b")])
+
+
+def test_case_chat_prepends_the_batch_system_prompt_once() -> None:
+    assert [m.role for m in Case(prompt="q").chat("be nice")] == ["system", "user"]
+    chat = Case(messages=[ChatMessage(role="system", content="own"), ChatMessage(role="user", content="q")])
+    assert [m.content for m in chat.chat("be nice")] == ["own", "q"]
+
+
+def test_batch_config_validates_criteria_and_thresholds() -> None:
+    cfg = BatchConfig(model="m", criteria=["accuracy", "tone"], thresholds={"tone": 5})
+    assert cfg.threshold("tone") == 5 and cfg.threshold("accuracy") == 7
+    with pytest.raises(ValidationError, match="unknown criterion"):
+        BatchConfig(model="m", criteria=["accuracy"], thresholds={"tone": 5})
+    with pytest.raises(ValidationError, match="between 1 and 10"):
+        BatchConfig(model="m", criteria=["accuracy"], thresholds={"accuracy": 11})
+    with pytest.raises(ValidationError, match="unique"):
+        BatchConfig(model="m", criteria=["accuracy", "accuracy"])
+    with pytest.raises(ValidationError):
+        BatchConfig(model="m", criteria=["Bad Name"])
+    with pytest.raises(ValidationError):
+        BatchConfig(model="m", concurrency=0)
+
+
+def test_suite_ref_needs_exactly_one_source() -> None:
+    with pytest.raises(ValidationError):
+        SuiteRef()
+    with pytest.raises(ValidationError):
+        SuiteRef(path="a.jsonl", builtin="b")
+    assert SuiteRef(path="/x/y/suite.jsonl").display_name == "suite.jsonl"
+
+
+def test_subject_catalogue() -> None:
+    assert subjects.start_requested("b-9") == "evalbus.v1.batch.b-9.start.requested"
+    assert subjects.any_batch("prompt", "queued") == "evalbus.v1.batch.*.prompt.queued"
+    assert subjects.progress("b-9") == "evalbus.v1.progress.b-9"
+    assert subjects.batch_id_of("evalbus.v1.batch.b-9.prompt.scored") == "b-9"
+    assert subjects.batch_id_of("evalbus.v1.progress.b-9") is None
+    assert ("prompt", "scored") in EVENT_TYPES

@@ -1,0 +1,82 @@
+"""compose.yaml and the Dockerfile cannot be run here (no Docker engine), so this reads them and
+checks that every command is one the project really has and every setting is a real one."""
+
+import importlib
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from infra.processes import SERVICES, service_argv
+from services.runtime.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def fake_model_fields() -> set[str]:
+    from services.fake_model.settings import FakeModelSettings
+
+    return {f"EVALBUS_FAKE_MODEL_{name.upper()}" for name in FakeModelSettings.model_fields}
+
+
+def test_every_service_runs_the_same_command_as_the_tests() -> None:
+    services = compose()["services"]
+    by_command = {tuple(svc["command"]): name for name, svc in services.items() if "command" in svc and "build" in svc}
+    for service in SERVICES:
+        assert tuple(service_argv(service)) in by_command, f"{service} is not deployed with {service_argv(service)}"
+        module, attr = service_argv(service)[-1].split(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_every_built_command_exists() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, svc in compose()["services"].items():
+        if "build" not in svc:
+            continue
+        cmd = svc["command"]
+        if cmd[0] == "faststream":
+            assert cmd[1:3] == ["run", "--factory"], name
+        elif cmd[0] == "python":
+            assert cmd[1] == "-m", name
+            importlib.import_module(cmd[2] + ".__main__")
+        else:
+            assert cmd[0] in scripts, f"{name}: {cmd[0]} is not a console script"
+            from evalbus.cli import app
+
+            assert cmd[1] in {c.name or c.callback.__name__ for c in app.registered_commands}, name  # type: ignore[union-attr]
+
+
+def test_every_environment_variable_is_a_real_setting() -> None:
+    known = {f"EVALBUS_{name.upper()}" for name in Settings.model_fields} | fake_model_fields()
+    for name, svc in compose()["services"].items():
+        if "build" not in svc:
+            continue
+        for key in svc.get("environment", {}):
+            assert key in known, f"{name} sets {key}, which no setting reads"
+
+
+def test_services_wait_for_migrations_and_reach_the_servers() -> None:
+    services = compose()["services"]
+    assert services["migrate"]["command"] == ["evalbus", "migrate"]
+    for svc in ("generator", "chat-runner", "judge", "scorer", "recorder"):
+        assert services[svc]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        env = services[svc]["environment"]
+        assert env["EVALBUS_NATS_URL"].startswith("nats://nats:")
+        assert env["EVALBUS_DATABASE_URL"].startswith("postgresql+asyncpg://") and "@postgres:" in env["EVALBUS_DATABASE_URL"]
+    assert "-js" in services["nats"]["command"]
+
+
+def test_dockerfile_installs_every_package_the_commands_import() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for pkg in packages:
+        name = pkg.rstrip("*")
+        assert re.search(rf"^COPY {name} \./{name}$", text, re.M), f"Dockerfile does not copy {name}/"
+    assert re.search(r"^RUN pip install \.", text, re.M)
+    cmd = re.search(r'^CMD \[(.*)\]$', text, re.M)
+    assert cmd and [p.strip().strip('"') for p in cmd.group(1).split(",")] == service_argv("recorder")
