@@ -25,21 +25,15 @@ STATE_FILE = "stack.json"
 
 @dataclass
 class Stack:
+    """Processes of one evalbus deployment; servers are started here or given by URL."""
+
     data_dir: Path
+    nats_url: str = ""
+    database_url: str = ""
     nats: NatsServer | None = None
     postgres: PostgresServer | None = None
     fake_model_port: int | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def nats_url(self) -> str:
-        assert self.nats is not None
-        return self.nats.url
-
-    @property
-    def database_url(self) -> str:
-        assert self.postgres is not None
-        return self.postgres.url
 
     @property
     def model_base_url(self) -> str:
@@ -59,6 +53,7 @@ class Stack:
     def start_servers(self) -> None:
         self.nats = NatsServer(self.data_dir / "nats").start()
         self.postgres = PostgresServer(self.data_dir / "postgres").start()
+        self.nats_url, self.database_url = self.nats.url, self.postgres.url
         asyncio.run(self.provision())
 
     async def provision(self) -> None:
@@ -88,6 +83,12 @@ class Stack:
             for i in range((replicas or {}).get(service, 1)):
                 name = service if i == 0 else f"{service}-{i + 1}"
                 self.spawn(name, service_argv(service), extra_env)
+
+    def stop_services(self, sig: int = signal.SIGTERM) -> None:
+        stop_pids({name: p.pid for name, p in self.procs.items() if name != "fake-model"}, sig=sig)
+        for name in [n for n in self.procs if n != "fake-model"]:
+            self.procs[name].wait()
+            del self.procs[name]
 
     def check_alive(self) -> list[str]:
         """Names of processes that have exited."""
