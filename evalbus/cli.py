@@ -67,8 +67,14 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
     nc = await client.connect(nats_url())
     started = time.monotonic()
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(), console=err, disable=as_json, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=as_json,
+        transient=False,
     )
     task = bar.add_task(f"{start.batch_id} queued", total=None, detail="")
 
@@ -77,7 +83,9 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
 
     def progressed(snap: BatchProgress) -> None:
         bar.update(
-            task, completed=snap.done, total=snap.total,
+            task,
+            completed=snap.done,
+            total=snap.total,
             detail=f"responded {snap.responded} · judged {snap.judged} · failed {snap.failed}",
         )
 
@@ -88,8 +96,10 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
         with bar:
             await asyncio.wait_for(follower.done.wait(), timeout_s)
     except TimeoutError:
-        err.print(f"[red]batch {start.batch_id} did not finish within {timeout_s:g} s; it keeps running "
-                  f"(`evalbus status {start.batch_id}`)[/red]")
+        err.print(
+            f"[red]batch {start.batch_id} did not finish within {timeout_s:g} s; it keeps running "
+            f"(`evalbus status {start.batch_id}`)[/red]"
+        )
         return EXIT_TIMEOUT
     finally:
         await nc.drain()
@@ -131,10 +141,18 @@ def run(
     """Start a batch, follow its progress live, and print its report."""
     try:
         config = BatchConfig(
-            model=model, base_url=base_url, judge_model=judge_model, judge_base_url=judge_base_url,
-            criteria=[c.strip() for c in criteria.split(",") if c.strip()], default_threshold=threshold,
-            session_id=session_id, experiment=experiment, concurrency=concurrency, timeout_s=timeout,
-            max_retries=retries, system_prompt=system_prompt,
+            model=model,
+            base_url=base_url,
+            judge_model=judge_model,
+            judge_base_url=judge_base_url,
+            criteria=[c.strip() for c in criteria.split(",") if c.strip()],
+            default_threshold=threshold,
+            session_id=session_id,
+            experiment=experiment,
+            concurrency=concurrency,
+            timeout_s=timeout,
+            max_retries=retries,
+            system_prompt=system_prompt,
         )
         start = StartBatchRequested(batch_id=batch_id or new_batch_id(), config=config, suite=suite_ref(suite))
     except ValueError as exc:
@@ -239,8 +257,11 @@ def demo(
     try:
         console.print(f"  NATS {st.nats_url} · PostgreSQL {st.database_url} · model {st.model_base_url}")
         config = BatchConfig(
-            model="evalbus-fake", judge_model="evalbus-fake-judge", base_url=st.model_base_url,
-            concurrency=concurrency, experiment="demo",
+            model="evalbus-fake",
+            judge_model="evalbus-fake-judge",
+            base_url=st.model_base_url,
+            concurrency=concurrency,
+            experiment="demo",
         )
         start = StartBatchRequested(batch_id=new_batch_id(), config=config, suite=suite_ref(suite))
         import os

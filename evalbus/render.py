@@ -20,12 +20,18 @@ def report_table(rep: BatchReport) -> Table:
         ("suite", rep.suite_name),
         ("session / experiment", f"{rep.session_id or '—'} / {rep.experiment or '—'}"),
         ("prompts", f"{rep.total} total · {rep.completed} completed · {rep.failed} failed"),
-        ("pass rate", _fmt(None if rep.pass_rate is None else rep.pass_rate * 100, ".1f", "%")
-         + f" ({rep.passed}/{rep.completed})"),
+        (
+            "pass rate",
+            _fmt(None if rep.pass_rate is None else rep.pass_rate * 100, ".1f", "%")
+            + f" ({rep.passed}/{rep.completed})",
+        ),
         ("mean score", _fmt(rep.mean_score)),
     ]
     rows += [
-        (f"  {c.criterion}", f"{_fmt(c.mean_score)} avg · {_fmt(None if c.pass_rate is None else c.pass_rate * 100, '.1f', '%')} pass")
+        (
+            f"  {c.criterion}",
+            f"{_fmt(c.mean_score)} avg · {_fmt(None if c.pass_rate is None else c.pass_rate * 100, '.1f', '%')} pass",
+        )
         for c in rep.criteria
     ]
     if rep.failures_by_category:

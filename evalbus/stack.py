@@ -78,7 +78,9 @@ class Stack:
         proc = self.spawn("fake-model", argv)
         wait_for_port(self.fake_model_port, 30, proc)
 
-    def start_services(self, replicas: Mapping[str, int] | None = None, extra_env: Mapping[str, str] | None = None) -> None:
+    def start_services(
+        self, replicas: Mapping[str, int] | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         for service in SERVICES:
             for i in range((replicas or {}).get(service, 1)):
                 name = service if i == 0 else f"{service}-{i + 1}"

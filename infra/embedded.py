@@ -106,9 +106,10 @@ class PostgresServer:
         # PostgreSQL refuses to run as root; pgserver's convention is a 'pgserver' system user.
         if os.geteuid() != 0:
             return None
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
-        from pgserver._commands import POSTGRES_BIN_PATH
         import stat
+
+        from pgserver._commands import POSTGRES_BIN_PATH
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
         ensure_user_exists("pgserver")
         ensure_prefix_permissions(self.data_dir)
@@ -152,12 +153,18 @@ class PostgresServer:
         self.proc = subprocess.Popen(
             [
                 self._bin("postgres"),
-                "-D", str(self.pgdata),
-                "-p", str(self.port),
-                "-h", "127.0.0.1",
-                "-k", str(sockdir),
-                "-c", "max_connections=200",
-                "-c", "shared_buffers=128MB",
+                "-D",
+                str(self.pgdata),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(sockdir),
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=128MB",
             ],
             stdout=logf,
             stderr=subprocess.STDOUT,
@@ -172,8 +179,19 @@ class PostgresServer:
         deadline = time.monotonic() + 30
         while True:
             probe = subprocess.run(
-                [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres", "-tAc",
-                 f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'"],
+                [
+                    self._bin("psql"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    PG_USER,
+                    "-d",
+                    "postgres",
+                    "-tAc",
+                    f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'",
+                ],
                 capture_output=True,
                 text=True,
             )
@@ -184,8 +202,19 @@ class PostgresServer:
             time.sleep(0.2)
         if probe.stdout.strip() != "1":
             subprocess.run(
-                [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres", "-c",
-                 f"CREATE DATABASE {PG_DB}"],
+                [
+                    self._bin("psql"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    PG_USER,
+                    "-d",
+                    "postgres",
+                    "-c",
+                    f"CREATE DATABASE {PG_DB}",
+                ],
                 check=True,
                 capture_output=True,
             )

@@ -32,5 +32,13 @@ def create_app() -> FastStream:
     async def on_prompt_queued(raw: Msg) -> None:
         await work_one(jetstream(broker), SERVICE, raw, PromptQueued, work, CHAT_RUNNER_QUEUED.ack_wait_s / 3)
 
-    consume(app, broker, SERVICE, CHAT_RUNNER_QUEUED, on_message=on_prompt_queued, slots=settings.worker_slots, batch_size=64)
+    consume(
+        app,
+        broker,
+        SERVICE,
+        CHAT_RUNNER_QUEUED,
+        on_message=on_prompt_queued,
+        slots=settings.worker_slots,
+        batch_size=64,
+    )
     return app

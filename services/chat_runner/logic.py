@@ -2,8 +2,8 @@
 
 from contracts.enums import Stage
 from contracts.events import PromptFailed, PromptQueued, PromptResponded, Usage
-from services.runtime.pricing import cost_usd
 from services.runtime.llm import CallOptions, ChatModel, ModelCallError
+from services.runtime.pricing import cost_usd
 
 
 async def run_prompt(model: ChatModel, evt: PromptQueued, default_base_url: str) -> PromptResponded | PromptFailed:

@@ -33,5 +33,13 @@ def create_app() -> FastStream:
     async def on_prompt_responded(raw: Msg) -> None:
         await work_one(jetstream(broker), SERVICE, raw, PromptResponded, work, JUDGE_RESPONDED.ack_wait_s / 3)
 
-    consume(app, broker, SERVICE, JUDGE_RESPONDED, on_message=on_prompt_responded, slots=settings.worker_slots, batch_size=64)
+    consume(
+        app,
+        broker,
+        SERVICE,
+        JUDGE_RESPONDED,
+        on_message=on_prompt_responded,
+        slots=settings.worker_slots,
+        batch_size=64,
+    )
     return app

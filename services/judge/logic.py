@@ -8,7 +8,9 @@ from services.runtime.llm import CallOptions, ChatModel, ModelCallError
 from services.runtime.pricing import cost_usd
 
 
-def _failed(evt: PromptResponded, category: FailureCategory, error: str, attempts: int, raw: str | None = None) -> PromptFailed:
+def _failed(
+    evt: PromptResponded, category: FailureCategory, error: str, attempts: int, raw: str | None = None
+) -> PromptFailed:
     return PromptFailed(
         batch_id=evt.batch_id,
         prompt_id=evt.prompt_id,
@@ -25,8 +27,15 @@ async def judge_prompt(model: ChatModel, evt: PromptResponded, default_base_url:
     cfg = evt.config
     if not cfg.judge_enabled:
         return PromptJudged(
-            batch_id=evt.batch_id, prompt_id=evt.prompt_id, index=evt.index, judge_model=None, judgments=[],
-            usage=Usage(), answer=evt.answer, expected=evt.expected, config=cfg,
+            batch_id=evt.batch_id,
+            prompt_id=evt.prompt_id,
+            index=evt.index,
+            judge_model=None,
+            judgments=[],
+            usage=Usage(),
+            answer=evt.answer,
+            expected=evt.expected,
+            config=cfg,
         )
     opts = CallOptions(
         model=cfg.effective_judge_model,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
 from contracts.enums import BatchStatus
-from contracts.events import EVENT_TYPES, BatchCompleted, Event, StartBatchRequested, CancelBatchRequested
+from contracts.events import EVENT_TYPES, BatchCompleted, CancelBatchRequested, Event, StartBatchRequested
 from contracts.topology import RECORDER_EVENTS
 from services.recorder import reporting
 from services.recorder.api import start_api
@@ -29,7 +29,10 @@ from services.runtime.worker import work_batch
 log = logging.getLogger("evalbus.recorder")
 SERVICE = "recorder"
 # Commands are the generator's to validate; the recorder does not store them.
-PASSED_BY = {(StartBatchRequested.entity, StartBatchRequested.verb), (CancelBatchRequested.entity, CancelBatchRequested.verb)}
+PASSED_BY = {
+    (StartBatchRequested.entity, StartBatchRequested.verb),
+    (CancelBatchRequested.entity, CancelBatchRequested.verb),
+}
 
 
 def parse_event(raw: Msg) -> Event | None:
@@ -119,8 +122,13 @@ def create_app() -> FastStream:
         tasks.append(asyncio.create_task(flush_forever()))
 
     consume(
-        app, broker, SERVICE, RECORDER_EVENTS, on_batch=on_events,
-        batch_size=settings.fetch_batch, max_wait_s=settings.fetch_timeout_s,
+        app,
+        broker,
+        SERVICE,
+        RECORDER_EVENTS,
+        on_batch=on_events,
+        batch_size=settings.fetch_batch,
+        max_wait_s=settings.fetch_timeout_s,
     )
 
     @app.on_shutdown

@@ -60,32 +60,75 @@ async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | Non
     prog = await progress(conn, batch_id)
     assert prog is not None
     params = {"b": batch_id}
-    chat: Any = (await conn.execute(text(
-        """
+    chat: Any = (
+        (
+            await conn.execute(
+                text(
+                    """
         SELECT coalesce(sum(tokens_in), 0) AS tin, coalesce(sum(tokens_out), 0) AS tout,
                coalesce(sum(cost_usd), 0) AS cost,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
                percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
         FROM responses WHERE batch_id = :b
-        """), params)).mappings().one()
-    judge: Any = (await conn.execute(text(
-        "SELECT coalesce(sum(tokens_in), 0) AS tin, coalesce(sum(tokens_out), 0) AS tout,"
-        " coalesce(sum(cost_usd), 0) AS cost FROM judge_calls WHERE batch_id = :b"), params)).mappings().one()
-    verdicts: Any = (await conn.execute(text(
-        "SELECT count(*) FILTER (WHERE passed) AS passed, avg(overall_score) AS mean FROM scores WHERE batch_id = :b"
-    ), params)).mappings().one()
+        """
+                ),
+                params,
+            )
+        )
+        .mappings()
+        .one()
+    )
+    judge: Any = (
+        (
+            await conn.execute(
+                text(
+                    "SELECT coalesce(sum(tokens_in), 0) AS tin, coalesce(sum(tokens_out), 0) AS tout,"
+                    " coalesce(sum(cost_usd), 0) AS cost FROM judge_calls WHERE batch_id = :b"
+                ),
+                params,
+            )
+        )
+        .mappings()
+        .one()
+    )
+    verdicts: Any = (
+        (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE passed) AS passed, avg(overall_score) AS mean FROM scores WHERE batch_id = :b"
+                ),
+                params,
+            )
+        )
+        .mappings()
+        .one()
+    )
     per_criterion = {
-        r["criterion"]: r for r in (await conn.execute(text(
-            "SELECT criterion, avg(score) AS mean, avg(passed::int) AS pass_rate, count(*) AS n"
-            " FROM judgments WHERE batch_id = :b GROUP BY criterion"), params)).mappings()
+        r["criterion"]: r
+        for r in (
+            await conn.execute(
+                text(
+                    "SELECT criterion, avg(score) AS mean, avg(passed::int) AS pass_rate, count(*) AS n"
+                    " FROM judgments WHERE batch_id = :b GROUP BY criterion"
+                ),
+                params,
+            )
+        ).mappings()
     }
     failures = {
-        r["category"]: r["n"] for r in (await conn.execute(text(
-            """
+        r["category"]: r["n"]
+        for r in (
+            await conn.execute(
+                text(
+                    """
             SELECT category, count(DISTINCT prompt_id) AS n FROM failures f
             WHERE batch_id = :b AND NOT EXISTS (SELECT 1 FROM scores s WHERE s.prompt_id = f.prompt_id)
             GROUP BY category ORDER BY category
-            """), params)).mappings()
+            """
+                ),
+                params,
+            )
+        ).mappings()
     }
     config = batch["config"] or {}
     order = list(config.get("criteria") or []) + sorted(set(per_criterion) - set(config.get("criteria") or []))
@@ -143,8 +186,14 @@ async def store_final(conn: AsyncConnection, rep: BatchReport) -> bool:
             """
         ),
         {
-            "b": rep.batch_id, "status": rep.status.value, "completed": rep.completed, "failed": rep.failed,
-            "passed": rep.passed, "tin": rep.tokens_in, "tout": rep.tokens_out, "cost": rep.cost_usd,
+            "b": rep.batch_id,
+            "status": rep.status.value,
+            "completed": rep.completed,
+            "failed": rep.failed,
+            "passed": rep.passed,
+            "tin": rep.tokens_in,
+            "tout": rep.tokens_out,
+            "cost": rep.cost_usd,
             "report": rep.model_dump_json(),
         },
     )

@@ -41,53 +41,131 @@ def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
     """The rows one event contributes (none for events the recorder only passes by)."""
     if isinstance(evt, BatchAccepted):
         cfg = evt.config
-        return [(t.batches, {
-            "batch_id": evt.batch_id, "status": BatchStatus.RUNNING.value, "config": cfg.model_dump(mode="json"),
-            "suite_name": evt.suite_name, "model": cfg.model, "judge_model": cfg.effective_judge_model,
-            "session_id": cfg.session_id, "experiment_name": cfg.experiment, "total_prompts": evt.total_prompts,
-            "accepted_at": evt.occurred_at,
-        })]
+        return [
+            (
+                t.batches,
+                {
+                    "batch_id": evt.batch_id,
+                    "status": BatchStatus.RUNNING.value,
+                    "config": cfg.model_dump(mode="json"),
+                    "suite_name": evt.suite_name,
+                    "model": cfg.model,
+                    "judge_model": cfg.effective_judge_model,
+                    "session_id": cfg.session_id,
+                    "experiment_name": cfg.experiment,
+                    "total_prompts": evt.total_prompts,
+                    "accepted_at": evt.occurred_at,
+                },
+            )
+        ]
     if isinstance(evt, BatchRejected):
-        return [(t.batches, {
-            "batch_id": evt.batch_id, "status": BatchStatus.REJECTED.value, "rejected_reason": evt.reason,
-            "finished_at": evt.occurred_at,
-        })]
+        return [
+            (
+                t.batches,
+                {
+                    "batch_id": evt.batch_id,
+                    "status": BatchStatus.REJECTED.value,
+                    "rejected_reason": evt.reason,
+                    "finished_at": evt.occurred_at,
+                },
+            )
+        ]
     if isinstance(evt, PromptQueued):
-        return [(t.prompts, {
-            "prompt_id": evt.prompt_id, "batch_id": evt.batch_id, "idx": evt.index, "case_id": evt.case_id,
-            "messages": [m.model_dump() for m in evt.messages], "expected": evt.expected, "metadata": evt.metadata,
-        })]
+        return [
+            (
+                t.prompts,
+                {
+                    "prompt_id": evt.prompt_id,
+                    "batch_id": evt.batch_id,
+                    "idx": evt.index,
+                    "case_id": evt.case_id,
+                    "messages": [m.model_dump() for m in evt.messages],
+                    "expected": evt.expected,
+                    "metadata": evt.metadata,
+                },
+            )
+        ]
     if isinstance(evt, PromptResponded):
         u = evt.usage
-        return [(t.responses, {
-            "prompt_id": evt.prompt_id, "batch_id": evt.batch_id, "model": evt.model, "answer": evt.answer,
-            "finish_reason": evt.finish_reason, "tokens_in": u.tokens_in, "tokens_out": u.tokens_out,
-            "latency_ms": u.latency_ms, "cost_usd": u.cost_usd, "attempts": u.attempts,
-        })]
+        return [
+            (
+                t.responses,
+                {
+                    "prompt_id": evt.prompt_id,
+                    "batch_id": evt.batch_id,
+                    "model": evt.model,
+                    "answer": evt.answer,
+                    "finish_reason": evt.finish_reason,
+                    "tokens_in": u.tokens_in,
+                    "tokens_out": u.tokens_out,
+                    "latency_ms": u.latency_ms,
+                    "cost_usd": u.cost_usd,
+                    "attempts": u.attempts,
+                },
+            )
+        ]
     if isinstance(evt, PromptJudged):
         u = evt.usage
-        rows: list[tuple[Table, dict[str, Any]]] = [(t.judge_calls, {
-            "prompt_id": evt.prompt_id, "batch_id": evt.batch_id, "judge_model": evt.judge_model,
-            "tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "latency_ms": u.latency_ms,
-            "cost_usd": u.cost_usd, "attempts": u.attempts,
-        })]
-        rows += [(t.judgments, {
-            "prompt_id": evt.prompt_id, "criterion": j.criterion, "batch_id": evt.batch_id, "score": j.score,
-            "passed": j.passed, "judge_model": evt.judge_model,
-            "evidence": {"reasoning": j.reasoning, "confidence": j.confidence, "suggestions": j.suggestions},
-        }) for j in evt.judgments]
+        rows: list[tuple[Table, dict[str, Any]]] = [
+            (
+                t.judge_calls,
+                {
+                    "prompt_id": evt.prompt_id,
+                    "batch_id": evt.batch_id,
+                    "judge_model": evt.judge_model,
+                    "tokens_in": u.tokens_in,
+                    "tokens_out": u.tokens_out,
+                    "latency_ms": u.latency_ms,
+                    "cost_usd": u.cost_usd,
+                    "attempts": u.attempts,
+                },
+            )
+        ]
+        rows += [
+            (
+                t.judgments,
+                {
+                    "prompt_id": evt.prompt_id,
+                    "criterion": j.criterion,
+                    "batch_id": evt.batch_id,
+                    "score": j.score,
+                    "passed": j.passed,
+                    "judge_model": evt.judge_model,
+                    "evidence": {"reasoning": j.reasoning, "confidence": j.confidence, "suggestions": j.suggestions},
+                },
+            )
+            for j in evt.judgments
+        ]
         return rows
     if isinstance(evt, PromptScored):
-        return [(t.scores, {
-            "prompt_id": evt.prompt_id, "batch_id": evt.batch_id, "overall_score": evt.overall_score,
-            "passed": evt.passed, "criteria_passed": evt.criteria_passed, "reasons": evt.reasons,
-        })]
+        return [
+            (
+                t.scores,
+                {
+                    "prompt_id": evt.prompt_id,
+                    "batch_id": evt.batch_id,
+                    "overall_score": evt.overall_score,
+                    "passed": evt.passed,
+                    "criteria_passed": evt.criteria_passed,
+                    "reasons": evt.reasons,
+                },
+            )
+        ]
     if isinstance(evt, PromptFailed):
-        return [(t.failures, {
-            "prompt_id": evt.prompt_id, "stage": evt.stage.value, "batch_id": evt.batch_id,
-            "category": evt.category.value, "error": evt.error, "attempts": evt.attempts,
-            "raw_output": evt.raw_output,
-        })]
+        return [
+            (
+                t.failures,
+                {
+                    "prompt_id": evt.prompt_id,
+                    "stage": evt.stage.value,
+                    "batch_id": evt.batch_id,
+                    "category": evt.category.value,
+                    "error": evt.error,
+                    "attempts": evt.attempts,
+                    "raw_output": evt.raw_output,
+                },
+            )
+        ]
     return []
 
 

@@ -84,7 +84,9 @@ def encode(model: BaseModel) -> bytes:
 async def publish_events(js: "JetStreamContext", events: Iterable[Event]) -> list[PubAck]:
     """Publish events pipelined and wait for every PubAck; raises if any is not stored."""
     futures = [
-        await js.publish_async(ev.subject, encode(ev), headers={"Nats-Msg-Id": ev.event_id}, stream=subjects.STREAM_EVENTS)
+        await js.publish_async(
+            ev.subject, encode(ev), headers={"Nats-Msg-Id": ev.event_id}, stream=subjects.STREAM_EVENTS
+        )
         for ev in events
     ]
     if not futures:

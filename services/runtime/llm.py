@@ -89,7 +89,10 @@ def classify_status(status: int, retry_after: str | None, body: str) -> ModelCal
     snippet = body[:300]
     if status == 429:
         return ModelCallError(
-            FailureCategory.RATE_LIMIT, f"HTTP 429: {snippet}", retryable=True, retry_after_s=parse_retry_after(retry_after)
+            FailureCategory.RATE_LIMIT,
+            f"HTTP 429: {snippet}",
+            retryable=True,
+            retry_after_s=parse_retry_after(retry_after),
         )
     if status >= 500:
         return ModelCallError(FailureCategory.SERVER_ERROR, f"HTTP {status}: {snippet}", retryable=True)
@@ -105,7 +108,9 @@ def parse_completion(payload: bytes, prompt_texts: list[str]) -> tuple[str, str 
         choice = data["choices"][0]
         text = choice["message"]["content"]
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        raise ModelCallError(FailureCategory.BAD_RESPONSE, f"unusable completion body: {exc!r}", retryable=True) from exc
+        raise ModelCallError(
+            FailureCategory.BAD_RESPONSE, f"unusable completion body: {exc!r}", retryable=True
+        ) from exc
     if not isinstance(text, str):
         raise ModelCallError(FailureCategory.BAD_RESPONSE, "completion content is not text", retryable=True)
     usage = data.get("usage") or {}
@@ -170,7 +175,13 @@ class ChatClient:
         return float(wait_random_exponential(multiplier=self._retry_base_s, max=self._retry_max_s)(state))
 
     async def complete(
-        self, messages: list[dict[str, str]], opts: CallOptions, *, batch_id: str, batch_limit: int, tags: Mapping[str, str]
+        self,
+        messages: list[dict[str, str]],
+        opts: CallOptions,
+        *,
+        batch_id: str,
+        batch_limit: int,
+        tags: Mapping[str, str],
     ) -> Completion:
         """Call the model until it answers or retries run out; raises ModelCallError with attempts set."""
         client = self._client(opts.base_url)
@@ -197,7 +208,9 @@ class ChatClient:
                         FailureCategory.TIMEOUT, f"no answer within {opts.timeout_s:g}s", retryable=True
                     ) from exc
                 except httpx.TransportError as exc:
-                    raise ModelCallError(FailureCategory.CONNECTION, f"{type(exc).__name__}: {exc}", retryable=True) from exc
+                    raise ModelCallError(
+                        FailureCategory.CONNECTION, f"{type(exc).__name__}: {exc}", retryable=True
+                    ) from exc
                 latency_ms = (time.perf_counter() - started) * 1000
             if resp.status_code != 200:
                 raise classify_status(resp.status_code, resp.headers.get("Retry-After"), resp.text)

@@ -32,7 +32,12 @@ def create_app() -> FastStream:
         await work_batch(jetstream(broker), SERVICE, raws, _parse, _score)
 
     consume(
-        app, broker, SERVICE, SCORER_JUDGED, on_batch=on_prompts_judged,
-        batch_size=settings.fetch_batch, max_wait_s=settings.fetch_timeout_s,
+        app,
+        broker,
+        SERVICE,
+        SCORER_JUDGED,
+        on_batch=on_prompts_judged,
+        batch_size=settings.fetch_batch,
+        max_wait_s=settings.fetch_timeout_s,
     )
     return app

@@ -37,7 +37,10 @@ def cli(stack: Stack) -> Cli:
         env = dict(os.environ, EVALBUS_NATS_URL=stack.nats_url, EVALBUS_DATABASE_URL=stack.database_url)
         return subprocess.run(
             [str(Path(sys.executable).parent / "evalbus"), *args],
-            env=env, capture_output=True, text=True, timeout=timeout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     return run

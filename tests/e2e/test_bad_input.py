@@ -17,8 +17,9 @@ pytestmark = pytest.mark.e2e
 
 
 def valid_start(batch_id: str) -> dict[str, object]:
-    start = StartBatchRequested(batch_id=batch_id, config=BatchConfig(model="evalbus-fake"),
-                                suite=SuiteRef(cases=[Case(prompt="hello")]))
+    start = StartBatchRequested(
+        batch_id=batch_id, config=BatchConfig(model="evalbus-fake"), suite=SuiteRef(cases=[Case(prompt="hello")])
+    )
     return start.model_dump(mode="json")
 
 
@@ -27,10 +28,16 @@ CASES: list[tuple[str, object, str]] = [
     ("missing-fields", {"batch_id": "BID"}, "config: Field required"),
     ("empty-suite", lambda b: valid_start(b) | {"suite": {"cases": []}}, "the suite has no cases"),
     ("unreadable", lambda b: valid_start(b) | {"suite": {"path": "/nonexistent/x.jsonl"}}, "does not exist"),
-    ("out-of-range", lambda b: valid_start(b) | {"config": {"model": "m", "concurrency": 100000}},
-     "config.concurrency"),
-    ("bad-threshold", lambda b: valid_start(b) | {"config": {"model": "m", "criteria": ["accuracy"],
-                                                            "thresholds": {"accuracy": 42}}}, "between 1 and 10"),
+    (
+        "out-of-range",
+        lambda b: valid_start(b) | {"config": {"model": "m", "concurrency": 100000}},
+        "config.concurrency",
+    ),
+    (
+        "bad-threshold",
+        lambda b: valid_start(b) | {"config": {"model": "m", "criteria": ["accuracy"], "thresholds": {"accuracy": 42}}},
+        "between 1 and 10",
+    ),
     ("wrong-version", lambda b: valid_start(b) | {"schema_version": 99}, "schema_version"),
     ("mismatched-id", lambda b: valid_start(b) | {"batch_id": "b-someone-else"}, "does not match"),
 ]
@@ -53,10 +60,12 @@ async def test_bad_start_is_rejected_with_a_reason(stack: Stack, cli, name: str,
     try:
         for _ in range(50):  # the recorder notes the rejection; no prompt of it exists
             async with engine.connect() as conn:
-                status = (await conn.execute(text("SELECT status FROM batches WHERE batch_id = :b"),
-                                             {"b": batch_id})).scalar_one_or_none()
-                prompts = (await conn.execute(text("SELECT count(*) FROM prompts WHERE batch_id = :b"),
-                                              {"b": batch_id})).scalar_one()
+                status = (
+                    await conn.execute(text("SELECT status FROM batches WHERE batch_id = :b"), {"b": batch_id})
+                ).scalar_one_or_none()
+                prompts = (
+                    await conn.execute(text("SELECT count(*) FROM prompts WHERE batch_id = :b"), {"b": batch_id})
+                ).scalar_one()
             if status:
                 break
             await asyncio.sleep(0.1)
@@ -84,7 +93,9 @@ async def test_poison_events_go_to_the_dead_letter_stream(stack: Stack, cli) -> 
     js = nc.jetstream()
     batch_id = "b-poison-" + secrets.token_hex(2)
     sub = await nc.subscribe(subjects.dlq("chat-runner"))
-    await js.publish(subjects.batch_event(batch_id, "prompt", "queued"), b'{"batch_id": 1}', stream=subjects.STREAM_EVENTS)
+    await js.publish(
+        subjects.batch_event(batch_id, "prompt", "queued"), b'{"batch_id": 1}', stream=subjects.STREAM_EVENTS
+    )
     letter = json.loads((await sub.next_msg(timeout=20)).data)
     await nc.drain()
     assert letter["subject"].endswith(".prompt.queued") and "prompt_id" in letter["reason"]

@@ -1,6 +1,7 @@
 """A whole evaluation batch through five real processes, NATS JetStream and PostgreSQL."""
 
 import asyncio
+import itertools
 import json
 import secrets
 from pathlib import Path
@@ -50,8 +51,20 @@ async def test_a_200_prompt_batch_is_recorded_whole(stack: Stack, cli, tmp_path:
 
     await nc.subscribe(subjects.progress(batch_id), cb=on_progress)
     result = await asyncio.to_thread(
-        cli, "run", str(suite), "--model", "evalbus-fake", "--judge-model", "evalbus-fake-judge",
-        "--batch-id", batch_id, "--concurrency", "32", "--experiment", "e2e", "--json",
+        cli,
+        "run",
+        str(suite),
+        "--model",
+        "evalbus-fake",
+        "--judge-model",
+        "evalbus-fake-judge",
+        "--batch-id",
+        batch_id,
+        "--concurrency",
+        "32",
+        "--experiment",
+        "e2e",
+        "--json",
     )
     await asyncio.sleep(0.3)
     await nc.drain()
@@ -59,7 +72,13 @@ async def test_a_200_prompt_batch_is_recorded_whole(stack: Stack, cli, tmp_path:
     report = json.loads(result.stdout)
     assert report["status"] == "completed" and report["total"] == 200 and report["completed"] == 200
     assert report["session_id"].startswith("batch-evalbus-fake-") and report["experiment"] == "e2e"
-    assert [c["criterion"] for c in report["criteria"]] == ["helpfulness", "accuracy", "clarity", "safety", "completeness"]
+    assert [c["criterion"] for c in report["criteria"]] == [
+        "helpfulness",
+        "accuracy",
+        "clarity",
+        "safety",
+        "completeness",
+    ]
     assert all(c["judged"] == 200 and 1 <= c["mean_score"] <= 10 for c in report["criteria"])
     assert report["tokens_in"] > 0 and report["tokens_out"] > 0 and report["cost_usd"] > 0
     assert 0 < report["latency_p50_ms"] <= report["latency_p95_ms"]
@@ -71,26 +90,37 @@ async def test_a_200_prompt_batch_is_recorded_whole(stack: Stack, cli, tmp_path:
     assert await count(db, "SELECT count(*) FROM scores WHERE batch_id = :b", batch_id) == 200
     assert await count(db, "SELECT count(*) FROM failures WHERE batch_id = :b", batch_id) == 0
     # every prompt has each of its rows (not just the right totals)
-    assert await count(db, """
+    assert (
+        await count(
+            db,
+            """
         SELECT count(*) FROM prompts p WHERE p.batch_id = :b AND (
           NOT EXISTS (SELECT 1 FROM responses r WHERE r.prompt_id = p.prompt_id)
           OR NOT EXISTS (SELECT 1 FROM scores s WHERE s.prompt_id = p.prompt_id)
-          OR (SELECT count(*) FROM judgments j WHERE j.prompt_id = p.prompt_id) <> 5)""", batch_id) == 0
+          OR (SELECT count(*) FROM judgments j WHERE j.prompt_id = p.prompt_id) <> 5)""",
+            batch_id,
+        )
+        == 0
+    )
     # the batch row's totals equal the rows
     assert await count(db, "SELECT completed_prompts FROM batches WHERE batch_id = :b", batch_id) == 200
     assert await count(db, "SELECT passed_prompts FROM batches WHERE batch_id = :b", batch_id) == await count(
-        db, "SELECT count(*) FROM scores WHERE batch_id = :b AND passed", batch_id)
+        db, "SELECT count(*) FROM scores WHERE batch_id = :b AND passed", batch_id
+    )
     assert await count(db, "SELECT tokens_in FROM batches WHERE batch_id = :b", batch_id) == await count(
-        db, "SELECT sum(tokens_in) FROM responses WHERE batch_id = :b", batch_id)
+        db, "SELECT sum(tokens_in) FROM responses WHERE batch_id = :b", batch_id
+    )
 
     # the completed event is in the stream for anyone who subscribes later
     nc = await nats.connect(stack.nats_url)
-    last = await nc.jetstream().get_last_msg(subjects.STREAM_EVENTS, subjects.batch_event(batch_id, "batch", "completed"))
+    last = await nc.jetstream().get_last_msg(
+        subjects.STREAM_EVENTS, subjects.batch_event(batch_id, "batch", "completed")
+    )
     await nc.drain()
     assert BatchCompleted.model_validate_json(last.data).report.completed == 200
 
     assert snapshots and snapshots[-1].done == 200
-    for before, after in zip(snapshots, snapshots[1:], strict=False):
+    for before, after in itertools.pairwise(snapshots):
         assert after.done >= before.done and after.responded >= before.responded, "progress went backwards"
     assert stack.check_alive() == []
 
@@ -98,8 +128,7 @@ async def test_a_200_prompt_batch_is_recorded_whole(stack: Stack, cli, tmp_path:
 async def test_status_and_report_survive_a_restart_of_every_service(stack: Stack, cli, tmp_path: Path) -> None:
     batch_id = "b-rst-" + secrets.token_hex(3)
     suite = write_suite(tmp_path / "small.jsonl", 20)
-    run = await asyncio.to_thread(cli, "run", str(suite), "--model", "evalbus-fake",
-                                  "--batch-id", batch_id, "--json")
+    run = await asyncio.to_thread(cli, "run", str(suite), "--model", "evalbus-fake", "--batch-id", batch_id, "--json")
     assert run.returncode == 0, run.stderr
     await asyncio.to_thread(stack.stop_services)
     await asyncio.to_thread(stack.start_services)
@@ -116,12 +145,12 @@ async def test_status_and_report_survive_a_restart_of_every_service(stack: Stack
 async def test_the_same_start_twice_runs_one_batch(stack: Stack, cli, tmp_path: Path) -> None:
     batch_id = "b-twice-" + secrets.token_hex(3)
     suite = write_suite(tmp_path / "twice.jsonl", 10)
-    first = await asyncio.to_thread(cli, "run", str(suite), "--model", "evalbus-fake",
-                                    "--batch-id", batch_id, "--json")
+    first = await asyncio.to_thread(cli, "run", str(suite), "--model", "evalbus-fake", "--batch-id", batch_id, "--json")
     assert first.returncode == 0, first.stderr
     # the same command again, past JetStream's dedup (new event id): the generator's record stops it
-    second = await asyncio.to_thread(cli, "run", str(suite), "--model", "evalbus-fake",
-                                     "--batch-id", batch_id, "--json", "--wait-timeout", "3")
+    second = await asyncio.to_thread(
+        cli, "run", str(suite), "--model", "evalbus-fake", "--batch-id", batch_id, "--json", "--wait-timeout", "3"
+    )
     assert second.returncode != 0
     assert await count(stack.database_url, "SELECT count(*) FROM prompts WHERE batch_id = :b", batch_id) == 10
     assert await count(stack.database_url, "SELECT count(*) FROM responses WHERE batch_id = :b", batch_id) == 10

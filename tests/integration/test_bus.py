@@ -28,8 +28,9 @@ async def nc(servers) -> AsyncIterator[Client]:  # type: ignore[no-untyped-def]
 
 
 def scored(batch_id: str, i: int) -> PromptScored:
-    return PromptScored(batch_id=batch_id, prompt_id=f"{batch_id}-{i:06d}", index=i, overall_score=7.0, passed=True,
-                        criteria_passed={})
+    return PromptScored(
+        batch_id=batch_id, prompt_id=f"{batch_id}-{i:06d}", index=i, overall_score=7.0, passed=True, criteria_passed={}
+    )
 
 
 async def test_same_event_published_twice_is_stored_once(nc: Client) -> None:
@@ -42,9 +43,14 @@ async def test_same_event_published_twice_is_stored_once(nc: Client) -> None:
 
 
 async def make_consumer(nc: Client, batch_id: str, max_deliver: int = 5) -> ConsumerSpec:
-    spec = ConsumerSpec(durable=f"test-{batch_id}", stream=subjects.STREAM_EVENTS,
-                        filter_subject=subjects.any_batch("prompt", "scored").replace("*", batch_id),
-                        ack_wait_s=30, max_deliver=max_deliver, max_ack_pending=100)
+    spec = ConsumerSpec(
+        durable=f"test-{batch_id}",
+        stream=subjects.STREAM_EVENTS,
+        filter_subject=subjects.any_batch("prompt", "scored").replace("*", batch_id),
+        ack_wait_s=30,
+        max_deliver=max_deliver,
+        max_ack_pending=100,
+    )
     await nc.jetstream().add_consumer(spec.stream, consumer_config(spec))
     return spec
 

@@ -34,19 +34,57 @@ def batch_events(batch_id: str, n: int, fail_every: int = 4) -> list[Event]:
         msgs = [ChatMessage(role="user", content=f"q{i}")]
         events.append(PromptQueued(batch_id=batch_id, prompt_id=pid, index=i, messages=msgs, config=CFG))
         if fail_every and i % fail_every == 0:
-            events.append(PromptFailed(batch_id=batch_id, prompt_id=pid, index=i, stage=Stage.CHAT,
-                                       category=FailureCategory.TIMEOUT, error="slow", attempts=3))
+            events.append(
+                PromptFailed(
+                    batch_id=batch_id,
+                    prompt_id=pid,
+                    index=i,
+                    stage=Stage.CHAT,
+                    category=FailureCategory.TIMEOUT,
+                    error="slow",
+                    attempts=3,
+                )
+            )
             continue
-        events.append(PromptResponded(
-            batch_id=batch_id, prompt_id=pid, index=i, messages=msgs, answer="a", model="m",
-            usage=Usage(tokens_in=10, tokens_out=20, latency_ms=100 + i, cost_usd=0.001), config=CFG))
+        events.append(
+            PromptResponded(
+                batch_id=batch_id,
+                prompt_id=pid,
+                index=i,
+                messages=msgs,
+                answer="a",
+                model="m",
+                usage=Usage(tokens_in=10, tokens_out=20, latency_ms=100 + i, cost_usd=0.001),
+                config=CFG,
+            )
+        )
         score = 5 + i % 5
-        judgments = [CriterionJudgment(criterion=c, score=score, passed=score >= 7, reasoning="r", confidence=0.9)
-                     for c in CFG.criteria]
-        events.append(PromptJudged(batch_id=batch_id, prompt_id=pid, index=i, judge_model="j", judgments=judgments,
-                                   usage=Usage(tokens_in=50, tokens_out=30), answer="a", config=CFG))
-        events.append(PromptScored(batch_id=batch_id, prompt_id=pid, index=i, overall_score=score,
-                                   passed=score >= 7, criteria_passed={c: score >= 7 for c in CFG.criteria}))
+        judgments = [
+            CriterionJudgment(criterion=c, score=score, passed=score >= 7, reasoning="r", confidence=0.9)
+            for c in CFG.criteria
+        ]
+        events.append(
+            PromptJudged(
+                batch_id=batch_id,
+                prompt_id=pid,
+                index=i,
+                judge_model="j",
+                judgments=judgments,
+                usage=Usage(tokens_in=50, tokens_out=30),
+                answer="a",
+                config=CFG,
+            )
+        )
+        events.append(
+            PromptScored(
+                batch_id=batch_id,
+                prompt_id=pid,
+                index=i,
+                overall_score=score,
+                passed=score >= 7,
+                criteria_passed={c: score >= 7 for c in CFG.criteria},
+            )
+        )
     return events
 
 
@@ -60,14 +98,27 @@ async def test_redelivered_events_change_nothing_and_reports_derive_from_rows(se
         async with engine.begin() as conn:  # the whole stream again, as after a crash before ack
             await record(conn, list(reversed(events)))
         async with engine.connect() as conn:
-            counts = (await conn.execute(text(
-                "SELECT (SELECT count(*) FROM prompts WHERE batch_id=:b), (SELECT count(*) FROM responses WHERE batch_id=:b),"
-                " (SELECT count(*) FROM judgments WHERE batch_id=:b), (SELECT count(*) FROM scores WHERE batch_id=:b),"
-                " (SELECT count(*) FROM failures WHERE batch_id=:b)"), {"b": batch_id})).one()
+            counts = (
+                await conn.execute(
+                    text(
+                        "SELECT (SELECT count(*) FROM prompts WHERE batch_id=:b), (SELECT count(*) FROM responses WHERE batch_id=:b),"
+                        " (SELECT count(*) FROM judgments WHERE batch_id=:b), (SELECT count(*) FROM scores WHERE batch_id=:b),"
+                        " (SELECT count(*) FROM failures WHERE batch_id=:b)"
+                    ),
+                    {"b": batch_id},
+                )
+            ).one()
             assert tuple(counts) == (20, 15, 30, 15, 5)
             prog = await reporting.progress(conn, batch_id)
             assert prog is not None
-            assert (prog.total, prog.responded, prog.judged, prog.scored, prog.failed, prog.done) == (20, 15, 15, 15, 5, 20)
+            assert (prog.total, prog.responded, prog.judged, prog.scored, prog.failed, prog.done) == (
+                20,
+                15,
+                15,
+                15,
+                5,
+                20,
+            )
             rep = await reporting.report(conn, batch_id, BatchStatus.PARTIAL_FAILURE)
         assert rep is not None
         scores = [5 + i % 5 for i in range(20) if i % 4]
@@ -84,8 +135,12 @@ async def test_redelivered_events_change_nothing_and_reports_derive_from_rows(se
             assert await reporting.store_final(conn, rep) is True
             assert await reporting.store_final(conn, rep) is False  # finished once
         async with engine.connect() as conn:
-            row = (await conn.execute(text("SELECT status, completed_prompts, failed_prompts, tokens_in FROM batches"
-                                           " WHERE batch_id=:b"), {"b": batch_id})).one()
+            row = (
+                await conn.execute(
+                    text("SELECT status, completed_prompts, failed_prompts, tokens_in FROM batches WHERE batch_id=:b"),
+                    {"b": batch_id},
+                )
+            ).one()
             assert tuple(row) == ("partial_failure", 15, 5, 150)
             assert batch_id not in await reporting.running_batches(conn)
     finally:
@@ -96,8 +151,14 @@ async def test_a_prompt_that_failed_then_succeeded_counts_once(servers) -> None:
     engine = create_async_engine(servers.database_url)
     batch_id = "b-rec-" + secrets.token_hex(3)
     events = batch_events(batch_id, 1, fail_every=0)
-    late_failure = PromptFailed(batch_id=batch_id, prompt_id=f"{batch_id}-000000", index=0, stage=Stage.JUDGE,
-                                category=FailureCategory.JUDGE_PARSE_ERROR, error="bad json")
+    late_failure = PromptFailed(
+        batch_id=batch_id,
+        prompt_id=f"{batch_id}-000000",
+        index=0,
+        stage=Stage.JUDGE,
+        category=FailureCategory.JUDGE_PARSE_ERROR,
+        error="bad json",
+    )
     try:
         async with engine.begin() as conn:
             await record(conn, [*events, late_failure])

@@ -24,8 +24,11 @@ def test_prompt_ids_and_event_ids_are_deterministic() -> None:
 
 def test_event_round_trips_as_json_with_its_id() -> None:
     evt = PromptQueued(
-        batch_id="b-2", prompt_id="b-2-000000", index=0,
-        messages=[ChatMessage(role="user", content="hi")], config=BatchConfig(model="m"),
+        batch_id="b-2",
+        prompt_id="b-2-000000",
+        index=0,
+        messages=[ChatMessage(role="user", content="hi")],
+        config=BatchConfig(model="m"),
     )
     back = PromptQueued.model_validate_json(evt.model_dump_json())
     assert back == evt

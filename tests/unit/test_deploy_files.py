@@ -67,7 +67,10 @@ def test_services_wait_for_migrations_and_reach_the_servers() -> None:
         assert services[svc]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         env = services[svc]["environment"]
         assert env["EVALBUS_NATS_URL"].startswith("nats://nats:")
-        assert env["EVALBUS_DATABASE_URL"].startswith("postgresql+asyncpg://") and "@postgres:" in env["EVALBUS_DATABASE_URL"]
+        assert (
+            env["EVALBUS_DATABASE_URL"].startswith("postgresql+asyncpg://")
+            and "@postgres:" in env["EVALBUS_DATABASE_URL"]
+        )
     assert "-js" in services["nats"]["command"]
 
 
@@ -78,5 +81,5 @@ def test_dockerfile_installs_every_package_the_commands_import() -> None:
         name = pkg.rstrip("*")
         assert re.search(rf"^COPY {name} \./{name}$", text, re.M), f"Dockerfile does not copy {name}/"
     assert re.search(r"^RUN pip install \.", text, re.M)
-    cmd = re.search(r'^CMD \[(.*)\]$', text, re.M)
+    cmd = re.search(r"^CMD \[(.*)\]$", text, re.M)
     assert cmd and [p.strip().strip('"') for p in cmd.group(1).split(",")] == service_argv("recorder")

@@ -2,10 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import Case, SuiteRef
+from contracts.events import BatchConfig, BatchRejected, Case, StartBatchRequested, SuiteRef
 from services.generator.logic import plan_batch, with_defaults
 from services.generator.suite_loader import SuiteError, builtin_names, count_cases, iter_cases
-from contracts.events import BatchConfig, BatchRejected, StartBatchRequested
 
 
 def write(tmp_path: Path, name: str, text: str) -> SuiteRef:
@@ -15,8 +14,12 @@ def write(tmp_path: Path, name: str, text: str) -> SuiteRef:
 
 
 def test_jsonl_suite_streams_cases_and_skips_blank_lines(tmp_path: Path) -> None:
-    suite = write(tmp_path, "s.jsonl", '{"prompt": "a", "expected": "x", "metadata": {"topic": "t"}}\n\n'
-                  '{"messages": [{"role": "user", "content": "b"}]}\n')
+    suite = write(
+        tmp_path,
+        "s.jsonl",
+        '{"prompt": "a", "expected": "x", "metadata": {"topic": "t"}}\n\n'
+        '{"messages": [{"role": "user", "content": "b"}]}\n',
+    )
     cases = list(iter_cases(suite))
     assert [c.prompt for c in cases] == ["a", None] and cases[0].metadata == {"topic": "t"}
 
@@ -58,8 +61,11 @@ def test_bundled_suite_is_realistic() -> None:
 
 
 def test_plan_accepts_with_session_tag_and_rejects_empty_or_bad(tmp_path: Path) -> None:
-    start = StartBatchRequested(batch_id="b-1", config=BatchConfig(model="gpt-4o mini"),
-                                suite=SuiteRef(cases=[Case(prompt="a"), Case(prompt="b")]))
+    start = StartBatchRequested(
+        batch_id="b-1",
+        config=BatchConfig(model="gpt-4o mini"),
+        suite=SuiteRef(cases=[Case(prompt="a"), Case(prompt="b")]),
+    )
     plan = plan_batch(start)
     assert not isinstance(plan, BatchRejected)
     assert plan.accepted.total_prompts == 2

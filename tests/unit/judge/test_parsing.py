@@ -9,8 +9,14 @@ CFG = BatchConfig(model="m", criteria=["helpfulness", "accuracy"], thresholds={"
 
 
 def item(criterion: str, score: object = 7, **over: object) -> dict[str, object]:
-    base = {"criterion": criterion, "score": score, "passed": True, "reasoning": "because", "confidence": 0.8,
-            "suggestions": ["more detail"]}
+    base = {
+        "criterion": criterion,
+        "score": score,
+        "passed": True,
+        "reasoning": "because",
+        "confidence": 0.8,
+        "suggestions": ["more detail"],
+    }
     return base | over
 
 

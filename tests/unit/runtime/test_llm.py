@@ -1,6 +1,6 @@
 import time
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -10,7 +10,9 @@ from services.runtime.llm import CallOptions, ChatClient, ModelCallError, parse_
 
 
 def ok_body(text: str = "hello", usage: bool = True) -> dict[str, object]:
-    body: dict[str, object] = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    body: dict[str, object] = {
+        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
+    }
     if usage:
         body["usage"] = {"prompt_tokens": 11, "completion_tokens": 3}
     return body
@@ -25,7 +27,10 @@ def client_with(responses: list[httpx.Response | Exception], seen: list[httpx.Re
         return item
 
     return ChatClient(
-        api_key="sk-test", endpoint_concurrency=4, retry_base_s=0.01, retry_max_s=0.05,
+        api_key="sk-test",
+        endpoint_concurrency=4,
+        retry_base_s=0.01,
+        retry_max_s=0.05,
         transport=httpx.MockTransport(handler),
     )
 
@@ -54,7 +59,9 @@ async def test_missing_usage_is_counted_offline() -> None:
 
 async def test_server_errors_are_retried_then_succeed() -> None:
     seen: list[httpx.Request] = []
-    done = await call(client_with([httpx.Response(500), httpx.Response(503), httpx.Response(200, json=ok_body())], seen))
+    done = await call(
+        client_with([httpx.Response(500), httpx.Response(503), httpx.Response(200, json=ok_body())], seen)
+    )
     assert done.attempts == 3 and len(seen) == 3
 
 
@@ -73,7 +80,9 @@ async def test_client_errors_are_not_retried() -> None:
 
 async def test_rate_limit_waits_for_retry_after() -> None:
     seen: list[httpx.Request] = []
-    client = client_with([httpx.Response(429, headers={"Retry-After": "0.3"}), httpx.Response(200, json=ok_body())], seen)
+    client = client_with(
+        [httpx.Response(429, headers={"Retry-After": "0.3"}), httpx.Response(200, json=ok_body())], seen
+    )
     started = time.monotonic()
     done = await call(client)
     assert done.attempts == 2 and time.monotonic() - started >= 0.05  # capped by retry_max_s=0.05

@@ -4,10 +4,17 @@ from services.scorer.logic import score_prompt
 
 def judged(scores: dict[str, int], cfg: BatchConfig) -> PromptJudged:
     return PromptJudged(
-        batch_id="b", prompt_id="b-000001", index=1, judge_model="j",
-        judgments=[CriterionJudgment(criterion=c, score=s, passed=s >= 7, reasoning="r", confidence=0.5)
-                   for c, s in scores.items()],
-        usage=Usage(), answer="a", config=cfg,
+        batch_id="b",
+        prompt_id="b-000001",
+        index=1,
+        judge_model="j",
+        judgments=[
+            CriterionJudgment(criterion=c, score=s, passed=s >= 7, reasoning="r", confidence=0.5)
+            for c, s in scores.items()
+        ],
+        usage=Usage(),
+        answer="a",
+        config=cfg,
     )
 
 
