@@ -8,25 +8,17 @@ from faststream import FastStream
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
-from pydantic import ValidationError
 
-from contracts import ids, subjects
-from contracts.events import BatchRejected, StartBatchRequested
+from contracts.events import BatchRejected
 from contracts.topology import GENERATOR_START, KV_STARTS
-from services.generator.logic import Plan, plan_batch
-from services.runtime.bus import KeepAlive, dead_letter, describe_error, jetstream, publish_events, settle
+from services.generator.logic import Invalid, Plan, plan_batch, read_start
+from services.runtime.bus import KeepAlive, dead_letter, jetstream, publish_events, settle
 from services.runtime.service import consume, new_service
 from services.runtime.settings import get_settings
 
 log = logging.getLogger("evalbus.generator")
 SERVICE = "generator"
 PUBLISH_CHUNK = 1000
-
-
-async def _reject(js: JetStreamContext, batch_id: str | None, reason: str, errors: list[str]) -> None:
-    if batch_id is None or not ids.is_valid_batch_id(batch_id):
-        return  # nobody can be told: the dead letter keeps it
-    await publish_events(js, [BatchRejected(batch_id=batch_id, reason=reason, errors=errors)])
 
 
 async def _publish_plan(js: JetStreamContext, plan: Plan) -> None:
@@ -38,18 +30,12 @@ async def _publish_plan(js: JetStreamContext, plan: Plan) -> None:
 
 async def handle_start(js: JetStreamContext, raw: Msg) -> None:
     """Validate a start command, then publish accepted + every prompt, or a rejection."""
-    subject_batch = subjects.batch_id_of(raw.subject)
-    try:
-        start = StartBatchRequested.model_validate_json(raw.data)
-    except (ValidationError, ValueError) as exc:
-        reason = f"invalid start-batch event: {describe_error(exc)}"
-        await _reject(js, subject_batch, reason, [reason])
-        await dead_letter(js, SERVICE, raw, reason)
-        return
-    if start.batch_id != subject_batch:
-        reason = f"batch_id {start.batch_id!r} in the body does not match the subject's {subject_batch!r}"
-        await _reject(js, subject_batch, reason, [reason])
-        await dead_letter(js, SERVICE, raw, reason)
+    start = read_start(raw.subject, raw.data)
+    if isinstance(start, Invalid):
+        rejection = start.rejection()
+        if rejection is not None:  # else nobody can be told: the dead letter keeps it
+            await publish_events(js, [rejection])
+        await dead_letter(js, SERVICE, raw, start.reason)
         return
 
     kv = await js.key_value(KV_STARTS)

@@ -3,9 +3,12 @@
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from contracts import ids
+from pydantic import ValidationError
+
+from contracts import ids, subjects
 from contracts.events import BatchAccepted, BatchConfig, BatchRejected, PromptQueued, StartBatchRequested
 from services.generator.suite_loader import SuiteError, count_cases, iter_cases
+from services.runtime.errors import describe_error
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,28 @@ def plan_batch(start: StartBatchRequested) -> Plan | BatchRejected:
         total_prompts=total,
     )
     return Plan(accepted=accepted, start=start)
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A start command that cannot be used; `batch_id` is who to tell (None: nobody can be)."""
+
+    batch_id: str | None
+    reason: str
+
+    def rejection(self) -> BatchRejected | None:
+        if self.batch_id is None or not ids.is_valid_batch_id(self.batch_id):
+            return None
+        return BatchRejected(batch_id=self.batch_id, reason=self.reason, errors=[self.reason])
+
+
+def read_start(subject: str, data: bytes) -> StartBatchRequested | Invalid:
+    """Parse a start command from the wire; never raises on bad input."""
+    subject_batch = subjects.batch_id_of(subject)
+    try:
+        start = StartBatchRequested.model_validate_json(data)
+    except (ValidationError, ValueError) as exc:
+        return Invalid(subject_batch, f"invalid start-batch event: {describe_error(exc)}")
+    if start.batch_id != subject_batch:
+        return Invalid(subject_batch, f"batch_id {start.batch_id!r} in the body does not match the subject's {subject_batch!r}")
+    return start

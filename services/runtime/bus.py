@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from faststream.nats import NatsBroker
 from nats.js.api import PubAck
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from contracts import subjects
 from contracts.events import DeadLetter, Event
@@ -125,17 +125,6 @@ async def dead_letter(js: "JetStreamContext", service: str, msg: "Msg", reason: 
 
 def parse(model: type[E], data: bytes) -> E:
     return model.model_validate_json(data)
-
-
-def describe_error(exc: ValidationError | ValueError) -> str:
-    """A short human-readable reason for a validation failure."""
-    if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors()[:10]:
-            loc = ".".join(str(p) for p in err["loc"]) or "body"
-            parts.append(f"{loc}: {err['msg']}")
-        return "; ".join(parts)
-    return str(exc)
 
 
 async def settle(msgs: Sequence["Msg"], *, ok: bool, delay_s: float = 5.0) -> None:

@@ -13,7 +13,8 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
 from contracts.events import Event
-from services.runtime.bus import KeepAlive, dead_letter, describe_error, publish_events, settle
+from services.runtime.bus import KeepAlive, dead_letter, publish_events, settle
+from services.runtime.errors import describe_error
 
 log = logging.getLogger("evalbus.worker")
 In = TypeVar("In", bound=BaseModel)
