@@ -196,6 +196,7 @@ class BatchProgress(Model):
     judged: int
     scored: int
     failed: int
+    cancelled: bool = False
     elapsed_s: float
     occurred_at: datetime = Field(default_factory=utcnow)
 

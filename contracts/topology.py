@@ -34,6 +34,8 @@ DAY = 86_400.0
 # Start commands already acted on, by batch id: a start re-sent hours later (past the stream's
 # dedup window) must not run the batch again.
 KV_STARTS = "evalbus_starts"
+# Batches a user cancelled: model-calling services skip their pending prompts.
+KV_CANCELS = "evalbus_cancels"
 
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec(subjects.STREAM_EVENTS, (subjects.EVENTS_SUBJECTS,), max_age_s=7 * DAY),
@@ -47,6 +49,14 @@ GENERATOR_START = ConsumerSpec(
     stream=subjects.STREAM_EVENTS,
     filter_subject=subjects.any_batch("start", "requested"),
     ack_wait_s=60,
+    max_deliver=10,
+    max_ack_pending=16,
+)
+GENERATOR_CANCEL = ConsumerSpec(
+    durable="generator-cancel-requested",
+    stream=subjects.STREAM_EVENTS,
+    filter_subject=subjects.any_batch("cancel", "requested"),
+    ack_wait_s=30,
     max_deliver=10,
     max_ack_pending=16,
 )
@@ -85,6 +95,7 @@ RECORDER_EVENTS = ConsumerSpec(
 
 CONSUMERS: tuple[ConsumerSpec, ...] = (
     GENERATOR_START,
+    GENERATOR_CANCEL,
     CHAT_RUNNER_QUEUED,
     JUDGE_RESPONDED,
     SCORER_JUDGED,

@@ -14,7 +14,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from contracts import ids
 from contracts.enums import DEFAULT_CRITERIA, BatchStatus
-from contracts.events import BatchAccepted, BatchConfig, BatchProgress, Case, StartBatchRequested, SuiteRef
+from contracts.events import (
+    BatchAccepted,
+    BatchConfig,
+    BatchProgress,
+    CancelBatchRequested,
+    Case,
+    StartBatchRequested,
+    SuiteRef,
+)
 from evalbus import client, render, stack
 from services.generator.suite_loader import SuiteError, builtin_names, iter_cases
 from services.runtime.settings import get_settings
@@ -197,6 +205,28 @@ def status(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fal
 def report(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The report of a batch, as recorded (also while it runs)."""
     raise typer.Exit(asyncio.run(_query("report", batch_id, as_json)))
+
+
+@app.command()
+def cancel(
+    batch_id: str,
+    reason: Annotated[str, typer.Option(help="why, kept with the batch")] = "cancelled by user",
+) -> None:
+    """Cancel a batch: pending prompts are not sent to the model; the batch ends `cancelled`."""
+
+    async def go() -> None:
+        nc = await client.connect(nats_url())
+        try:
+            await client.publish_cancel(nc, CancelBatchRequested(batch_id=batch_id, reason=reason))
+        finally:
+            await nc.drain()
+
+    try:
+        asyncio.run(go())
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_REJECTED) from exc
+    console.print(f"cancel requested for {batch_id}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from contracts.events import (
     BatchProgress,
     BatchRejected,
     BatchReport,
+    CancelBatchRequested,
     StartBatchRequested,
 )
 
@@ -37,6 +38,16 @@ async def publish_start(nc: Client, start: StartBatchRequested) -> None:
         subjects.start_requested(start.batch_id),
         start.model_dump_json().encode(),
         headers={"Nats-Msg-Id": start.event_id},
+        stream=subjects.STREAM_EVENTS,
+        timeout=10,
+    )
+
+
+async def publish_cancel(nc: Client, cancel: CancelBatchRequested) -> None:
+    await nc.jetstream().publish(
+        subjects.cancel_requested(cancel.batch_id),
+        cancel.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": cancel.event_id},
         stream=subjects.STREAM_EVENTS,
         timeout=10,
     )

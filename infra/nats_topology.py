@@ -19,7 +19,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from contracts.topology import CONSUMERS, KV_STARTS, STREAMS, ConsumerSpec, StreamSpec
+from contracts.topology import CONSUMERS, KV_CANCELS, KV_STARTS, STREAMS, ConsumerSpec, StreamSpec
 
 log = logging.getLogger("evalbus.topology")
 
@@ -62,10 +62,11 @@ async def apply_topology(nats_url: str, *, user: str | None = None, password: st
                 await js.update_stream(cfg)
             except NotFoundError:
                 await js.add_stream(cfg)
-        try:
-            await js.key_value(KV_STARTS)
-        except BucketNotFoundError:
-            await js.create_key_value(KeyValueConfig(bucket=KV_STARTS, history=1, ttl=30 * 86_400))
+        for bucket in (KV_STARTS, KV_CANCELS):
+            try:
+                await js.key_value(bucket)
+            except BucketNotFoundError:
+                await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30 * 86_400))
         for cspec in CONSUMERS:
             want = consumer_config(cspec)
             try:

@@ -7,8 +7,9 @@ from contracts.events import PromptQueued
 from contracts.topology import CHAT_RUNNER_QUEUED
 from services.chat_runner.logic import run_prompt
 from services.runtime.bus import jetstream
+from services.runtime.cancels import CancelledBatches
 from services.runtime.llm import ChatClient
-from services.runtime.service import consume, new_service
+from services.runtime.service import consume, new_service, run_in_background
 from services.runtime.settings import get_settings
 from services.runtime.worker import work_one
 
@@ -25,9 +26,11 @@ def create_app() -> FastStream:
         retry_max_s=settings.retry_max_s,
     )
     app.after_shutdown(client.aclose)
+    cancelled = CancelledBatches()
+    run_in_background(app, lambda: cancelled.watch(jetstream(broker)))
 
     async def work(evt: PromptQueued) -> object:
-        return await run_prompt(client, evt, settings.model_base_url)
+        return await run_prompt(client, evt, settings.model_base_url, cancelled)
 
     async def on_prompt_queued(raw: Msg) -> None:
         await work_one(jetstream(broker), SERVICE, raw, PromptQueued, work, CHAT_RUNNER_QUEUED.ack_wait_s / 3)

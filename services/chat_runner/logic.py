@@ -1,12 +1,19 @@
 """One prompt through the model under test: a response event, or a failure event with its category."""
 
+from collections.abc import Container
+
 from contracts.enums import Stage
 from contracts.events import PromptFailed, PromptQueued, PromptResponded, Usage
+from services.runtime.cancels import cancelled_failure
 from services.runtime.llm import CallOptions, ChatModel, ModelCallError
 from services.runtime.pricing import cost_usd
 
 
-async def run_prompt(model: ChatModel, evt: PromptQueued, default_base_url: str) -> PromptResponded | PromptFailed:
+async def run_prompt(
+    model: ChatModel, evt: PromptQueued, default_base_url: str, cancelled: Container[str] = ()
+) -> PromptResponded | PromptFailed:
+    if evt.batch_id in cancelled:
+        return cancelled_failure(evt, Stage.CHAT)
     cfg = evt.config
     opts = CallOptions(
         model=cfg.model,

@@ -2,17 +2,20 @@
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from itertools import islice
 
 from faststream import FastStream
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
+from pydantic import ValidationError
 
-from contracts.events import BatchRejected
-from contracts.topology import GENERATOR_START, KV_STARTS
+from contracts.events import BatchRejected, CancelBatchRequested
+from contracts.topology import GENERATOR_CANCEL, GENERATOR_START, KV_CANCELS, KV_STARTS
 from services.generator.logic import Invalid, Plan, plan_batch, read_start
 from services.runtime.bus import KeepAlive, dead_letter, jetstream, publish_events, settle
+from services.runtime.errors import describe_error
 from services.runtime.service import consume, new_service
 from services.runtime.settings import get_settings
 
@@ -58,20 +61,35 @@ async def handle_start(js: JetStreamContext, raw: Msg) -> None:
     log.info("accepted batch %s: %d prompts", start.batch_id, outcome.accepted.total_prompts)
 
 
+async def handle_cancel(js: JetStreamContext, raw: Msg) -> None:
+    """Record the cancel where every runner and judge replica watches for it."""
+    try:
+        cancel = CancelBatchRequested.model_validate_json(raw.data)
+    except (ValidationError, ValueError) as exc:
+        await dead_letter(js, SERVICE, raw, f"invalid cancel event: {describe_error(exc)}")
+        return
+    kv = await js.key_value(KV_CANCELS)
+    await kv.put(cancel.batch_id, cancel.reason.encode())
+    log.info("batch %s cancelled: %s", cancel.batch_id, cancel.reason)
+
+
 def create_app() -> FastStream:
     settings = get_settings()
     broker, app = new_service(SERVICE, settings)
 
-    async def on_start_requested(raw: Msg) -> None:
-        js = jetstream(broker)
-        try:
-            async with KeepAlive(raw, GENERATOR_START.ack_wait_s / 3):
-                await handle_start(js, raw)
-        except Exception:
-            log.exception("start of %s failed; will retry", raw.subject)
-            await settle([raw], ok=False, delay_s=5)
-            return
-        await settle([raw], ok=True)
+    def handler(handle: Callable[[JetStreamContext, Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(raw: Msg) -> None:
+            try:
+                async with KeepAlive(raw, GENERATOR_START.ack_wait_s / 3):
+                    await handle(jetstream(broker), raw)
+            except Exception:
+                log.exception("%s failed; will retry", raw.subject)
+                await settle([raw], ok=False, delay_s=5)
+                return
+            await settle([raw], ok=True)
 
-    consume(app, broker, SERVICE, GENERATOR_START, on_message=on_start_requested, slots=4)
+        return on_message
+
+    consume(app, broker, SERVICE, GENERATOR_START, on_message=handler(handle_start), slots=4)
+    consume(app, broker, SERVICE, GENERATOR_CANCEL, on_message=handler(handle_cancel), slots=2)
     return app

@@ -79,5 +79,7 @@ def read_start(subject: str, data: bytes) -> StartBatchRequested | Invalid:
     except (ValidationError, ValueError) as exc:
         return Invalid(subject_batch, f"invalid start-batch event: {describe_error(exc)}")
     if start.batch_id != subject_batch:
-        return Invalid(subject_batch, f"batch_id {start.batch_id!r} in the body does not match the subject's {subject_batch!r}")
+        return Invalid(
+            subject_batch, f"batch_id {start.batch_id!r} in the body does not match the subject's {subject_batch!r}"
+        )
     return start

@@ -7,8 +7,9 @@ from contracts.events import PromptResponded
 from contracts.topology import JUDGE_RESPONDED
 from services.judge.logic import judge_prompt
 from services.runtime.bus import jetstream
+from services.runtime.cancels import CancelledBatches
 from services.runtime.llm import ChatClient
-from services.runtime.service import consume, new_service
+from services.runtime.service import consume, new_service, run_in_background
 from services.runtime.settings import get_settings
 from services.runtime.worker import work_one
 
@@ -25,10 +26,12 @@ def create_app() -> FastStream:
         retry_max_s=settings.retry_max_s,
     )
     app.after_shutdown(client.aclose)
+    cancelled = CancelledBatches()
+    run_in_background(app, lambda: cancelled.watch(jetstream(broker)))
     default_base_url = settings.judge_base_url or settings.model_base_url
 
     async def work(evt: PromptResponded) -> object:
-        return await judge_prompt(client, evt, default_base_url)
+        return await judge_prompt(client, evt, default_base_url, cancelled)
 
     async def on_prompt_responded(raw: Msg) -> None:
         await work_one(jetstream(broker), SERVICE, raw, PromptResponded, work, JUDGE_RESPONDED.ack_wait_s / 3)

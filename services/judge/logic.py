@@ -1,9 +1,12 @@
 """One answer through the judge: a judged event, or a judge failure (never a made-up score)."""
 
+from collections.abc import Container
+
 from contracts.enums import FailureCategory, Stage
 from contracts.events import PromptFailed, PromptJudged, PromptResponded, Usage
 from services.judge.parsing import JudgeParseError, parse_judgment
 from services.judge.prompt import build_messages, response_format
+from services.runtime.cancels import cancelled_failure
 from services.runtime.llm import CallOptions, ChatModel, ModelCallError
 from services.runtime.pricing import cost_usd
 
@@ -23,7 +26,11 @@ def _failed(
     )
 
 
-async def judge_prompt(model: ChatModel, evt: PromptResponded, default_base_url: str) -> PromptJudged | PromptFailed:
+async def judge_prompt(
+    model: ChatModel, evt: PromptResponded, default_base_url: str, cancelled: Container[str] = ()
+) -> PromptJudged | PromptFailed:
+    if evt.batch_id in cancelled:
+        return cancelled_failure(evt, Stage.JUDGE)
     cfg = evt.config
     if not cfg.judge_enabled:
         return PromptJudged(

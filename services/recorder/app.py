@@ -78,7 +78,7 @@ class Recorder:
             return
         finishing = prog.status is BatchStatus.RUNNING and prog.total > 0 and prog.done >= prog.total
         if finishing:
-            status = reporting.final_status(prog.total, prog.scored, prog.failed)
+            status = reporting.final_status(prog.scored, prog.failed, prog.cancelled)
             prog = prog.model_copy(update={"status": status})
             async with self.engine.connect() as conn:
                 rep = await reporting.report(conn, batch_id, status)

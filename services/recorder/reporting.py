@@ -16,7 +16,8 @@ _COUNTS = text(
       (SELECT count(*) FROM judge_calls j WHERE j.batch_id = b.batch_id) AS judged,
       (SELECT count(*) FROM scores s WHERE s.batch_id = b.batch_id) AS scored,
       (SELECT count(DISTINCT f.prompt_id) FROM failures f WHERE f.batch_id = b.batch_id
-         AND NOT EXISTS (SELECT 1 FROM scores s2 WHERE s2.prompt_id = f.prompt_id)) AS failed
+         AND NOT EXISTS (SELECT 1 FROM scores s2 WHERE s2.prompt_id = f.prompt_id)) AS failed,
+      EXISTS (SELECT 1 FROM failures c WHERE c.batch_id = b.batch_id AND c.category = 'cancelled') AS cancelled
     FROM batches b WHERE b.batch_id = :b
     """
 )
@@ -28,7 +29,9 @@ def _elapsed(started: datetime | None, finished: datetime | None) -> float:
     return max(0.0, ((finished or datetime.now(UTC)) - started).total_seconds())
 
 
-def final_status(total: int, scored: int, failed: int) -> BatchStatus:
+def final_status(scored: int, failed: int, cancelled: bool) -> BatchStatus:
+    if cancelled:
+        return BatchStatus.CANCELLED
     if failed == 0:
         return BatchStatus.COMPLETED
     if scored == 0:
@@ -41,6 +44,7 @@ async def progress(conn: AsyncConnection, batch_id: str) -> BatchProgress | None
     if row is None:
         return None
     return BatchProgress(
+        cancelled=row["cancelled"],
         batch_id=batch_id,
         status=BatchStatus(row["status"]),
         total=row["total_prompts"],

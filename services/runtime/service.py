@@ -1,6 +1,9 @@
 """Building a service's FastStream app: logging, the broker, and consumers bound to durables."""
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from faststream import FastStream
 from faststream.nats import NatsBroker
@@ -59,6 +62,23 @@ def consume(
     async def stop() -> None:
         for consumer in holder:
             await consumer.stop()
+
+    app.after_startup(start)
+    app.on_shutdown(stop)
+
+
+def run_in_background(app: FastStream, job: Callable[[], Awaitable[None]]) -> None:
+    """A task that lives while the app runs (started once the broker is connected)."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        tasks.append(asyncio.create_task(job()))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     app.after_startup(start)
     app.on_shutdown(stop)

@@ -154,3 +154,32 @@ async def test_the_same_start_twice_runs_one_batch(stack: Stack, cli, tmp_path: 
     assert second.returncode != 0
     assert await count(stack.database_url, "SELECT count(*) FROM prompts WHERE batch_id = :b", batch_id) == 10
     assert await count(stack.database_url, "SELECT count(*) FROM responses WHERE batch_id = :b", batch_id) == 10
+
+
+async def test_cancel_stops_pending_prompts_and_ends_the_batch_cancelled(stack: Stack, cli, tmp_path: Path) -> None:
+    batch_id = "b-cancel-" + secrets.token_hex(3)
+    suite = write_suite(tmp_path / "long.jsonl", 400)
+    nc = await nats.connect(stack.nats_url)
+    first = asyncio.Event()
+
+    async def on_progress(msg: nats.aio.msg.Msg) -> None:
+        if BatchProgress.model_validate_json(msg.data).responded > 0:
+            first.set()
+
+    await nc.subscribe(subjects.progress(batch_id), cb=on_progress)
+    run = asyncio.create_task(
+        asyncio.to_thread(
+            cli, "run", str(suite), "--model", "evalbus-fake", "--batch-id", batch_id, "--concurrency", "1", "--json"
+        )
+    )
+    await asyncio.wait_for(first.wait(), 60)
+    cancel = await asyncio.to_thread(cli, "cancel", batch_id, "--reason", "wrong model")
+    assert cancel.returncode == 0, cancel.stderr
+    result = await run
+    await nc.drain()
+    report = json.loads(result.stdout)
+    assert report["status"] == "cancelled"
+    assert report["completed"] + report["failed"] == 400
+    assert report["failures_by_category"].get("cancelled", 0) > 0
+    responded = await count(stack.database_url, "SELECT count(*) FROM responses WHERE batch_id = :b", batch_id)
+    assert responded < 400  # the model was not called for what was cancelled

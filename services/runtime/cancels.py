@@ -1,0 +1,55 @@
+"""The set of cancelled batches, kept current from the `evalbus_cancels` KV bucket.
+
+Every replica of every model-calling service watches the bucket, so a cancel reaches all of
+them without a broadcast protocol of our own, and a restarted replica reads the whole set again.
+"""
+
+import asyncio
+import logging
+
+from nats.js import JetStreamContext
+
+from contracts.enums import FailureCategory, Stage
+from contracts.events import PromptEvent, PromptFailed
+from contracts.topology import KV_CANCELS
+
+log = logging.getLogger("evalbus.cancels")
+
+
+class CancelledBatches:
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+
+    def __contains__(self, batch_id: object) -> bool:
+        return batch_id in self._ids
+
+    def add(self, batch_id: str) -> None:
+        self._ids.add(batch_id)
+
+    async def watch(self, js: JetStreamContext) -> None:
+        """Follow the bucket forever (re-watching after any error)."""
+        while True:
+            try:
+                kv = await js.key_value(KV_CANCELS)
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is not None and entry.key:
+                        self._ids.add(entry.key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("watching %s failed (%r); retrying", KV_CANCELS, exc)
+                await asyncio.sleep(2)
+
+
+def cancelled_failure(evt: PromptEvent, stage: Stage) -> PromptFailed:
+    """What a prompt of a cancelled batch becomes, without a model call."""
+    return PromptFailed(
+        batch_id=evt.batch_id,
+        prompt_id=evt.prompt_id,
+        index=evt.index,
+        stage=stage,
+        category=FailureCategory.CANCELLED,
+        error="the batch was cancelled before this prompt ran",
+        attempts=0,
+    )
