@@ -8,6 +8,7 @@ import nats
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 
 from contracts import subjects
 from contracts.events import (
@@ -100,7 +101,18 @@ class Follower:
 
 
 async def query(nc: Client, endpoint: str, batch_id: str, timeout_s: float = 10) -> bytes:
-    reply = await nc.request(subjects.api(f"batch.{endpoint}"), orjson.dumps({"batch_id": batch_id}), timeout=timeout_s)
+    """Ask the recorder; while it is (re)starting there are no responders, so wait for it a while."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            reply = await nc.request(
+                subjects.api(f"batch.{endpoint}"), orjson.dumps({"batch_id": batch_id}), timeout=timeout_s
+            )
+            break
+        except NoRespondersError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("no recorder answered") from None
+            await asyncio.sleep(0.25)
     headers = reply.headers or {}
     if "Nats-Service-Error-Code" in headers:
         raise ApiError(headers["Nats-Service-Error-Code"], headers.get("Nats-Service-Error", ""))
