@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, config_file: Path | None = None) -> "NatsServer":
+        self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
@@ -98,9 +100,7 @@ class PostgresServer:
         return f"postgresql+asyncpg://{PG_USER}@127.0.0.1:{self.port}/{PG_DB}"
 
     def _bin(self, name: str) -> str:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        return str(POSTGRES_BIN_PATH / name)
+        return str(_pg_bin_path() / name)
 
     def _run_as(self) -> str | None:
         # PostgreSQL refuses to run as root; pgserver's convention is a 'pgserver' system user.
@@ -108,15 +108,17 @@ class PostgresServer:
             return None
         import stat
 
-        from pgserver._commands import POSTGRES_BIN_PATH
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pgserver's import warns about XDG_RUNTIME_DIR
+            from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        bin_path = _pg_bin_path()
 
         ensure_user_exists("pgserver")
         ensure_prefix_permissions(self.data_dir)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_prefix_permissions(bin_path)
         perms = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, perms)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+        ensure_folder_permissions(bin_path, perms)
+        ensure_folder_permissions(bin_path.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
         return "pgserver"
 
     def _chown(self, path: Path, user: str | None) -> None:
@@ -126,6 +128,7 @@ class PostgresServer:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def start(self) -> "PostgresServer":
+        self.data_dir = self.data_dir.resolve()  # postgres runs in its data folder
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._run_as()
         if not (self.pgdata / "PG_VERSION").exists():
@@ -148,7 +151,6 @@ class PostgresServer:
                 pidfile.unlink()
         if not self.port:
             self.port = free_port()
-        sockdir = self.pgdata
         logf = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [
@@ -159,8 +161,8 @@ class PostgresServer:
                 str(self.port),
                 "-h",
                 "127.0.0.1",
-                "-k",
-                str(sockdir),
+                "-c",
+                "unix_socket_directories=",  # TCP only: no socket-path length or permission trouble
                 "-c",
                 "max_connections=200",
                 "-c",
@@ -223,6 +225,13 @@ class PostgresServer:
         # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client to leave.
         _stop(self.proc, kill, signal.SIGINT)
         self.proc = None
+
+
+def _pg_bin_path() -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pgserver's import warns about XDG_RUNTIME_DIR
+        from pgserver._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, kill: bool, sig: int = signal.SIGTERM) -> None:
