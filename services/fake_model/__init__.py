@@ -1,0 +1,1 @@
+"""A deterministic fake LLM server speaking the OpenAI chat-completions API."""

@@ -1,0 +1,284 @@
+"""The aiohttp app: OpenAI-style chat completions with deterministic answers, judgments and faults."""
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from aiohttp import web
+
+from services.fake_model.answers import (
+    MODELS,
+    chat_answer,
+    completion_tokens,
+    encoding,
+    is_judge_request,
+    judge,
+    judgment_text,
+    malformed_judgment,
+    parse_judge_prompt,
+    prompt_tokens,
+)
+from services.fake_model.faults import FaultPlanner, FaultRates, Outcome, body_digest
+from services.fake_model.settings import FakeModelSettings
+
+KINDS = ("chat", "judge")
+_TWO_64 = float(1 << 64)
+# Long enough for in-flight answers to finish, short enough that hung requests don't stall shutdown.
+SHUTDOWN_TIMEOUT_S = 2.0
+
+
+class InvalidRequest(ValueError):
+    """The request is not a chat completion request we can answer (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    contents: list[str]
+    question: str
+    max_tokens: int | None
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts; only text parts carry tokens we can count
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    raise InvalidRequest("message content must be a string or a list of content parts")
+
+
+def parse_request(body: Any) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' is required and must be a non-empty list")
+    contents: list[str] = []
+    question = ""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"messages[{i}] must be an object with a string 'role'")
+        text = _content_text(message.get("content"))
+        contents.append(text)
+        if message["role"] == "user":
+            question = text
+    model = body.get("model", MODELS[0])
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise InvalidRequest("'max_tokens' must be a positive integer")
+    temperature = body.get("temperature")
+    if temperature is not None and (not isinstance(temperature, int | float) or isinstance(temperature, bool)):
+        raise InvalidRequest("'temperature' must be a number")
+    if body.get("response_format") is not None and not isinstance(body["response_format"], dict):
+        raise InvalidRequest("'response_format' must be an object")
+    if body.get("stream"):
+        raise InvalidRequest("streaming is not supported by the fake model")
+    return ChatRequest(model=model, contents=contents, question=question, max_tokens=max_tokens)
+
+
+class RequestLog:
+    """One JSON line per request, appended to a file kept open for the server's lifetime."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed on cleanup
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(orjson.dumps(record).decode() + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class State:
+    settings: FakeModelSettings
+    planner: FaultPlanner
+    log: RequestLog | None
+    stats: dict[str, Counter[str]] = field(default_factory=lambda: {k: Counter() for k in (*KINDS, "invalid")})
+
+
+STATE = web.AppKey("state", State)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"error": {"message": message, "type": kind}}, status=status, headers=headers)
+
+
+def _answer(state: State, req: ChatRequest, judge_request: bool, outcome: Outcome, digest: bytes) -> str:
+    if not judge_request:
+        return chat_answer(req.model, req.question, adversarial=state.settings.adversarial)
+    criteria, answer = parse_judge_prompt(req.question)
+    judgments = judge(answer, criteria)
+    if outcome is Outcome.MALFORMED:
+        return malformed_judgment(judgments, digest[15])
+    return judgment_text(judgments)
+
+
+async def chat_completions(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    settings = state.settings
+    started = time.perf_counter()
+    try:
+        body = orjson.loads(await request.read())
+        req = parse_request(body)
+    except (orjson.JSONDecodeError, InvalidRequest) as exc:
+        state.stats["invalid"]["400"] += 1
+        message = str(exc) if isinstance(exc, InvalidRequest) else f"request body is not valid JSON: {exc}"
+        return _error(400, message, "invalid_request_error")
+
+    digest = body_digest(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    request_hash = digest[:8].hex()
+    judge_request = is_judge_request(body)
+    kind = KINDS[judge_request]
+    outcome = state.planner.decide(digest, judge=judge_request)
+    state.stats[kind][outcome.value] += 1
+    try:
+        delay_ms = settings.latency_ms + settings.jitter_ms * (int.from_bytes(digest[8:16], "big") / _TWO_64)
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000)
+        if outcome is Outcome.SERVER_ERROR:
+            return _error(500, "injected server error", "server_error")
+        if outcome is Outcome.RATE_LIMITED:
+            return _error(
+                429,
+                "injected rate limit",
+                "rate_limit_error",
+                headers={"Retry-After": f"{settings.retry_after_s:g}"},
+            )
+        if outcome is Outcome.HANG:
+            await asyncio.sleep(settings.hang_s)
+        text, n_completion, cut = completion_tokens(_answer(state, req, judge_request, outcome, digest), req.max_tokens)
+        n_prompt = prompt_tokens(req.contents)
+        return _json(
+            {
+                "id": f"chatcmpl-{request_hash}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": req.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "length" if cut else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": n_prompt,
+                    "completion_tokens": n_completion,
+                    "total_tokens": n_prompt + n_completion,
+                },
+            }
+        )
+    finally:
+        # In `finally` so a hang the client gave up on (handler cancelled) is still logged.
+        if state.log is not None:
+            record: dict[str, Any] = {
+                "ts": round(time.time(), 3),
+                "kind": kind,
+                "model": req.model,
+                "request_hash": request_hash,
+                "outcome": outcome.value,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
+            if (prompt_id := request.headers.get("X-Evalbus-Prompt-Id")) is not None:
+                record["prompt_id"] = prompt_id
+            if (stage := request.headers.get("X-Evalbus-Stage")) is not None:
+                record["stage"] = stage
+            state.log.write(record)
+
+
+async def health(_: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def models(_: web.Request) -> web.Response:
+    return _json(
+        {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "evalbus"} for m in MODELS]}
+    )
+
+
+async def stats(request: web.Request) -> web.Response:
+    counts = request.app[STATE].stats
+    by_kind = {kind: {o.value: counts[kind][o.value] for o in Outcome} for kind in KINDS}
+    return _json(
+        {
+            **by_kind,
+            "invalid": counts["invalid"]["400"],
+            "total": sum(sum(c.values()) for c in counts.values()),
+        }
+    )
+
+
+def create_app(settings: FakeModelSettings) -> web.Application:
+    encoding()  # load the BPE ranks now, not on the first request
+    rates = FaultRates(
+        error_500=settings.error_rate_500,
+        rate_limit=settings.rate_limit_rate,
+        hang=settings.hang_rate,
+        malformed=settings.malformed_rate,
+    )
+    log = RequestLog(settings.request_log) if settings.request_log else None
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[STATE] = State(settings=settings, planner=FaultPlanner(rates, seed=settings.seed), log=log)
+
+    async def close_log(_: web.Application) -> None:
+        if log is not None:
+            log.close()
+
+    app.on_cleanup.append(close_log)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/models", models)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+async def start_server(settings: FakeModelSettings) -> tuple[web.AppRunner, int]:
+    """Serve in the running event loop; returns the runner (call `await runner.cleanup()` to stop)
+    and the bound port (useful with port 0)."""
+    runner = web.AppRunner(
+        create_app(settings),
+        access_log=None,  # per-request logging would dominate the cost of a fake answer
+        handler_cancellation=True,  # a client that gives up on a hang frees its handler
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]
+
+
+async def serve(settings: FakeModelSettings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    runner, port = await start_server(settings)
+    print(f"fake model listening on http://{settings.host}:{port}/v1", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
