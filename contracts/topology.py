@@ -20,6 +20,9 @@ class StreamSpec:
 
 @dataclass(frozen=True)
 class ConsumerSpec:
+    """A durable pull consumer. Handlers that run long send in-progress signals every third of
+    the ack wait the server reports, so a short ack wait only shortens redelivery after a crash."""
+
     durable: str
     stream: str
     filter_subject: str
@@ -64,7 +67,7 @@ CHAT_RUNNER_QUEUED = ConsumerSpec(
     durable="chat-runner-prompt-queued",
     stream=subjects.STREAM_EVENTS,
     filter_subject=subjects.any_batch("prompt", "queued"),
-    ack_wait_s=60,
+    ack_wait_s=15,
     max_deliver=10,
     max_ack_pending=2048,
 )
@@ -72,7 +75,7 @@ JUDGE_RESPONDED = ConsumerSpec(
     durable="judge-prompt-responded",
     stream=subjects.STREAM_EVENTS,
     filter_subject=subjects.any_batch("prompt", "responded"),
-    ack_wait_s=60,
+    ack_wait_s=15,
     max_deliver=10,
     max_ack_pending=2048,
 )
@@ -80,7 +83,7 @@ SCORER_JUDGED = ConsumerSpec(
     durable="scorer-prompt-judged",
     stream=subjects.STREAM_EVENTS,
     filter_subject=subjects.any_batch("prompt", "judged"),
-    ack_wait_s=30,
+    ack_wait_s=15,
     max_deliver=10,
     max_ack_pending=4096,
 )
@@ -88,7 +91,7 @@ RECORDER_EVENTS = ConsumerSpec(
     durable="recorder-events",
     stream=subjects.STREAM_EVENTS,
     filter_subject=subjects.EVENTS_SUBJECTS,
-    ack_wait_s=30,
+    ack_wait_s=15,
     max_deliver=20,
     max_ack_pending=8192,
 )

@@ -34,6 +34,7 @@ class Stack:
     postgres: PostgresServer | None = None
     fake_model_port: int | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
 
     @property
     def model_base_url(self) -> str:
@@ -64,11 +65,23 @@ class Stack:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            local(argv), env=self.env(extra_env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        env = self.env(extra_env)
+        proc = subprocess.Popen(local(argv), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
+        self.commands[name] = (argv, dict(extra_env or {}))
         return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one process (chaos tests: SIGKILL, SIGSTOP, SIGCONT)."""
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            proc.wait()
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a process again with the command and settings it had."""
+        argv, extra_env = self.commands[name]
+        return self.spawn(name, argv, extra_env)
 
     def start_fake_model(self, options: Mapping[str, str] | None = None) -> None:
         self.fake_model_port = self.fake_model_port or free_port()

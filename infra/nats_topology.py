@@ -36,21 +36,26 @@ def stream_config(spec: StreamSpec) -> StreamConfig:
     )
 
 
-def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+def consumer_config(spec: ConsumerSpec, ack_wait_s: float | None = None) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=spec.durable,
         filter_subject=spec.filter_subject,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=spec.ack_wait_s,
+        ack_wait=ack_wait_s or spec.ack_wait_s,
         max_deliver=spec.max_deliver,
         max_ack_pending=spec.max_ack_pending,
         backoff=list(spec.backoff_s) or None,
     )
 
 
-async def apply_topology(nats_url: str, *, user: str | None = None, password: str | None = None) -> list[str]:
-    """Create or update streams, create missing consumers; returns drift warnings."""
+async def apply_topology(
+    nats_url: str, *, user: str | None = None, password: str | None = None, ack_wait_s: float | None = None
+) -> list[str]:
+    """Create or update streams and consumers; returns drift warnings.
+
+    `ack_wait_s` overrides every consumer's ack wait (how soon a crashed worker's messages are
+    redelivered); services read the value from the server, so nothing else changes with it."""
     nc = await nats.connect(nats_url.split(","), user=user, password=password, connect_timeout=5)
     warnings: list[str] = []
     try:
@@ -68,7 +73,7 @@ async def apply_topology(nats_url: str, *, user: str | None = None, password: st
             except BucketNotFoundError:
                 await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30 * 86_400))
         for cspec in CONSUMERS:
-            want = consumer_config(cspec)
+            want = consumer_config(cspec, ack_wait_s)
             try:
                 info = await js.consumer_info(cspec.stream, cspec.durable)
             except NotFoundError:

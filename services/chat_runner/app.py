@@ -33,9 +33,9 @@ def create_app() -> FastStream:
         return await run_prompt(client, evt, settings.model_base_url, cancelled)
 
     async def on_prompt_queued(raw: Msg) -> None:
-        await work_one(jetstream(broker), SERVICE, raw, PromptQueued, work, CHAT_RUNNER_QUEUED.ack_wait_s / 3)
+        await work_one(jetstream(broker), SERVICE, raw, PromptQueued, work, binding.keepalive_s)
 
-    consume(
+    binding = consume(
         app,
         broker,
         SERVICE,

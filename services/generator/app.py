@@ -80,7 +80,7 @@ def create_app() -> FastStream:
     def handler(handle: Callable[[JetStreamContext, Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
         async def on_message(raw: Msg) -> None:
             try:
-                async with KeepAlive(raw, GENERATOR_START.ack_wait_s / 3):
+                async with KeepAlive(raw, bindings[0].keepalive_s):
                     await handle(jetstream(broker), raw)
             except Exception:
                 log.exception("%s failed; will retry", raw.subject)
@@ -90,6 +90,8 @@ def create_app() -> FastStream:
 
         return on_message
 
-    consume(app, broker, SERVICE, GENERATOR_START, on_message=handler(handle_start), slots=4)
-    consume(app, broker, SERVICE, GENERATOR_CANCEL, on_message=handler(handle_cancel), slots=2)
+    bindings = [
+        consume(app, broker, SERVICE, GENERATOR_START, on_message=handler(handle_start), slots=4),
+        consume(app, broker, SERVICE, GENERATOR_CANCEL, on_message=handler(handle_cancel), slots=2),
+    ]
     return app

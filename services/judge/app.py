@@ -34,9 +34,9 @@ def create_app() -> FastStream:
         return await judge_prompt(client, evt, default_base_url, cancelled)
 
     async def on_prompt_responded(raw: Msg) -> None:
-        await work_one(jetstream(broker), SERVICE, raw, PromptResponded, work, JUDGE_RESPONDED.ack_wait_s / 3)
+        await work_one(jetstream(broker), SERVICE, raw, PromptResponded, work, binding.keepalive_s)
 
-    consume(
+    binding = consume(
         app,
         broker,
         SERVICE,

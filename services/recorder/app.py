@@ -96,7 +96,14 @@ class Recorder:
 def create_app() -> FastStream:
     settings = get_settings()
     broker, app = new_service(SERVICE, settings)
-    engine = create_async_engine(settings.require_database_url(), pool_size=5, max_overflow=5, pool_pre_ping=True)
+    # command_timeout: a paused or partitioned database surfaces as an error (and a retry), not a hang.
+    engine = create_async_engine(
+        settings.require_database_url(),
+        pool_size=5,
+        max_overflow=5,
+        pool_pre_ping=True,
+        connect_args={"command_timeout": 20},
+    )
     recorder = Recorder(engine)
     tasks: list[asyncio.Task[None]] = []
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import ConnectionClosedError, ConnectionReconnectingError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, ServiceUnavailableError
 
@@ -27,7 +27,14 @@ log = logging.getLogger("evalbus.consumer")
 
 MsgHandler = Callable[[Msg], Awaitable[None]]
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]
-_RETRYABLE = (ConnectionClosedError, NoRespondersError, ServiceUnavailableError, APIError, OSError)
+_RETRYABLE = (
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    ServiceUnavailableError,
+    APIError,
+    OSError,
+)
 
 
 class Consumer:
@@ -58,6 +65,7 @@ class Consumer:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._running = False
+        self.ack_wait_s = spec.ack_wait_s
 
     async def start(self) -> None:
         self._running = True
@@ -82,7 +90,12 @@ class Consumer:
     async def _bind(self) -> JetStreamContext.PullSubscription:
         js = self._nc.jetstream()
         kwargs = {"inbox_prefix": self._inbox_prefix.encode()} if self._inbox_prefix else {}
-        return await js.pull_subscribe_bind(durable=self._spec.durable, stream=self._spec.stream, **kwargs)
+        sub = await js.pull_subscribe_bind(durable=self._spec.durable, stream=self._spec.stream, **kwargs)
+        # The server's ack wait is the truth (infra may have set another than the spec's).
+        info = await sub.consumer_info()
+        if info.config.ack_wait:
+            self.ack_wait_s = float(info.config.ack_wait)
+        return sub
 
     async def _run(self) -> None:
         while self._running:

@@ -18,6 +18,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # FastStream logs bookkeeping at INFO; that costs CPU and says little.
     logging.getLogger("faststream").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per model call otherwise
     logging.getLogger("evalbus").setLevel(level.upper())
 
 
@@ -41,8 +42,9 @@ def consume(
     slots: int = 1,
     batch_size: int = 256,
     max_wait_s: float = 1.0,
-) -> None:
+) -> "Binding":
     """Run a consumer on `spec`'s durable while the app runs; on shutdown, in-flight work drains."""
+    binding = Binding(spec.ack_wait_s)
     holder: list[Consumer] = []
 
     async def start() -> None:
@@ -58,6 +60,7 @@ def consume(
         )
         await consumer.start()
         holder.append(consumer)
+        binding.consumer = consumer
 
     async def stop() -> None:
         for consumer in holder:
@@ -65,6 +68,20 @@ def consume(
 
     app.after_startup(start)
     app.on_shutdown(stop)
+    return binding
+
+
+class Binding:
+    """What a handler may ask of its consumer: how often to signal in-progress work."""
+
+    def __init__(self, default_ack_wait_s: float) -> None:
+        self._default = default_ack_wait_s
+        self.consumer: Consumer | None = None
+
+    @property
+    def keepalive_s(self) -> float:
+        ack_wait = self.consumer.ack_wait_s if self.consumer else self._default
+        return max(0.5, ack_wait / 3)
 
 
 def run_in_background(app: FastStream, job: Callable[[], Awaitable[None]]) -> None:

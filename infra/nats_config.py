@@ -1,0 +1,66 @@
+"""Where the deployment's nats-server config lives, and the passwords it reads from the environment.
+
+`infra/nats/nats-server.conf` names one user per role and takes each password from
+`$EVALBUS_NATS_<ROLE>_PASSWORD`; this module spells those names once, for compose and the tests.
+"""
+
+import re
+import secrets
+from pathlib import Path
+
+CONFIG_PATH = Path(__file__).resolve().parent / "nats" / "nats-server.conf"
+
+# The users of nats-server.conf: the provisioner, the five services, and the users' CLI.
+ROLES: tuple[str, ...] = ("provisioner", "generator", "chat-runner", "judge", "scorer", "recorder", "client")
+
+
+def config_path() -> Path:
+    return CONFIG_PATH
+
+
+def render(dest: Path, *, store_dir: Path, listen: str | None = None, http: str | None = None) -> Path:
+    """Write a copy of the config to `dest` with another JetStream store (and listen/monitor address).
+
+    nats-server refuses `-sd` next to a config that sets `store_dir` ("Duplicate 'store_dir'"),
+    so a test, or a host without /data, runs a rendered copy instead of passing flags.
+    """
+    text = _set(config_path().read_text(), "store_dir", f'"{store_dir}"')
+    if listen is not None:
+        text = _set(text, "listen", listen)
+    if http is not None:
+        text = _set(text, "http", http)
+    dest.write_text(text)
+    return dest
+
+
+def _set(text: str, key: str, value: str) -> str:
+    """Replace the value of the first `key: ...` line, keeping its indentation."""
+    new, n = re.subn(rf"^(\s*){key}: .*$", lambda m: f"{m.group(1)}{key}: {value}", text, count=1, flags=re.M)
+    if n != 1:
+        raise ValueError(f"{config_path()} has no '{key}:' line")
+    return new
+
+
+def password_env(role: str) -> str:
+    """`chat-runner` -> `EVALBUS_NATS_CHAT_RUNNER_PASSWORD` (config variables cannot hold '-')."""
+    if role not in ROLES:
+        raise ValueError(f"unknown NATS role {role!r}; expected one of {ROLES}")
+    return f"EVALBUS_NATS_{role.upper().replace('-', '_')}_PASSWORD"
+
+
+def test_passwords() -> dict[str, str]:
+    """A fresh random password per role.
+
+    NATS parses a variable's value as a config value, so a password must not look like a
+    number, size or boolean: a letter followed by hex digits always reads as a string.
+    """
+    return {role: "p" + secrets.token_hex(16) for role in ROLES}
+
+
+def server_env(passwords: dict[str, str]) -> dict[str, str]:
+    """The environment variables nats-server needs for `passwords` (role -> password)."""
+    return {password_env(role): pw for role, pw in passwords.items()}
+
+
+# Not a test, although pytest would collect the name if this module were imported by one.
+test_passwords.__test__ = False  # type: ignore[attr-defined]
