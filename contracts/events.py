@@ -334,6 +334,16 @@ class DeadLetter(Model):
     occurred_at: datetime = Field(default_factory=utcnow)
 
 
+class BreakerStateChanged(Model):
+    """A model endpoint's circuit breaker changed state, on `evalbus.v1.breaker.<endpoint>`."""
+
+    service: str
+    endpoint: str
+    old_state: Literal["closed", "open", "half_open"]
+    new_state: Literal["closed", "open", "half_open"]
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
 PROMPT_TERMINAL = (PromptScored, PromptFailed)
 EVENT_TYPES: dict[tuple[str, str], type[Event]] = {
     (cls.entity, cls.verb): cls

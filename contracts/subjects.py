@@ -4,15 +4,19 @@
 service's work. The version token comes early so a v2 can run beside v1.
 """
 
+import re
+
 PREFIX = "evalbus.v1"
 
 STREAM_EVENTS = "EVALBUS_EVENTS"
 STREAM_PROGRESS = "EVALBUS_PROGRESS"
 STREAM_DLQ = "EVALBUS_DLQ"
+STREAM_OPS = "EVALBUS_OPS"
 
 EVENTS_SUBJECTS = f"{PREFIX}.batch.>"
 PROGRESS_SUBJECTS = f"{PREFIX}.progress.>"
 DLQ_SUBJECTS = f"{PREFIX}.dlq.>"
+OPS_SUBJECTS = f"{PREFIX}.breaker.>"
 
 
 def batch_event(batch_id: str, entity: str, verb: str) -> str:
@@ -47,6 +51,16 @@ def progress(batch_id: str) -> str:
 
 def dlq(service: str) -> str:
     return f"{PREFIX}.dlq.{service}"
+
+
+def endpoint_token(base_url: str) -> str:
+    """A model endpoint as one subject token: `http://127.0.0.1:8089/v1` -> `127_0_0_1_8089_v1`."""
+    bare = base_url.split("://", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", bare).strip("_") or "endpoint"
+
+
+def breaker(base_url: str) -> str:
+    return f"{PREFIX}.breaker.{endpoint_token(base_url)}"
 
 
 def api(endpoint: str) -> str:

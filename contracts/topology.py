@@ -45,6 +45,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     # Late joiners read the last snapshot per batch; a few are kept for `nats stream view`.
     StreamSpec(subjects.STREAM_PROGRESS, (subjects.PROGRESS_SUBJECTS,), max_age_s=DAY, max_msgs_per_subject=5),
     StreamSpec(subjects.STREAM_DLQ, (subjects.DLQ_SUBJECTS,), max_age_s=30 * DAY),
+    StreamSpec(subjects.STREAM_OPS, (subjects.OPS_SUBJECTS,), max_age_s=7 * DAY),
 )
 
 GENERATOR_START = ConsumerSpec(

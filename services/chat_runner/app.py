@@ -8,7 +8,7 @@ from contracts.topology import CHAT_RUNNER_QUEUED
 from services.chat_runner.logic import run_prompt
 from services.runtime.bus import jetstream
 from services.runtime.cancels import CancelledBatches
-from services.runtime.llm import ChatClient
+from services.runtime.model_client import chat_client
 from services.runtime.service import consume, new_service, run_in_background
 from services.runtime.settings import get_settings
 from services.runtime.worker import work_one
@@ -19,12 +19,7 @@ SERVICE = "chat-runner"
 def create_app() -> FastStream:
     settings = get_settings()
     broker, app = new_service(SERVICE, settings)
-    client = ChatClient(
-        api_key=settings.resolved_api_key(),
-        endpoint_concurrency=settings.endpoint_concurrency,
-        retry_base_s=settings.retry_base_s,
-        retry_max_s=settings.retry_max_s,
-    )
+    client = chat_client(settings, broker, SERVICE)
     app.after_shutdown(client.aclose)
     cancelled = CancelledBatches()
     run_in_background(app, lambda: cancelled.watch(jetstream(broker)))

@@ -19,9 +19,23 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from contracts.enums import FailureCategory
+from services.runtime.breaker import ProviderBreaker, StateChange
 from services.runtime.tokens import count_chat_tokens, count_tokens
 
 log = logging.getLogger("evalbus.llm")
+
+
+# Failures that say the endpoint is unhealthy; a 400 or an unparseable body does not.
+UNHEALTHY = {
+    FailureCategory.TIMEOUT,
+    FailureCategory.CONNECTION,
+    FailureCategory.SERVER_ERROR,
+    FailureCategory.RATE_LIMIT,
+}
+
+
+def counts_against_endpoint(exc: BaseException) -> bool:
+    return isinstance(exc, ModelCallError) and exc.category in UNHEALTHY
 
 
 class ModelCallError(Exception):
@@ -133,6 +147,9 @@ class ChatClient:
         endpoint_concurrency: int,
         retry_base_s: float,
         retry_max_s: float,
+        breaker_fail_max: int = 5,
+        breaker_reset_s: float = 30.0,
+        on_breaker_change: StateChange | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._api_key = api_key
@@ -140,6 +157,10 @@ class ChatClient:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._transport = transport
+        self._breaker_fail_max = breaker_fail_max
+        self._breaker_reset_s = breaker_reset_s
+        self._on_breaker_change = on_breaker_change
+        self.breakers: dict[str, ProviderBreaker] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._endpoint_slots: dict[str, asyncio.Semaphore] = {}
         self._batch_slots: dict[tuple[str, str], tuple[int, asyncio.Semaphore]] = {}
@@ -156,6 +177,13 @@ class ChatClient:
             )
             self._clients[base_url] = client
             self._endpoint_slots[base_url] = asyncio.Semaphore(self._endpoint_concurrency)
+            self.breakers[base_url] = ProviderBreaker(
+                base_url,
+                fail_max=self._breaker_fail_max,
+                reset_s=self._breaker_reset_s,
+                counts=counts_against_endpoint,
+                on_change=self._on_breaker_change,
+            )
         return client
 
     @asynccontextmanager
@@ -195,9 +223,14 @@ class ChatClient:
         prompt_texts = [m["content"] for m in messages]
         attempts = 0
 
+        breaker = self.breakers[opts.base_url]
+
         async def attempt() -> Completion:
             nonlocal attempts
             attempts += 1
+            return await breaker.call(one_call)
+
+        async def one_call() -> Completion:
             async with self._slot(opts.base_url, batch_id, batch_limit):
                 started = time.perf_counter()
                 try:

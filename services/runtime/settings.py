@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=0.5, ge=0, description="first retry delay (full jitter, doubling)")
     retry_max_s: float = Field(default=20.0, ge=0, description="longest single retry delay")
 
+    breaker_fail_max: int = Field(default=5, ge=1, description="consecutive endpoint failures that open its breaker")
+    breaker_reset_s: float = Field(default=30.0, gt=0, description="pause before an open breaker lets a probe through")
+
     fetch_batch: int = Field(default=256, ge=1, description="messages per pull for batched consumers")
     fetch_timeout_s: float = Field(default=0.05, gt=0, description="how long a batched pull waits to fill")
     progress_interval_s: float = Field(default=0.25, gt=0, description="minimum gap between progress snapshots")

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.chaos
 N = int(os.environ.get("EVALBUS_CHAOS_PROMPTS", "300"))
 SEED = int(os.environ.get("EVALBUS_CHAOS_SEED", str(int(time.time()))))
 ACK_WAIT_S = 4.0
-# Slow enough that the batch is still running while every fault lands (~15-25 s of work).
+# Slow enough that the batch is still running while every fault lands (~30 s of model time).
 CONCURRENCY = max(2, N // 150)
 MAX_RETRIES = 2
 PG_PAUSE_S = float(os.environ.get("EVALBUS_CHAOS_PG_PAUSE_S", "3"))
@@ -82,7 +82,7 @@ async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
     await apply_topology(stack.nats_url, ack_wait_s=ACK_WAIT_S)  # quick redelivery after a kill
     log_path = tmp_path / "model-requests.jsonl"
     await asyncio.to_thread(stack.start_fake_model, {
-        "latency_ms": "50", "jitter_ms": "50", "error_rate_500": "0.05", "rate_limit_rate": "0.02",
+        "latency_ms": "80", "jitter_ms": "40", "error_rate_500": "0.05", "rate_limit_rate": "0.02",
         "retry_after_s": "0.2", "hang_rate": "0.01", "hang_s": "30", "malformed_rate": "0.01",
         "seed": str(SEED), "request_log": str(log_path),
     })  # fmt: skip
@@ -114,7 +114,7 @@ async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
         rng.shuffle(faults)
         hit_running = 0
         for fault in faults:
-            await asyncio.sleep(rng.uniform(0.3, 1.2))
+            await asyncio.sleep(rng.uniform(0.2, 0.8))
             events.append(fault)
             if fault != "postgres":  # (querying a paused database would hang the test)
                 state = await query(stack.database_url, "SELECT status FROM batches WHERE batch_id = :b", b=batch_id)
@@ -166,7 +166,7 @@ async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
             await query(db, "SELECT category, count(*) FROM failures WHERE batch_id = :b GROUP BY category", b=batch_id)
         )
         lost = N - (scored + failed)
-        assert hit_running >= len(faults) - 2, f"only {hit_running} faults hit the running batch"
+        assert hit_running >= len(faults) - 1, f"only {hit_running} faults hit the running batch"
         assert prompts == N and lost == 0, f"lost {lost}"
         assert status in ("completed", "partial_failure")
         assert totals == (scored, failed, N)

@@ -104,3 +104,16 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     value = parse_retry_after(later)
     assert value is not None and 25 < value <= 30
+
+
+async def test_endpoint_failures_open_its_breaker_and_a_success_closes_it() -> None:
+    changes: list[tuple[str, str, str]] = []
+    responses: list[httpx.Response | Exception] = [httpx.Response(503)] * 3 + [httpx.Response(200, json=ok_body())]
+    client = client_with(responses, [])
+    client._breaker_fail_max, client._breaker_reset_s = 2, 0.1
+    client._on_breaker_change = lambda ep, old, new: changes.append((ep, old, new))
+    done = await call(client, CallOptions(model="m", base_url="http://model.test/v1", timeout_s=5, max_retries=3))
+    assert done.attempts == 4
+    assert [c[1:] for c in changes] == [("closed", "open"), ("open", "half_open"), ("half_open", "open"),
+                                        ("open", "half_open"), ("half_open", "closed")]
+    assert changes[0][0] == "http://model.test/v1"

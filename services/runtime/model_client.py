@@ -1,0 +1,37 @@
+"""The model client a service uses, built from settings, with breaker changes published as events."""
+
+import asyncio
+import logging
+
+from faststream.nats import NatsBroker
+
+from contracts import subjects
+from contracts.events import BreakerStateChanged
+from services.runtime.bus import encode, jetstream
+from services.runtime.llm import ChatClient
+from services.runtime.settings import Settings
+
+log = logging.getLogger("evalbus.breaker")
+
+
+def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatClient:
+    pending: set[asyncio.Task[object]] = set()
+
+    def changed(endpoint: str, old: str, new: str) -> None:
+        log.warning("%s: breaker for %s %s -> %s", service, endpoint, old, new)
+        evt = BreakerStateChanged(service=service, endpoint=endpoint, old_state=old, new_state=new)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(
+            jetstream(broker).publish(subjects.breaker(endpoint), encode(evt), stream=subjects.STREAM_OPS, timeout=5)
+        )
+        pending.add(task)  # a reference, or the task may be collected before it runs
+        task.add_done_callback(pending.discard)
+
+    return ChatClient(
+        api_key=settings.resolved_api_key(),
+        endpoint_concurrency=settings.endpoint_concurrency,
+        retry_base_s=settings.retry_base_s,
+        retry_max_s=settings.retry_max_s,
+        breaker_fail_max=settings.breaker_fail_max,
+        breaker_reset_s=settings.breaker_reset_s,
+        on_breaker_change=changed,
+    )
