@@ -39,6 +39,7 @@ class FailureCategory(StrEnum):
     BREAKER_OPEN = "breaker_open"
     CANCELLED = "cancelled"
     INVALID_INPUT = "invalid_input"
+    DEAD_LETTER = "dead_letter"
 
 
 DEFAULT_CRITERIA: tuple[str, ...] = ("helpfulness", "accuracy", "clarity", "safety", "completeness")

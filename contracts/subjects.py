@@ -17,6 +17,8 @@ EVENTS_SUBJECTS = f"{PREFIX}.batch.>"
 PROGRESS_SUBJECTS = f"{PREFIX}.progress.>"
 DLQ_SUBJECTS = f"{PREFIX}.dlq.>"
 OPS_SUBJECTS = f"{PREFIX}.breaker.>"
+# JetStream's own notice that a message ran out of deliveries; the DLQ stream keeps it too.
+MAX_DELIVERIES_ADVISORIES = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM_EVENTS}.>"
 
 
 def batch_event(batch_id: str, entity: str, verb: str) -> str:

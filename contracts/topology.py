@@ -44,7 +44,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec(subjects.STREAM_EVENTS, (subjects.EVENTS_SUBJECTS,), max_age_s=7 * DAY),
     # Late joiners read the last snapshot per batch; a few are kept for `nats stream view`.
     StreamSpec(subjects.STREAM_PROGRESS, (subjects.PROGRESS_SUBJECTS,), max_age_s=DAY, max_msgs_per_subject=5),
-    StreamSpec(subjects.STREAM_DLQ, (subjects.DLQ_SUBJECTS,), max_age_s=30 * DAY),
+    StreamSpec(subjects.STREAM_DLQ, (subjects.DLQ_SUBJECTS, subjects.MAX_DELIVERIES_ADVISORIES), max_age_s=30 * DAY),
     StreamSpec(subjects.STREAM_OPS, (subjects.OPS_SUBJECTS,), max_age_s=7 * DAY),
 )
 
@@ -97,6 +97,15 @@ RECORDER_EVENTS = ConsumerSpec(
     max_ack_pending=8192,
 )
 
+RECORDER_DEAD_LETTERS = ConsumerSpec(
+    durable="recorder-dead-letters",
+    stream=subjects.STREAM_DLQ,
+    filter_subject="",  # the whole stream: our dead letters and JetStream's advisories
+    ack_wait_s=15,
+    max_deliver=20,
+    max_ack_pending=1024,
+)
+
 CONSUMERS: tuple[ConsumerSpec, ...] = (
     GENERATOR_START,
     GENERATOR_CANCEL,
@@ -104,4 +113,5 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     JUDGE_RESPONDED,
     SCORER_JUDGED,
     RECORDER_EVENTS,
+    RECORDER_DEAD_LETTERS,
 )

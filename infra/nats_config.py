@@ -35,7 +35,7 @@ def render(dest: Path, *, store_dir: Path, listen: str | None = None, http: str 
 
 def _set(text: str, key: str, value: str) -> str:
     """Replace the value of the first `key: ...` line, keeping its indentation."""
-    new, n = re.subn(rf"^(\s*){key}: .*$", lambda m: f"{m.group(1)}{key}: {value}", text, count=1, flags=re.M)
+    new, n = re.subn(rf"^([ \t]*){key}: .*$", lambda m: f"{m.group(1)}{key}: {value}", text, count=1, flags=re.M)
     if n != 1:
         raise ValueError(f"{config_path()} has no '{key}:' line")
     return new
@@ -62,5 +62,5 @@ def server_env(passwords: dict[str, str]) -> dict[str, str]:
     return {password_env(role): pw for role, pw in passwords.items()}
 
 
-# Not a test, although pytest would collect the name if this module were imported by one.
+# A helper, not a test: pytest would otherwise collect it in a test module that imports it by name.
 test_passwords.__test__ = False  # type: ignore[attr-defined]

@@ -39,7 +39,7 @@ def stream_config(spec: StreamSpec) -> StreamConfig:
 def consumer_config(spec: ConsumerSpec, ack_wait_s: float | None = None) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=spec.durable,
-        filter_subject=spec.filter_subject,
+        filter_subject=spec.filter_subject or None,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait_s or spec.ack_wait_s,
@@ -80,7 +80,7 @@ async def apply_topology(
                 await js.add_consumer(cspec.stream, want)
                 continue
             have = info.config
-            if have.filter_subject != want.filter_subject:
+            if (have.filter_subject or None) != want.filter_subject:
                 warnings.append(f"consumer {cspec.durable}: filter {have.filter_subject!r} != {want.filter_subject!r}")
                 continue
             # ack_wait, max_deliver, max_ack_pending and backoff can be updated in place.

@@ -12,16 +12,18 @@ from collections.abc import Sequence
 from faststream import FastStream
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
 from contracts.enums import BatchStatus
-from contracts.events import EVENT_TYPES, BatchCompleted, CancelBatchRequested, Event, StartBatchRequested
-from contracts.topology import RECORDER_EVENTS
+from contracts.events import EVENT_TYPES, BatchCompleted, CancelBatchRequested, DeadLetter, Event, StartBatchRequested
+from contracts.topology import RECORDER_DEAD_LETTERS, RECORDER_EVENTS
 from services.recorder import reporting
 from services.recorder.api import start_api
+from services.recorder.dead_letters import from_advisory, record_dead_letters
 from services.recorder.repository import record
-from services.runtime.bus import encode, jetstream, publish_events
+from services.runtime.bus import encode, jetstream, publish_events, settle
 from services.runtime.service import consume, new_service
 from services.runtime.settings import get_settings
 from services.runtime.worker import work_batch
@@ -109,6 +111,31 @@ def create_app() -> FastStream:
 
     async def on_events(raws: list[Msg]) -> None:
         await work_batch(jetstream(broker), SERVICE, raws, parse_event, recorder.write)
+
+    async def on_dead_letters(raws: list[Msg]) -> None:
+        js = jetstream(broker)
+        letters: list[DeadLetter] = []
+        for raw in raws:
+            try:
+                if raw.subject.startswith("$JS.EVENT.ADVISORY."):
+                    letter = await from_advisory(js, raw)
+                else:
+                    letter = DeadLetter.model_validate_json(raw.data)
+            except (ValidationError, ValueError, KeyError) as exc:
+                log.warning("unusable message on the dead-letter stream (%s): %r", raw.subject, exc)
+                continue
+            if letter is not None:
+                letters.append(letter)
+        try:
+            async with engine.begin() as conn:
+                recorder.dirty |= await record_dead_letters(conn, letters)
+        except Exception:
+            log.exception("could not store %d dead letters; will retry", len(letters))
+            await settle(raws, ok=False)
+            return
+        await settle(raws, ok=True)
+
+    consume(app, broker, SERVICE, RECORDER_DEAD_LETTERS, on_batch=on_dead_letters, batch_size=256, max_wait_s=1.0)
 
     async def flush_forever() -> None:
         while True:

@@ -199,7 +199,7 @@ async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
             else []
         )
         await nc.close()
-        assert letters and all(dl["payload"] == "poison" for dl in letters)
+        assert letters and all(dl.get("payload") == "poison" for dl in letters), letters
 
         print(
             "\n| scenario | prompts | lost | duplicated | model calls | worst calls/stage | failures | time to finish |"

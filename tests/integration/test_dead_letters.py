@@ -1,0 +1,71 @@
+"""A message that runs out of deliveries ends as a dead letter and its prompt as a failure."""
+
+import contextlib
+import secrets
+
+import nats
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from contracts import subjects
+from contracts.events import BatchConfig, ChatMessage, DeadLetter, PromptQueued
+from contracts.topology import ConsumerSpec
+from infra.nats_topology import consumer_config
+from services.recorder.dead_letters import from_advisory, record_dead_letters
+from services.runtime.bus import publish_events
+
+pytestmark = pytest.mark.integration
+
+
+async def test_max_deliveries_advisory_becomes_a_dead_letter_and_a_failure(servers) -> None:  # type: ignore[no-untyped-def]
+    nc = await nats.connect(servers.nats_url)
+    js = nc.jetstream()
+    batch_id = "b-maxd-" + secrets.token_hex(3)
+    durable = f"test-maxd-{batch_id}"
+    spec = ConsumerSpec(
+        durable=durable,
+        stream=subjects.STREAM_EVENTS,
+        filter_subject=subjects.batch_event(batch_id, "prompt", "queued"),
+        ack_wait_s=1,
+        max_deliver=2,
+        max_ack_pending=10,
+    )
+    await js.add_consumer(spec.stream, consumer_config(spec))
+    advisories = await js.pull_subscribe(
+        f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.STREAM_EVENTS}.{durable}", stream=subjects.STREAM_DLQ
+    )
+    evt = PromptQueued(
+        batch_id=batch_id,
+        prompt_id=f"{batch_id}-000000",
+        index=0,
+        messages=[ChatMessage(role="user", content="q")],
+        config=BatchConfig(model="m"),
+    )
+    await publish_events(js, [evt])
+    sub = await js.pull_subscribe_bind(durable=durable, stream=spec.stream)
+    for _ in range(2):  # a worker that always fails
+        for msg in await sub.fetch(1, timeout=5):
+            await msg.nak()
+    with contextlib.suppress(TimeoutError):  # the server gives up when it would deliver a third time
+        await sub.fetch(1, timeout=1)
+    advisory = (await advisories.fetch(1, timeout=10))[0]  # captured by the DLQ stream
+    letter = await from_advisory(js, advisory)
+    await nc.close()  # (drain would wait out the open pull requests)
+    assert isinstance(letter, DeadLetter) and letter.subject == evt.subject and "2 deliveries" in letter.reason
+
+    engine = create_async_engine(servers.database_url)
+    try:
+        for _ in range(2):  # redelivered letters change nothing
+            async with engine.begin() as conn:
+                assert await record_dead_letters(conn, [letter]) == {batch_id}
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(text("SELECT stage, category FROM failures WHERE batch_id = :b"), {"b": batch_id})
+            ).all()
+            letters = (
+                await conn.execute(text("SELECT count(*) FROM dead_letters WHERE subject = :s"), {"s": evt.subject})
+            ).scalar_one()
+        assert [tuple(r) for r in rows] == [("chat", "dead_letter")] and letters == 1
+    finally:
+        await engine.dispose()
