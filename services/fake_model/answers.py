@@ -356,10 +356,11 @@ def _reasoning(criterion: str, score: int, answer: str, *, injected: bool, short
 def judge(answer: str, criteria: Sequence[str]) -> list[Judgment]:
     """One judgment per criterion, in order, computed from the answer text alone."""
     stripped = answer.strip()
-    injected = bool(_INJECTION.search(answer))
+    stray = bool(_STRAY_LINE.search(answer))
+    # A lone ":" line is a known "master key" against LLM judges: treated as a probe, too.
+    injected = bool(_INJECTION.search(answer)) or stray
     short = len(stripped) < 150
     very_short = len(stripped) < 80
-    stray = bool(_STRAY_LINE.search(answer))
     out: list[Judgment] = []
     for criterion in criteria:
         draws = _Draws("judge", answer, criterion)

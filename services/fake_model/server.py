@@ -133,6 +133,9 @@ async def chat_completions(request: web.Request) -> web.Response:
     state = request.app[STATE]
     settings = state.settings
     started = time.perf_counter()
+    if settings.api_key is not None and request.headers.get("Authorization") != f"Bearer {settings.api_key}":
+        state.stats["invalid"]["401"] += 1
+        return _error(401, "missing or wrong API key", "invalid_api_key")
     try:
         body = orjson.loads(await request.read())
         req = parse_request(body)
@@ -219,6 +222,7 @@ async def stats(request: web.Request) -> web.Response:
         {
             **by_kind,
             "invalid": counts["invalid"]["400"],
+            "unauthorized": counts["invalid"]["401"],
             "total": sum(sum(c.values()) for c in counts.values()),
         }
     )

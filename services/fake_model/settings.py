@@ -24,6 +24,7 @@ class FakeModelSettings(BaseSettings):
     adversarial: bool = Field(default=False, description="append prompt-injection probes to some chat answers")
     seed: int = Field(default=0, description="seed of the fault draws")
     request_log: Path | None = Field(default=None, description="append one JSON line per request to this file")
+    api_key: str | None = Field(default=None, description="if set, requests without `Bearer <api_key>` get 401")
 
     @model_validator(mode="after")
     def _rates_fit(self) -> "FakeModelSettings":
