@@ -334,6 +334,14 @@ class DeadLetter(Model):
     occurred_at: datetime = Field(default_factory=utcnow)
 
 
+class ResumeResult(Model):
+    """The answer to a resume request: how many prompts were sent on again, by event."""
+
+    batch_id: str
+    redriven: int
+    by_event: dict[str, int]
+
+
 class BreakerStateChanged(Model):
     """A model endpoint's circuit breaker changed state, on `evalbus.v1.breaker.<endpoint>`."""
 

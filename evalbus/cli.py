@@ -230,6 +230,31 @@ def cancel(
 
 
 @app.command()
+def resume(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Send a running batch's unfinished prompts on again, rebuilt from the database."""
+
+    async def go() -> int:
+        nc = await client.connect(nats_url())
+        try:
+            result = await client.resume(nc, batch_id, f"cli-{secrets.token_hex(4)}")
+        except client.ApiError as exc:
+            err.print(f"[red]{exc.description}[/red]")
+            return 1
+        except TimeoutError:
+            err.print("[red]no answer from the recorder (is it running?)[/red]")
+            return EXIT_UNREACHABLE
+        finally:
+            await nc.drain()
+        if as_json:
+            sys.stdout.write(result.model_dump_json() + "\n")
+        else:
+            console.print(f"re-drove {result.redriven} unfinished prompts of {batch_id} {result.by_event or ''}")
+        return 0
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+@app.command()
 def up(
     latency_ms: Annotated[float, typer.Option(help="fake model latency")] = 20.0,
 ) -> None:

@@ -18,6 +18,7 @@ from contracts.events import (
     BatchRejected,
     BatchReport,
     CancelBatchRequested,
+    ResumeResult,
     StartBatchRequested,
 )
 
@@ -100,13 +101,17 @@ class Follower:
             self.on_progress(snap)
 
 
-async def query(nc: Client, endpoint: str, batch_id: str, timeout_s: float = 10) -> bytes:
+async def query(
+    nc: Client, endpoint: str, batch_id: str, timeout_s: float = 10, extra: dict[str, str] | None = None
+) -> bytes:
     """Ask the recorder; while it is (re)starting there are no responders, so wait for it a while."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
             reply = await nc.request(
-                subjects.api(f"batch.{endpoint}"), orjson.dumps({"batch_id": batch_id}), timeout=timeout_s
+                subjects.api(f"batch.{endpoint}"),
+                orjson.dumps({"batch_id": batch_id, **(extra or {})}),
+                timeout=timeout_s,
             )
             break
         except NoRespondersError:
@@ -121,6 +126,10 @@ async def query(nc: Client, endpoint: str, batch_id: str, timeout_s: float = 10)
 
 async def fetch_report(nc: Client, batch_id: str) -> BatchReport:
     return BatchReport.model_validate_json(await query(nc, "report", batch_id))
+
+
+async def resume(nc: Client, batch_id: str, token: str) -> ResumeResult:
+    return ResumeResult.model_validate_json(await query(nc, "resume", batch_id, timeout_s=60, extra={"token": token}))
 
 
 async def fetch_status(nc: Client, batch_id: str) -> BatchProgress:

@@ -7,6 +7,7 @@ batch-completed event from a flush loop that reads committed rows.
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from faststream import FastStream
@@ -17,11 +18,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
 from contracts.enums import BatchStatus
-from contracts.events import EVENT_TYPES, BatchCompleted, CancelBatchRequested, DeadLetter, Event, StartBatchRequested
+from contracts.events import (
+    EVENT_TYPES,
+    BatchCompleted,
+    CancelBatchRequested,
+    DeadLetter,
+    Event,
+    ResumeResult,
+    StartBatchRequested,
+)
 from contracts.topology import RECORDER_DEAD_LETTERS, RECORDER_EVENTS
 from services.recorder import reporting
 from services.recorder.api import start_api
 from services.recorder.dead_letters import from_advisory, record_dead_letters
+from services.recorder.redrive import redrive_events, summary
 from services.recorder.repository import record
 from services.runtime.bus import encode, jetstream, publish_events, settle
 from services.runtime.service import consume, new_service
@@ -52,6 +62,7 @@ class Recorder:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dirty: set[str] = set()
+        self._last_moved: dict[str, tuple[tuple[int, int, int, int], float]] = {}
 
     async def write(self, events: list[Event | None]) -> Sequence[Event]:
         mine = [e for e in events if e is not None]
@@ -72,6 +83,35 @@ class Recorder:
             except Exception as exc:
                 log.warning("progress for %s failed (%r); will retry", batch_id, exc)
                 self.dirty.add(batch_id)
+
+    async def resume(self, js: JetStreamContext, batch_id: str, token: str) -> ResumeResult:
+        """Send every unfinished prompt of a running batch on again, rebuilt from its rows."""
+        async with self.engine.connect() as conn:
+            events = await redrive_events(conn, batch_id, token)
+        for start in range(0, len(events), 1000):
+            await publish_events(js, events[start : start + 1000])
+        if events:
+            log.warning("re-drove %d prompts of batch %s (%s)", len(events), batch_id, token)
+        return ResumeResult(batch_id=batch_id, redriven=len(events), by_event=summary(events))
+
+    async def check_stalled(self, js: JetStreamContext, stall_after_s: float) -> None:
+        """Re-drive running batches whose committed state has not moved for `stall_after_s`."""
+        now = time.monotonic()
+        async with self.engine.connect() as conn:
+            running = await reporting.running_batches(conn)
+            snapshots = {b: await reporting.progress(conn, b) for b in running}
+        for batch_id, prog in snapshots.items():
+            if prog is None:
+                continue
+            key = (prog.responded, prog.judged, prog.scored, prog.failed)
+            seen = self._last_moved.get(batch_id)
+            if seen is None or seen[0] != key:
+                self._last_moved[batch_id] = (key, now)
+            elif now - seen[1] >= stall_after_s:
+                self._last_moved[batch_id] = (key, now)
+                await self.resume(js, batch_id, f"stall-{int(time.time())}")
+        for gone in set(self._last_moved) - set(snapshots):
+            del self._last_moved[gone]
 
     async def _flush_one(self, js: JetStreamContext, batch_id: str) -> None:
         async with self.engine.connect() as conn:
@@ -138,9 +178,16 @@ def create_app() -> FastStream:
     consume(app, broker, SERVICE, RECORDER_DEAD_LETTERS, on_batch=on_dead_letters, batch_size=256, max_wait_s=1.0)
 
     async def flush_forever() -> None:
+        last_stall_check = time.monotonic()
         while True:
             await asyncio.sleep(settings.progress_interval_s)
             await recorder.flush(jetstream(broker))
+            if time.monotonic() - last_stall_check >= min(30.0, settings.stall_after_s / 4):
+                last_stall_check = time.monotonic()
+                try:
+                    await recorder.check_stalled(jetstream(broker), settings.stall_after_s)
+                except Exception as exc:
+                    log.warning("stall check failed: %r", exc)
 
     @app.after_startup
     async def started() -> None:
@@ -152,7 +199,10 @@ def create_app() -> FastStream:
             except Exception as exc:
                 log.warning("database not reachable yet (%r); retrying", exc)
                 await asyncio.sleep(2)
-        app.context.set_global("micro", await start_api(broker.connection, engine))
+        api = await start_api(
+            broker.connection, engine, lambda batch_id, token: recorder.resume(jetstream(broker), batch_id, token)
+        )
+        app.context.set_global("micro", api)
         tasks.append(asyncio.create_task(flush_forever()))
 
     consume(

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
 
     fetch_batch: int = Field(default=256, ge=1, description="messages per pull for batched consumers")
     fetch_timeout_s: float = Field(default=0.05, gt=0, description="how long a batched pull waits to fill")
+    stall_after_s: float = Field(
+        default=900.0, gt=0, description="re-drive a running batch from the database after this long without progress"
+    )
     progress_interval_s: float = Field(default=0.25, gt=0, description="minimum gap between progress snapshots")
 
     def resolved_api_key(self) -> str | None:

@@ -183,3 +183,46 @@ async def test_cancel_stops_pending_prompts_and_ends_the_batch_cancelled(stack: 
     assert report["failures_by_category"].get("cancelled", 0) > 0
     responded = await count(stack.database_url, "SELECT count(*) FROM responses WHERE batch_id = :b", batch_id)
     assert responded < 400  # the model was not called for what was cancelled
+
+
+async def test_resume_finishes_a_batch_whose_events_were_lost(stack: Stack, cli, tmp_path: Path) -> None:
+    batch_id = "b-lost-" + secrets.token_hex(3)
+    n = 30
+    stack.kill("chat_runner")  # nobody takes the prompts ...
+    try:
+        nc = await nats.connect(stack.nats_url)
+        js = nc.jetstream()
+        run = asyncio.create_task(
+            asyncio.to_thread(
+                cli,
+                "run",
+                str(write_suite(tmp_path / "lost.jsonl", n)),
+                "--model",
+                "evalbus-fake",
+                "--batch-id",
+                batch_id,
+                "--json",
+                "--wait-timeout",
+                "120",
+            )
+        )
+        for _ in range(100):
+            if await count(stack.database_url, "SELECT count(*) FROM prompts WHERE batch_id = :b", batch_id) == n:
+                break
+            await asyncio.sleep(0.1)
+        # ... and the stream loses them (an operator purge, a lost R1 disk): only PostgreSQL has them
+        await js.purge_stream(subjects.STREAM_EVENTS, subject=subjects.batch_event(batch_id, "prompt", "queued"))
+    finally:
+        stack.restart("chat_runner")
+    await asyncio.sleep(2)
+    assert await count(stack.database_url, "SELECT count(*) FROM responses WHERE batch_id = :b", batch_id) == 0
+    resumed = await asyncio.to_thread(cli, "resume", batch_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["by_event"] == {"prompt.queued": n}
+    result = await run
+    await nc.drain()
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["completed"] == n
+    assert await count(stack.database_url, "SELECT count(*) FROM responses WHERE batch_id = :b", batch_id) == n
+    again = await asyncio.to_thread(cli, "resume", batch_id, "--json")  # a finished batch has nothing to re-drive
+    assert json.loads(again.stdout)["redriven"] == 0

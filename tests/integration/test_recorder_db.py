@@ -167,3 +167,40 @@ async def test_a_prompt_that_failed_then_succeeded_counts_once(servers) -> None:
         assert prog is not None and (prog.scored, prog.failed, prog.done) == (1, 0, 1)
     finally:
         await engine.dispose()
+
+
+async def test_redrive_rebuilds_each_unfinished_prompts_next_event(servers) -> None:  # type: ignore[no-untyped-def]
+    from services.recorder.redrive import redrive_events
+
+    engine = create_async_engine(servers.database_url)
+    batch_id = "b-redrive-" + secrets.token_hex(3)
+    full = batch_events(batch_id, 4, fail_every=0)
+    # prompt 0 done; 1 judged but not scored; 2 responded but not judged; 3 only queued
+    keep = [
+        e
+        for e in full
+        if not (
+            (isinstance(e, PromptScored) and e.index in (1, 2, 3))
+            or (isinstance(e, PromptJudged) and e.index in (2, 3))
+            or (isinstance(e, PromptResponded) and e.index == 3)
+        )
+    ]
+    try:
+        async with engine.begin() as conn:
+            await record(conn, keep)
+        async with engine.connect() as conn:
+            events = await redrive_events(conn, batch_id, "t1")
+            again = await redrive_events(conn, batch_id, "t1")
+        assert [(type(e).__name__, e.index) for e in events] == [
+            ("PromptJudged", 1),
+            ("PromptResponded", 2),
+            ("PromptQueued", 3),
+        ]
+        judged = events[0]
+        assert isinstance(judged, PromptJudged) and [j.criterion for j in judged.judgments] == CFG.criteria
+        assert judged.judgments[0].score == 5 + 1 % 5 and judged.config == CFG
+        assert [e.event_id for e in again] == [e.event_id for e in events]  # same token: same ids
+        original = next(e for e in full if isinstance(e, PromptQueued) and e.index == 3)
+        assert events[2].event_id != original.event_id  # not swallowed by the stream's dedup window
+    finally:
+        await engine.dispose()
