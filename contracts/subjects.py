@@ -65,6 +65,11 @@ def breaker(base_url: str) -> str:
     return f"{PREFIX}.breaker.{endpoint_token(base_url)}"
 
 
+def control(service: str) -> str:
+    """Where a service answers about itself (`<control>.status`)."""
+    return f"{PREFIX}.ctl.{service}"
+
+
 def api(endpoint: str) -> str:
     return f"{PREFIX}.api.{endpoint}"
 

@@ -1,6 +1,7 @@
 """`evalbus`: run a batch and watch it, read recorded batches, start and stop the embedded stack."""
 
 import asyncio
+import json
 import secrets
 import sys
 import time
@@ -24,13 +25,16 @@ from contracts.events import (
     SuiteRef,
 )
 from evalbus import client, render, stack
+from infra.processes import SERVICES
 from services.generator.suite_loader import SuiteError, builtin_names, iter_cases
+from services.runtime.health import heartbeat_path
 from services.runtime.settings import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 err = Console(stderr=True)
 INLINE_LIMIT_BYTES = 512 * 1024
+SERVICE_NAMES = [s.replace("_", "-") for s in SERVICES]
 
 EXIT_REJECTED = 2
 EXIT_UNREACHABLE = 3
@@ -252,6 +256,42 @@ def resume(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fal
         return 0
 
     raise typer.Exit(asyncio.run(go()))
+
+
+@app.command()
+def health(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Ask every service for its status over NATS; exits 1 if any is missing or unhealthy."""
+
+    async def go() -> list[dict[str, object]]:
+        nc = await client.connect(nats_url())
+        try:
+            return [await client.service_status(nc, svc) for svc in SERVICE_NAMES]
+        finally:
+            await nc.drain()
+
+    statuses = asyncio.run(go())
+    if as_json:
+        sys.stdout.write(json.dumps(statuses, indent=2) + "\n")
+    else:
+        for st in statuses:
+            mark = "[green]healthy[/green]" if st.get("healthy") else "[red]NOT HEALTHY[/red]"
+            consumers = ", ".join(f"{c['durable']} handled {c['handled']}" for c in st.get("consumers", []))  # type: ignore[union-attr]
+            console.print(f"{st['service']:<12} {mark} {consumers}")
+    raise typer.Exit(0 if all(st.get("healthy") for st in statuses) else 1)
+
+
+@app.command()
+def alive(
+    service: str,
+    max_age: Annotated[float, typer.Option(help="seconds since the last heartbeat")] = 30.0,
+) -> None:
+    """Container liveness probe: exits 0 if SERVICE on this host touched its heartbeat recently."""
+    path = heartbeat_path(get_settings().heartbeat_dir, service)
+    age = time.time() - path.stat().st_mtime if path.exists() else None
+    if age is None or age > max_age:
+        err.print(f"{service}: no heartbeat in {max_age:g} s ({path})")
+        raise typer.Exit(1)
+    console.print(f"{service}: alive ({age:.1f} s ago)")
 
 
 @app.command()

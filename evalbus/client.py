@@ -124,6 +124,22 @@ async def query(
     return reply.data
 
 
+async def service_status(nc: Client, service: str, timeout_s: float = 3) -> dict[str, object]:
+    """A service's own status; a service with no replica answering is reported as not healthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            reply = await nc.request(f"{subjects.control(service)}.status", b"", timeout=timeout_s)
+            break
+        except (NoRespondersError, TimeoutError):
+            if loop.time() >= deadline:
+                return {"service": service, "healthy": False, "error": "no replica answered"}
+            await asyncio.sleep(0.2)
+    status: dict[str, object] = orjson.loads(reply.data)
+    return status
+
+
 async def fetch_report(nc: Client, batch_id: str) -> BatchReport:
     return BatchReport.model_validate_json(await query(nc, "report", batch_id))
 

@@ -46,6 +46,7 @@ class Stack:
             EVALBUS_NATS_URL=self.nats_url,
             EVALBUS_DATABASE_URL=self.database_url,
             EVALBUS_MODEL_BASE_URL=self.model_base_url,
+            EVALBUS_HEARTBEAT_DIR=str(self.data_dir / "heartbeats"),
             PYTHONUNBUFFERED="1",
         )
         env.update(extra or {})
@@ -104,6 +105,28 @@ class Stack:
         for name in [n for n in self.procs if n != "fake-model"]:
             self.procs[name].wait()
             del self.procs[name]
+
+    def wait_healthy(self, timeout_s: float = 60) -> None:
+        """Block until every service answers healthy over NATS (or raise, naming the laggards)."""
+        from evalbus.client import connect, service_status  # the CLI's client; imported late
+
+        async def poll() -> list[str]:
+            nc = await connect(self.nats_url)
+            try:
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    names = [s.replace("_", "-") for s in SERVICES]
+                    statuses = [await service_status(nc, n, timeout_s=2) for n in names]
+                    sick = [str(st["service"]) for st in statuses if not st.get("healthy")]
+                    if not sick or time.monotonic() > deadline:
+                        return sick
+                    await asyncio.sleep(0.2)
+            finally:
+                await nc.close()
+
+        sick = asyncio.run(poll())
+        if sick:
+            raise RuntimeError(f"not healthy after {timeout_s:g}s: {', '.join(sick)}; see {self.data_dir / 'logs'}")
 
     def check_alive(self) -> list[str]:
         """Names of processes that have exited."""
@@ -169,10 +192,7 @@ def up(data_dir: Path, fake_model: Mapping[str, str] | None = None) -> Stack:
         stack.start_servers()
         stack.start_fake_model(fake_model)
         stack.start_services()
-        time.sleep(0.5)
-        dead = stack.check_alive()
-        if dead:
-            raise RuntimeError(f"{', '.join(dead)} exited at start; see {data_dir / 'logs'}")
+        stack.wait_healthy()
         stack.write_state()
     except BaseException:
         stack.stop()

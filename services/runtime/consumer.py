@@ -13,6 +13,7 @@ never holds up the others); `batched` hands whole fetches to one call (bulk data
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
@@ -66,6 +67,8 @@ class Consumer:
         self._inflight: set[asyncio.Task[None]] = set()
         self._running = False
         self.ack_wait_s = spec.ack_wait_s
+        self.handled = 0
+        self.last_active = time.monotonic()
 
     async def start(self) -> None:
         self._running = True
@@ -118,11 +121,35 @@ class Consumer:
                 log.exception("consumer %s failed; retrying", self._spec.durable)
                 await asyncio.sleep(1)
 
+    def status(self) -> dict[str, object]:
+        """For the service's status endpoint: alive, busy or quiet, and how much it did."""
+        alive = self._task is not None and not self._task.done()
+        return {
+            "durable": self._spec.durable,
+            "alive": alive,
+            "bound": self._sub is not None,
+            "in_flight": len(self._inflight),
+            "handled": self.handled,
+            "idle_s": round(time.monotonic() - self.last_active, 1),
+            "ack_wait_s": self.ack_wait_s,
+        }
+
+    @property
+    def healthy(self) -> bool:
+        # The loop runs and either fetches (it returns at least every max_wait) or is working.
+        quiet_for = time.monotonic() - self.last_active
+        return bool(self._task and not self._task.done()) and (quiet_for < 60 or bool(self._inflight))
+
     async def _fetch_batch(self, sub: JetStreamContext.PullSubscription) -> None:
         assert self._on_batch is not None
-        msgs = await sub.fetch(self._batch_size, timeout=self._max_wait_s)
+        try:
+            msgs = await sub.fetch(self._batch_size, timeout=self._max_wait_s)
+        finally:
+            self.last_active = time.monotonic()
         if msgs:
             await self._on_batch(msgs)
+            self.handled += len(msgs)
+            self.last_active = time.monotonic()
 
     async def _fetch_some(self, sub: JetStreamContext.PullSubscription) -> None:
         assert self._on_message is not None
@@ -138,6 +165,8 @@ class Consumer:
             for _ in range(free):
                 self._slots.release()
             raise
+        finally:
+            self.last_active = time.monotonic()
         for _ in range(free - len(msgs)):
             self._slots.release()
         for msg in msgs:
@@ -152,4 +181,6 @@ class Consumer:
         except Exception:
             log.exception("handler for %s raised; the message will be redelivered", msg.subject)
         finally:
+            self.handled += 1
+            self.last_active = time.monotonic()
             self._slots.release()

@@ -11,7 +11,10 @@ from faststream.nats import NatsBroker
 from contracts.topology import ConsumerSpec
 from services.runtime.bus import make_broker, mark_stopping
 from services.runtime.consumer import BatchHandler, Consumer, MsgHandler
+from services.runtime.health import Health
 from services.runtime.settings import Settings
+
+HEALTH_KEY = "evalbus_health"
 
 
 def configure_logging(level: str) -> None:
@@ -28,6 +31,15 @@ def new_service(service: str, settings: Settings) -> tuple[NatsBroker, FastStrea
     logging.getLogger(f"evalbus.{service}.broker").setLevel(logging.WARNING)
     app = FastStream(broker, logger=logging.getLogger(f"evalbus.{service}"))
     app.on_shutdown(mark_stopping)
+    health = Health(service, lambda: broker.connection)
+    app.context.set_global(HEALTH_KEY, health)
+    micro: list[object] = []
+
+    async def serve_status() -> None:
+        micro.append(await health.serve())
+
+    app.after_startup(serve_status)
+    run_in_background(app, lambda: health.beat_forever(settings.heartbeat_dir))
     return broker, app
 
 
@@ -60,6 +72,7 @@ def consume(
         )
         await consumer.start()
         holder.append(consumer)
+        app.context.get(HEALTH_KEY).consumers.append(consumer)
         binding.consumer = consumer
 
     async def stop() -> None:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     stall_after_s: float = Field(
         default=900.0, gt=0, description="re-drive a running batch from the database after this long without progress"
     )
+    heartbeat_dir: Path = Field(
+        default=Path("/tmp"), description="where a healthy service touches evalbus-<service>.alive"
+    )
     progress_interval_s: float = Field(default=0.25, gt=0, description="minimum gap between progress snapshots")
 
     def resolved_api_key(self) -> str | None:

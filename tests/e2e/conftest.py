@@ -17,6 +17,7 @@ def stack(servers) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     st = Stack(servers.data_dir / "e2e", nats_url=servers.nats_url, database_url=servers.database_url)
     st.start_fake_model({"latency_ms": "5", "jitter_ms": "5"})
     st.start_services()
+    st.wait_healthy()
     try:
         yield st
     finally:
@@ -33,8 +34,8 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 def cli(stack: Stack) -> Cli:
     """Runs the installed `evalbus` command against the stack, as a user would."""
 
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, EVALBUS_NATS_URL=stack.nats_url, EVALBUS_DATABASE_URL=stack.database_url)
+    def run(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, EVALBUS_NATS_URL=stack.nats_url, EVALBUS_DATABASE_URL=stack.database_url, **(env or {}))
         return subprocess.run(
             [str(Path(sys.executable).parent / "evalbus"), *args],
             env=env,

@@ -226,3 +226,23 @@ async def test_resume_finishes_a_batch_whose_events_were_lost(stack: Stack, cli,
     assert await count(stack.database_url, "SELECT count(*) FROM responses WHERE batch_id = :b", batch_id) == n
     again = await asyncio.to_thread(cli, "resume", batch_id, "--json")  # a finished batch has nothing to re-drive
     assert json.loads(again.stdout)["redriven"] == 0
+
+
+async def test_every_service_reports_healthy_and_beats(stack: Stack, cli) -> None:
+    health = await asyncio.to_thread(cli, "health", "--json")
+    assert health.returncode == 0, health.stdout + health.stderr
+    statuses = json.loads(health.stdout)
+    assert sorted(s["service"] for s in statuses) == ["chat-runner", "generator", "judge", "recorder", "scorer"]
+    assert all(s["connected"] and all(c["alive"] and c["bound"] for c in s["consumers"]) for s in statuses)
+    env_dir = {"EVALBUS_HEARTBEAT_DIR": str(stack.data_dir / "heartbeats")}
+    alive = await asyncio.to_thread(cli, "alive", "judge", env=env_dir)
+    assert alive.returncode == 0, alive.stderr
+    stack.kill("judge")
+    try:
+        down = await asyncio.to_thread(cli, "health", "--json")
+        assert down.returncode == 1
+        assert not next(s for s in json.loads(down.stdout) if s["service"] == "judge")["healthy"]
+        stale = await asyncio.to_thread(cli, "alive", "judge", "--max-age", "0.01", env=env_dir)
+        assert stale.returncode == 1
+    finally:
+        stack.restart("judge")

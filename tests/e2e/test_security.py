@@ -25,6 +25,7 @@ def stack(servers) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     st = Stack(servers.data_dir / "secure", nats_url=servers.nats_url, database_url=servers.database_url)
     st.start_fake_model({"api_key": SECRET, "adversarial": "true", "latency_ms": "2"})
     st.start_services(extra_env={"EVALBUS_API_KEY": SECRET, "EVALBUS_LOG_LEVEL": "DEBUG"})
+    st.wait_healthy()
     try:
         yield st
     finally:

@@ -83,3 +83,10 @@ def test_dockerfile_installs_every_package_the_commands_import() -> None:
     assert re.search(r"^RUN pip install \.", text, re.M)
     cmd = re.search(r"^CMD \[(.*)\]$", text, re.M)
     assert cmd and [p.strip().strip('"') for p in cmd.group(1).split(",")] == service_argv("recorder")
+
+
+def test_every_service_has_a_liveness_probe_the_cli_answers() -> None:
+    services = compose()["services"]
+    for module in SERVICES:
+        name = module.replace("_", "-")
+        assert services[name]["healthcheck"]["test"] == ["CMD", "evalbus", "alive", name]
