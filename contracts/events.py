@@ -69,9 +69,10 @@ class BatchConfig(Model):
     default_threshold: float = Field(default=7.0, ge=1, le=10)
     session_id: str | None = Field(default=None, max_length=200)
     experiment: str | None = Field(default=None, max_length=200)
-    concurrency: int = Field(default=8, ge=1, le=1024)
+    concurrency: int = Field(default=3, ge=1, le=1024)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     max_retries: int = Field(default=2, ge=0, le=10)
+    retry_base_s: float | None = Field(default=None, ge=0, le=600)  # None: the service's setting
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=131_072)
     system_prompt: str | None = Field(default=None, max_length=MAX_TEXT)

@@ -24,6 +24,7 @@ from contracts.events import (
     StartBatchRequested,
     SuiteRef,
 )
+from contracts.presets import PRESETS, PresetName
 from evalbus import client, render, stack
 from infra.processes import SERVICES
 from services.generator.suite_loader import SuiteError, builtin_names, iter_cases
@@ -142,15 +143,17 @@ def run(
     threshold: Annotated[float, typer.Option(help="pass mark for every criterion (1-10)")] = 7.0,
     session_id: Annotated[str | None, typer.Option(help="session tag (default batch-<model>-<UTC time>)")] = None,
     experiment: Annotated[str | None, typer.Option(help="experiment name, to compare sessions")] = None,
-    concurrency: Annotated[int, typer.Option(help="model calls in flight for this batch")] = 8,
-    timeout: Annotated[float, typer.Option(help="seconds per model call")] = 120.0,
-    retries: Annotated[int, typer.Option(help="retries per model call")] = 2,
+    preset: Annotated[PresetName, typer.Option(help="limits: conservative, default or aggressive")] = "default",
+    concurrency: Annotated[int | None, typer.Option(help="model calls in flight for this batch")] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds per model call")] = None,
+    retries: Annotated[int | None, typer.Option(help="retries per model call")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="system prompt prepended to every case")] = None,
     batch_id: Annotated[str | None, typer.Option(help="batch id (default: generated)")] = None,
     wait_timeout: Annotated[float | None, typer.Option(help="give up following after this many seconds")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Start a batch, follow its progress live, and print its report."""
+    limits = PRESETS[preset]
     try:
         config = BatchConfig(
             model=model,
@@ -161,9 +164,10 @@ def run(
             default_threshold=threshold,
             session_id=session_id,
             experiment=experiment,
-            concurrency=concurrency,
-            timeout_s=timeout,
-            max_retries=retries,
+            concurrency=limits.concurrency if concurrency is None else concurrency,
+            timeout_s=limits.timeout_s if timeout is None else timeout,
+            max_retries=limits.max_retries if retries is None else retries,
+            retry_base_s=limits.retry_base_s,
             system_prompt=system_prompt,
         )
         start = StartBatchRequested(batch_id=batch_id or new_batch_id(), config=config, suite=suite_ref(suite))

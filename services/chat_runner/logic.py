@@ -22,6 +22,7 @@ async def run_prompt(
         max_retries=cfg.max_retries,
         temperature=cfg.temperature,
         max_tokens=cfg.max_tokens,
+        retry_base_s=cfg.retry_base_s,
     )
     messages = [{"role": m.role, "content": m.content} for m in evt.messages]
     tags = {"X-Evalbus-Prompt-Id": evt.prompt_id, "X-Evalbus-Stage": Stage.CHAT.value}

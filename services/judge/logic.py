@@ -51,6 +51,7 @@ async def judge_prompt(
         max_retries=cfg.max_retries,
         temperature=0.0,
         response_format=response_format(cfg.criteria),
+        retry_base_s=cfg.retry_base_s,
     )
     messages = build_messages(cfg, evt.messages, evt.answer, evt.expected)
     tags = {"X-Evalbus-Prompt-Id": evt.prompt_id, "X-Evalbus-Stage": Stage.JUDGE.value}

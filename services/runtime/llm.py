@@ -9,7 +9,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,6 +68,7 @@ class CallOptions:
     temperature: float = 0.0
     max_tokens: int | None = None
     response_format: Mapping[str, Any] | None = None
+    retry_base_s: float | None = None  # None: the client's
 
 
 class ChatModel(Protocol):
@@ -196,11 +197,18 @@ class ChatClient:
         async with entry[1], self._endpoint_slots[base_url]:
             yield
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, ModelCallError) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self._retry_max_s)
-        return float(wait_random_exponential(multiplier=self._retry_base_s, max=self._retry_max_s)(state))
+    def _wait_for(self, base_s: float | None) -> Callable[[RetryCallState], float]:
+        backoff = wait_random_exponential(
+            multiplier=self._retry_base_s if base_s is None else base_s, max=self._retry_max_s
+        )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, ModelCallError) and exc.retry_after_s is not None:
+                return min(exc.retry_after_s, self._retry_max_s)  # the server said when
+            return float(backoff(state))
+
+        return wait
 
     async def complete(
         self,
@@ -252,7 +260,7 @@ class ChatClient:
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(opts.max_retries + 1),
-            wait=self._wait,
+            wait=self._wait_for(opts.retry_base_s),
             retry=retry_if_exception(lambda e: isinstance(e, ModelCallError) and e.retryable),
             reraise=True,
         )

@@ -28,8 +28,8 @@ class Settings(BaseSettings):
 
     endpoint_concurrency: int = Field(default=64, ge=1, description="in-flight model calls per endpoint and process")
     worker_slots: int = Field(default=128, ge=1, description="messages a model-calling service works on at once")
-    retry_base_s: float = Field(default=0.5, ge=0, description="first retry delay (full jitter, doubling)")
-    retry_max_s: float = Field(default=20.0, ge=0, description="longest single retry delay")
+    retry_base_s: float = Field(default=5.0, ge=0, description="first retry delay (full jitter, doubling)")
+    retry_max_s: float = Field(default=60.0, ge=0, description="longest single retry delay")
 
     breaker_fail_max: int = Field(default=5, ge=1, description="consecutive endpoint failures that open its breaker")
     breaker_reset_s: float = Field(default=30.0, gt=0, description="pause before an open breaker lets a probe through")

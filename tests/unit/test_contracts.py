@@ -95,3 +95,13 @@ def test_subject_catalogue() -> None:
     assert subjects.batch_id_of("evalbus.v1.batch.b-9.prompt.scored") == "b-9"
     assert subjects.batch_id_of("evalbus.v1.progress.b-9") is None
     assert ("prompt", "scored") in EVENT_TYPES
+
+
+def test_presets_follow_batch_scoring_practice() -> None:
+    from contracts.presets import PRESETS
+
+    default = PRESETS["default"]
+    assert (default.concurrency, default.max_retries, default.retry_base_s, default.timeout_s) == (3, 2, 5.0, 120.0)
+    assert PRESETS["conservative"].concurrency < default.concurrency < PRESETS["aggressive"].concurrency
+    cfg = BatchConfig(model="m")
+    assert (cfg.concurrency, cfg.max_retries, cfg.timeout_s) == (3, 2, 120.0)
