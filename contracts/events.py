@@ -198,6 +198,7 @@ class BatchProgress(Model):
     scored: int
     failed: int
     cancelled: bool = False
+    breakers_open: list[str] = Field(default_factory=list)  # model endpoints not closed right now
     elapsed_s: float
     occurred_at: datetime = Field(default_factory=utcnow)
 
@@ -238,6 +239,7 @@ class BatchReport(Model):
     judge_tokens_in: int
     judge_tokens_out: int
     cost_usd: float
+    breaker_openings: int = 0  # times a model endpoint's breaker opened while the batch ran
     wall_time_s: float | None
     created_at: datetime
     finished_at: datetime | None

@@ -106,6 +106,15 @@ RECORDER_DEAD_LETTERS = ConsumerSpec(
     max_ack_pending=1024,
 )
 
+RECORDER_BREAKERS = ConsumerSpec(
+    durable="recorder-breaker-events",
+    stream=subjects.STREAM_OPS,
+    filter_subject=subjects.OPS_SUBJECTS,
+    ack_wait_s=15,
+    max_deliver=20,
+    max_ack_pending=1024,
+)
+
 CONSUMERS: tuple[ConsumerSpec, ...] = (
     GENERATOR_START,
     GENERATOR_CANCEL,
@@ -114,4 +123,5 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     SCORER_JUDGED,
     RECORDER_EVENTS,
     RECORDER_DEAD_LETTERS,
+    RECORDER_BREAKERS,
 )

@@ -99,7 +99,8 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
             task,
             completed=snap.done,
             total=snap.total,
-            detail=f"responded {snap.responded} · judged {snap.judged} · failed {snap.failed}",
+            detail=f"responded {snap.responded} · judged {snap.judged} · failed {snap.failed}"
+            + (f" · breaker open: {', '.join(snap.breakers_open)}" if snap.breakers_open else ""),
         )
 
     follower = client.Follower(start.batch_id, accepted, progressed)

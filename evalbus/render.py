@@ -34,6 +34,8 @@ def report_table(rep: BatchReport) -> Table:
         )
         for c in rep.criteria
     ]
+    if rep.breaker_openings:
+        rows.append(("breaker openings", str(rep.breaker_openings)))
     if rep.failures_by_category:
         rows.append(("failures", ", ".join(f"{k}: {v}" for k, v in sorted(rep.failures_by_category.items()))))
     rows += [

@@ -14,6 +14,7 @@ from faststream import FastStream
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
@@ -21,25 +22,27 @@ from contracts.enums import BatchStatus
 from contracts.events import (
     EVENT_TYPES,
     BatchCompleted,
+    BreakerStateChanged,
     CancelBatchRequested,
     DeadLetter,
     Event,
     ResumeResult,
     StartBatchRequested,
 )
-from contracts.topology import RECORDER_DEAD_LETTERS, RECORDER_EVENTS
-from services.recorder import reporting
+from contracts.topology import RECORDER_BREAKERS, RECORDER_DEAD_LETTERS, RECORDER_EVENTS
+from services.recorder import reporting, tables
 from services.recorder.api import start_api
 from services.recorder.dead_letters import from_advisory, record_dead_letters
 from services.recorder.redrive import redrive_events, summary
 from services.recorder.repository import record
-from services.runtime.bus import encode, jetstream, publish_events, settle
+from services.runtime.bus import encode, jetstream, publish_events, settle, stream_seq
 from services.runtime.service import consume, new_service
 from services.runtime.settings import get_settings
 from services.runtime.worker import work_batch
 
 log = logging.getLogger("evalbus.recorder")
 SERVICE = "recorder"
+BREAKER_FIELDS = {"service", "endpoint", "old_state", "new_state", "occurred_at"}
 # Commands are the generator's to validate; the recorder does not store them.
 PASSED_BY = {
     (StartBatchRequested.entity, StartBatchRequested.verb),
@@ -176,6 +179,27 @@ def create_app() -> FastStream:
         await settle(raws, ok=True)
 
     consume(app, broker, SERVICE, RECORDER_DEAD_LETTERS, on_batch=on_dead_letters, batch_size=256, max_wait_s=1.0)
+
+    async def on_breaker_events(raws: list[Msg]) -> None:
+        rows = []
+        for raw in raws:
+            try:
+                evt = BreakerStateChanged.model_validate_json(raw.data)
+            except (ValidationError, ValueError) as exc:
+                log.warning("unusable breaker event (%s): %r", raw.subject, exc)
+                continue
+            rows.append({"stream_seq": stream_seq(raw), **evt.model_dump(include=BREAKER_FIELDS)})
+        try:
+            if rows:
+                async with engine.begin() as conn:
+                    await conn.execute(insert(tables.breaker_events).on_conflict_do_nothing(), rows)
+        except Exception:
+            log.exception("could not store %d breaker events; will retry", len(rows))
+            await settle(raws, ok=False)
+            return
+        await settle(raws, ok=True)
+
+    consume(app, broker, SERVICE, RECORDER_BREAKERS, on_batch=on_breaker_events, batch_size=256, max_wait_s=1.0)
 
     async def flush_forever() -> None:
         last_stall_check = time.monotonic()

@@ -23,6 +23,15 @@ _COUNTS = text(
 )
 
 
+_OPEN_BREAKERS = text(
+    """
+    SELECT endpoint FROM (
+      SELECT DISTINCT ON (endpoint) endpoint, new_state FROM breaker_events ORDER BY endpoint, stream_seq DESC
+    ) latest WHERE new_state <> 'closed' ORDER BY endpoint
+    """
+)
+
+
 def _elapsed(started: datetime | None, finished: datetime | None) -> float:
     if started is None:
         return 0.0
@@ -43,8 +52,10 @@ async def progress(conn: AsyncConnection, batch_id: str) -> BatchProgress | None
     row = (await conn.execute(_COUNTS, {"b": batch_id})).mappings().first()
     if row is None:
         return None
+    open_now = [r[0] for r in await conn.execute(_OPEN_BREAKERS)] if row["status"] == "running" else []
     return BatchProgress(
         cancelled=row["cancelled"],
+        breakers_open=open_now,
         batch_id=batch_id,
         status=BatchStatus(row["status"]),
         total=row["total_prompts"],
@@ -134,6 +145,15 @@ async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | Non
             )
         ).mappings()
     }
+    openings = (
+        await conn.execute(
+            text(
+                "SELECT count(*) FROM breaker_events WHERE new_state = 'open'"
+                " AND occurred_at >= :start AND occurred_at <= coalesce(:end, now())"
+            ),
+            {"start": batch["accepted_at"] or batch["created_at"], "end": batch["finished_at"]},
+        )
+    ).scalar_one()
     config = batch["config"] or {}
     order = list(config.get("criteria") or []) + sorted(set(per_criterion) - set(config.get("criteria") or []))
 
@@ -172,6 +192,7 @@ async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | Non
         judge_tokens_in=int(judge["tin"]),
         judge_tokens_out=int(judge["tout"]),
         cost_usd=round(float(chat["cost"]) + float(judge["cost"]), 6),
+        breaker_openings=int(openings),
         wall_time_s=round(prog.elapsed_s, 3) if batch["accepted_at"] else None,
         created_at=batch["created_at"],
         finished_at=batch["finished_at"],

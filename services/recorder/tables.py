@@ -155,3 +155,15 @@ dead_letters = Table(
     _created(),
     Index("ux_dead_letters_service_seq", "service", "stream_seq", unique=True),
 )
+
+breaker_events = Table(
+    "breaker_events",
+    metadata,
+    Column("stream_seq", BigInteger, primary_key=True),
+    Column("service", Text, nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("old_state", Text, nullable=False),
+    Column("new_state", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Index("ix_breaker_events_endpoint_time", "endpoint", "occurred_at"),
+)

@@ -16,7 +16,7 @@ from evalbus.stack import Stack
 def stack(servers) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     st = Stack(servers.data_dir / "e2e", nats_url=servers.nats_url, database_url=servers.database_url)
     st.start_fake_model({"latency_ms": "5", "jitter_ms": "5"})
-    st.start_services()
+    st.start_services(extra_env={"EVALBUS_BREAKER_RESET_S": "0.5"})  # breaker tests need not wait 30 s
     st.wait_healthy()
     try:
         yield st

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from contracts import subjects
 from contracts.events import BatchCompleted, BatchProgress
 from evalbus.stack import Stack
+from infra.embedded import free_port, wait_for_port
+from infra.processes import fake_model_argv
 
 pytestmark = pytest.mark.e2e
 TOPICS = ["billing", "shipping", "returns", "account", "technical"]
@@ -246,3 +248,32 @@ async def test_every_service_reports_healthy_and_beats(stack: Stack, cli) -> Non
         assert stale.returncode == 1
     finally:
         stack.restart("judge")
+
+
+async def test_a_failing_endpoint_opens_its_breaker_and_the_batch_still_finishes(
+    stack: Stack, cli, tmp_path: Path
+) -> None:
+    port = free_port()
+    stack.spawn("failing-model", [*fake_model_argv(port), "--error-rate-500", "1"])
+    await asyncio.to_thread(wait_for_port, port, 30)
+    try:
+        result = await asyncio.to_thread(
+            cli,
+            "run",
+            str(write_suite(tmp_path / "failing.jsonl", 12)),
+            "--model",
+            "evalbus-fake",
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--retries",
+            "0",
+            "--concurrency",
+            "4",
+            "--json",
+        )
+    finally:
+        stack.kill("failing-model")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1, result.stderr  # every prompt failed
+    assert report["status"] == "failed" and report["failures_by_category"] == {"server_error": 12}
+    assert report["breaker_openings"] >= 1
