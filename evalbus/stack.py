@@ -53,10 +53,14 @@ class Stack:
         return env
 
     def start_servers(self) -> None:
-        self.nats = NatsServer(self.data_dir / "nats").start()
-        self.postgres = PostgresServer(self.data_dir / "postgres").start()
-        self.nats_url, self.database_url = self.nats.url, self.postgres.url
-        asyncio.run(self.provision())
+        try:
+            self.nats = NatsServer(self.data_dir / "nats").start()
+            self.postgres = PostgresServer(self.data_dir / "postgres").start()
+            self.nats_url, self.database_url = self.nats.url, self.postgres.url
+            asyncio.run(self.provision())
+        except BaseException:
+            self.stop()  # leave nothing running behind a failed start
+            raise
 
     async def provision(self) -> None:
         await apply_topology(self.nats_url)

@@ -78,138 +78,142 @@ async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     print(f"chaos seed {SEED}, {N} prompts")
     stack = Stack(tmp_path / "chaos")
-    await asyncio.to_thread(stack.start_servers)
-    await apply_topology(stack.nats_url, ack_wait_s=ACK_WAIT_S)  # quick redelivery after a kill
     log_path = tmp_path / "model-requests.jsonl"
+    batch_id = f"b-chaos-{SEED % 100000}"
+    events: list[str] = []
+    try:
+        await asyncio.to_thread(stack.start_servers)
+        await apply_topology(stack.nats_url, ack_wait_s=ACK_WAIT_S)  # quick redelivery after a kill
+        await chaos_run(stack, rng, log_path, batch_id, events)
+    finally:
+        stack.stop()
+        for p in (stack.data_dir / "logs").glob("*.log"):
+            if "Traceback" in p.read_text():
+                print(f"--- {p.name}\n{p.read_text()[-2500:]}")
+
+
+async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: str, events: list[str]) -> None:
     await asyncio.to_thread(stack.start_fake_model, {
         "latency_ms": "80", "jitter_ms": "40", "error_rate_500": "0.05", "rate_limit_rate": "0.02",
         "retry_after_s": "0.2", "hang_rate": "0.01", "hang_s": "30", "malformed_rate": "0.01",
         "seed": str(SEED), "request_log": str(log_path),
     })  # fmt: skip
     stack.start_services(extra_env={"EVALBUS_RETRY_BASE_S": "0.05", "EVALBUS_RETRY_MAX_S": "0.5"})
-    batch_id = f"b-chaos-{SEED % 100000}"
-    events: list[str] = []
-    try:
-        nc = await nats.connect(stack.nats_url, max_reconnect_attempts=-1)
-        start = StartBatchRequested(
-            batch_id=batch_id,
-            config=BatchConfig(
-                model="evalbus-fake",
-                judge_model="evalbus-fake-judge",
-                concurrency=CONCURRENCY,
-                timeout_s=1.5,
-                max_retries=MAX_RETRIES,
-            ),
-            suite=SuiteRef(path=str(write_suite(tmp_path / "suite.jsonl", N))),
-        )
-        await publish_start(nc, start)
-        t0 = time.monotonic()
-        # a poison message the test injects: the only thing allowed in the dead-letter stream
-        await nc.jetstream().publish(
-            subjects.batch_event(batch_id, "prompt", "responded"), b"poison", stream=subjects.STREAM_EVENTS
-        )
-        await nc.close()
+    nc = await nats.connect(stack.nats_url, max_reconnect_attempts=-1)
+    start = StartBatchRequested(
+        batch_id=batch_id,
+        config=BatchConfig(
+            model="evalbus-fake",
+            judge_model="evalbus-fake-judge",
+            concurrency=CONCURRENCY,
+            timeout_s=1.5,
+            max_retries=MAX_RETRIES,
+        ),
+        suite=SuiteRef(path=str(write_suite(log_path.with_name("suite.jsonl"), N))),
+    )
+    await publish_start(nc, start)
+    t0 = time.monotonic()
+    # a poison message the test injects: the only thing allowed in the dead-letter stream
+    await nc.jetstream().publish(
+        subjects.batch_event(batch_id, "prompt", "responded"), b"poison", stream=subjects.STREAM_EVENTS
+    )
+    await nc.close()
 
-        # faults, in a random order, while the batch runs
-        faults = [*SERVICES, "nats", "postgres", "stop-runner"]
-        rng.shuffle(faults)
-        hit_running = 0
-        seen_states: list[str] = []
-        for fault in faults:
-            await asyncio.sleep(rng.uniform(0.2, 0.8))
-            events.append(fault)
-            if fault != "postgres":  # (querying a paused database would hang the test)
-                state = await query(stack.database_url, "SELECT status FROM batches WHERE batch_id = :b", b=batch_id)
-                hit_running += not state or state[0][0] == "running"  # no row yet: not even recorded
-                seen_states.append(f"{fault}:{state[0][0] if state else 'none'}@{time.monotonic() - t0:.1f}")
-            if fault == "nats":
-                assert stack.nats
-                stack.nats.stop(kill=True)
-                await asyncio.sleep(1)
-                await asyncio.to_thread(stack.nats.start)
-            elif fault == "postgres":
-                pause_postgres(stack, signal.SIGSTOP)
-                await asyncio.sleep(PG_PAUSE_S)
-                pause_postgres(stack, signal.SIGCONT)
-            elif fault == "stop-runner":
-                stack.kill("chat_runner", signal.SIGSTOP)  # past the ack wait: its work is redelivered
-                await asyncio.sleep(ACK_WAIT_S + 1)
-                stack.kill("chat_runner", signal.SIGCONT)
-            else:
-                stack.kill(fault)
-                await asyncio.sleep(rng.uniform(0.2, 1.0))
-                stack.restart(fault)
-        healed = time.monotonic()
-        status = await wait_terminal(stack.database_url, batch_id, FINISH_BOUND_S)
-        finish_s = time.monotonic() - healed
-        db = stack.database_url
+    # faults, in a random order, while the batch runs
+    faults = [*SERVICES, "nats", "postgres", "stop-runner"]
+    rng.shuffle(faults)
+    hit_running = 0
+    seen_states: list[str] = []
+    for fault in faults:
+        await asyncio.sleep(rng.uniform(0.2, 0.8))
+        events.append(fault)
+        if fault != "postgres":  # (querying a paused database would hang the test)
+            state = await query(stack.database_url, "SELECT status FROM batches WHERE batch_id = :b", b=batch_id)
+            hit_running += not state or state[0][0] == "running"  # no row yet: not even recorded
+            seen_states.append(f"{fault}:{state[0][0] if state else 'none'}@{time.monotonic() - t0:.1f}")
+        if fault == "nats":
+            assert stack.nats
+            stack.nats.stop(kill=True)
+            await asyncio.sleep(1)
+            await asyncio.to_thread(stack.nats.start)
+        elif fault == "postgres":
+            pause_postgres(stack, signal.SIGSTOP)
+            await asyncio.sleep(PG_PAUSE_S)
+            pause_postgres(stack, signal.SIGCONT)
+        elif fault == "stop-runner":
+            stack.kill("chat_runner", signal.SIGSTOP)  # past the ack wait: its work is redelivered
+            await asyncio.sleep(ACK_WAIT_S + 1)
+            stack.kill("chat_runner", signal.SIGCONT)
+        else:
+            stack.kill(fault)
+            await asyncio.sleep(rng.uniform(0.2, 1.0))
+            stack.restart(fault)
+    healed = time.monotonic()
+    status = await wait_terminal(stack.database_url, batch_id, FINISH_BOUND_S)
+    finish_s = time.monotonic() - healed
+    db = stack.database_url
 
-        # no loss: every prompt terminal; no duplicates: natural keys hold and totals equal rows
-        prompts = (await query(db, "SELECT count(*) FROM prompts WHERE batch_id = :b", b=batch_id))[0][0]
-        scored = (await query(db, "SELECT count(*) FROM scores WHERE batch_id = :b", b=batch_id))[0][0]
-        failed = (
-            await query(
-                db,
-                "SELECT count(DISTINCT prompt_id) FROM failures f WHERE batch_id = :b AND NOT EXISTS"
-                " (SELECT 1 FROM scores s WHERE s.prompt_id = f.prompt_id)",
-                b=batch_id,
-            )
-        )[0][0]
-        responses = (await query(db, "SELECT count(*) FROM responses WHERE batch_id = :b", b=batch_id))[0][0]
-        judgments = (await query(db, "SELECT count(*) FROM judgments WHERE batch_id = :b", b=batch_id))[0][0]
-        judged = (await query(db, "SELECT count(*) FROM judge_calls WHERE batch_id = :b", b=batch_id))[0][0]
-        totals = (
-            await query(
-                db,
-                "SELECT completed_prompts, failed_prompts, total_prompts FROM batches WHERE batch_id = :b",
-                b=batch_id,
-            )
-        )[0]
-        categories = dict(
-            await query(db, "SELECT category, count(*) FROM failures WHERE batch_id = :b GROUP BY category", b=batch_id)
+    # no loss: every prompt terminal; no duplicates: natural keys hold and totals equal rows
+    prompts = (await query(db, "SELECT count(*) FROM prompts WHERE batch_id = :b", b=batch_id))[0][0]
+    scored = (await query(db, "SELECT count(*) FROM scores WHERE batch_id = :b", b=batch_id))[0][0]
+    failed = (
+        await query(
+            db,
+            "SELECT count(DISTINCT prompt_id) FROM failures f WHERE batch_id = :b AND NOT EXISTS"
+            " (SELECT 1 FROM scores s WHERE s.prompt_id = f.prompt_id)",
+            b=batch_id,
         )
-        lost = N - (scored + failed)
-        assert hit_running >= len(faults) - 1, f"only {hit_running} faults hit the running batch: {seen_states}"
-        assert prompts == N and lost == 0, f"lost {lost}"
-        assert status in ("completed", "partial_failure")
-        assert totals == (scored, failed, N)
-        assert judgments == 5 * judged
-        assert scored <= responses <= N
-
-        # bounded cost: model calls per prompt and stage
-        calls = Counter()
-        for line in log_path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("prompt_id", "").startswith(batch_id):
-                calls[(rec["prompt_id"], rec.get("stage"))] += 1
-        kills = len(faults)
-        bound = (1 + MAX_RETRIES) * (1 + kills)  # each redelivery may retry in full
-        worst = max(calls.values())
-        assert worst <= bound, f"a prompt stage was called {worst} times"
-
-        # the dead-letter stream holds only the injected poison
-        nc = await nats.connect(stack.nats_url)
-        info = await nc.jetstream().stream_info(subjects.STREAM_DLQ)
-        letters = (
-            [
-                json.loads((await nc.jetstream().get_msg(subjects.STREAM_DLQ, seq)).data)
-                for seq in range(info.state.first_seq, info.state.last_seq + 1)
-            ]
-            if info.state.messages
-            else []
+    )[0][0]
+    responses = (await query(db, "SELECT count(*) FROM responses WHERE batch_id = :b", b=batch_id))[0][0]
+    judgments = (await query(db, "SELECT count(*) FROM judgments WHERE batch_id = :b", b=batch_id))[0][0]
+    judged = (await query(db, "SELECT count(*) FROM judge_calls WHERE batch_id = :b", b=batch_id))[0][0]
+    totals = (
+        await query(
+            db,
+            "SELECT completed_prompts, failed_prompts, total_prompts FROM batches WHERE batch_id = :b",
+            b=batch_id,
         )
-        await nc.close()
-        assert letters and all(dl.get("payload") == "poison" for dl in letters), letters
+    )[0]
+    categories = dict(
+        await query(db, "SELECT category, count(*) FROM failures WHERE batch_id = :b GROUP BY category", b=batch_id)
+    )
+    lost = N - (scored + failed)
+    assert hit_running >= len(faults) - 1, f"only {hit_running} faults hit the running batch: {seen_states}"
+    assert prompts == N and lost == 0, f"lost {lost}"
+    assert status in ("completed", "partial_failure")
+    assert totals == (scored, failed, N)
+    assert judgments == 5 * judged
+    assert scored <= responses <= N
 
-        print(
-            "\n| scenario | prompts | lost | duplicated | model calls | worst calls/stage | failures | time to finish |"
-            "\n|---|---|---|---|---|---|---|---|"
-            f"\n| {'→'.join(events)} | {N} | {lost} | 0 | {sum(calls.values())} | {worst} (bound {bound}) |"
-            f" {categories} | {finish_s:.1f} s |"
-        )
-        assert stack.check_alive() == []
-    finally:
-        stack.stop()
-        for p in (stack.data_dir / "logs").glob("*.log"):
-            if "Traceback" in p.read_text():
-                print(f"--- {p.name}\n{p.read_text()[-2500:]}")
+    # bounded cost: model calls per prompt and stage
+    calls = Counter()
+    for line in log_path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("prompt_id", "").startswith(batch_id):
+            calls[(rec["prompt_id"], rec.get("stage"))] += 1
+    kills = len(faults)
+    bound = (1 + MAX_RETRIES) * (1 + kills)  # each redelivery may retry in full
+    worst = max(calls.values())
+    assert worst <= bound, f"a prompt stage was called {worst} times"
+
+    # the dead-letter stream holds only the injected poison
+    nc = await nats.connect(stack.nats_url)
+    info = await nc.jetstream().stream_info(subjects.STREAM_DLQ)
+    letters = (
+        [
+            json.loads((await nc.jetstream().get_msg(subjects.STREAM_DLQ, seq)).data)
+            for seq in range(info.state.first_seq, info.state.last_seq + 1)
+        ]
+        if info.state.messages
+        else []
+    )
+    await nc.close()
+    assert letters and all(dl.get("payload") == "poison" for dl in letters), letters
+
+    print(
+        "\n| scenario | prompts | lost | duplicated | model calls | worst calls/stage | failures | time to finish |"
+        "\n|---|---|---|---|---|---|---|---|"
+        f"\n| {'→'.join(events)} | {N} | {lost} | 0 | {sum(calls.values())} | {worst} (bound {bound}) |"
+        f" {categories} | {finish_s:.1f} s |"
+    )
+    assert stack.check_alive() == []
