@@ -14,7 +14,7 @@ _BATCH_ID_RE = re.compile(BATCH_ID_PATTERN)
 
 def is_valid_batch_id(batch_id: str) -> bool:
     """A batch id is one NATS subject token: letters, digits, '-' and '_' only."""
-    return bool(_BATCH_ID_RE.match(batch_id))
+    return bool(_BATCH_ID_RE.fullmatch(batch_id))  # (`$` alone would accept a trailing newline)
 
 
 def new_batch_id(stamp: str, entropy: str) -> str:

@@ -43,7 +43,7 @@ def test_unknown_fields_are_ignored_and_unknown_versions_rejected() -> None:
         StartBatchRequested.model_validate(data | {"schema_version": 2})
 
 
-@pytest.mark.parametrize("bad", ["has.dot", "has space", "", "x" * 65, "star*"])
+@pytest.mark.parametrize("bad", ["has.dot", "has space", "", "x" * 65, "star*", "ok\n", "tab\t"])
 def test_batch_ids_must_be_one_subject_token(bad: str) -> None:
     assert not ids.is_valid_batch_id(bad)
     with pytest.raises(ValidationError):

@@ -114,6 +114,11 @@ async def test_endpoint_failures_open_its_breaker_and_a_success_closes_it() -> N
     client._on_breaker_change = lambda ep, old, new: changes.append((ep, old, new))
     done = await call(client, CallOptions(model="m", base_url="http://model.test/v1", timeout_s=5, max_retries=3))
     assert done.attempts == 4
-    assert [c[1:] for c in changes] == [("closed", "open"), ("open", "half_open"), ("half_open", "open"),
-                                        ("open", "half_open"), ("half_open", "closed")]
+    assert [c[1:] for c in changes] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
     assert changes[0][0] == "http://model.test/v1"
