@@ -58,6 +58,14 @@ def nats_url() -> str:
     return str(state["nats_url"])
 
 
+async def connect() -> "client.Client":
+    try:
+        return await client.connect(nats_url(), *get_settings().nats_credentials())
+    except client.ConnectError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_UNREACHABLE) from exc
+
+
 def suite_ref(suite: str) -> SuiteRef:
     """Inline cases for a small readable suite (works with remote services); else a path or a bundled name."""
     path = Path(suite)
@@ -77,7 +85,7 @@ def new_batch_id() -> str:
 
 
 async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | None) -> int:
-    nc = await client.connect(nats_url())
+    nc = await connect()
     started = time.monotonic()
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -179,7 +187,7 @@ def run(
 
 
 async def _query(kind: str, batch_id: str, as_json: bool) -> int:
-    nc = await client.connect(nats_url())
+    nc = await connect()
     try:
         if kind == "status":
             snap = await client.fetch_status(nc, batch_id)
@@ -224,7 +232,7 @@ def cancel(
     """Cancel a batch: pending prompts are not sent to the model; the batch ends `cancelled`."""
 
     async def go() -> None:
-        nc = await client.connect(nats_url())
+        nc = await connect()
         try:
             await client.publish_cancel(nc, CancelBatchRequested(batch_id=batch_id, reason=reason))
         finally:
@@ -243,7 +251,7 @@ def resume(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fal
     """Send a running batch's unfinished prompts on again, rebuilt from the database."""
 
     async def go() -> int:
-        nc = await client.connect(nats_url())
+        nc = await connect()
         try:
             result = await client.resume(nc, batch_id, f"cli-{secrets.token_hex(4)}")
         except client.ApiError as exc:
@@ -268,7 +276,7 @@ def health(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Ask every service for its status over NATS; exits 1 if any is missing or unhealthy."""
 
     async def go() -> list[dict[str, object]]:
-        nc = await client.connect(nats_url())
+        nc = await connect()
         try:
             return [await client.service_status(nc, svc) for svc in SERVICE_NAMES]
         finally:
@@ -333,7 +341,8 @@ def migrate() -> None:
     from infra.nats_topology import apply_topology
 
     async def go() -> None:
-        for warning in await apply_topology(settings.require_nats_url()):
+        user, password = settings.nats_credentials()
+        for warning in await apply_topology(settings.require_nats_url(), user=user, password=password):
             err.print(f"[yellow]{warning}[/yellow]")
         await run_migrations(settings.require_database_url())
 

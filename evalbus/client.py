@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats
+import nats.errors
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -30,8 +31,34 @@ class ApiError(RuntimeError):
         self.description = description
 
 
-async def connect(url: str) -> Client:
-    return await nats.connect(url.split(","), name="evalbus-cli", connect_timeout=5, max_reconnect_attempts=-1)
+class ConnectError(RuntimeError):
+    """The CLI could not reach or log in to NATS; the message says which."""
+
+
+async def connect(url: str, user: str | None = None, password: str | None = None, within_s: float = 10) -> Client:
+    """Connect, failing within `within_s` with the server's reason (nats-py would retry a refused
+    login forever); once connected, reconnect forever so a broker restart does not end a follow."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                url.split(","),
+                name="evalbus-cli",
+                connect_timeout=5,
+                max_reconnect_attempts=-1,
+                user=user,
+                password=password,
+                error_cb=on_error,
+            ),
+            within_s,
+        )
+    except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+        reason = errors[-1] if errors else exc
+        raise ConnectError(f"cannot connect to NATS at {url}: {reason}") from exc
 
 
 async def publish_start(nc: Client, start: StartBatchRequested) -> None:

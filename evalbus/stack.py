@@ -35,6 +35,7 @@ class Stack:
     fake_model_port: int | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    client_credentials: tuple[str, str] | None = None  # for a NATS server that requires a login
 
     @property
     def model_base_url(self) -> str:
@@ -115,7 +116,7 @@ class Stack:
         from evalbus.client import connect, service_status  # the CLI's client; imported late
 
         async def poll() -> list[str]:
-            nc = await connect(self.nats_url)
+            nc = await connect(self.nats_url, *(self.client_credentials or (None, None)))
             try:
                 deadline = time.monotonic() + timeout_s
                 while True:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js.api import PubAck
 from pydantic import BaseModel
 
@@ -32,7 +32,13 @@ class _Lifecycle:
     stopping = False
 
 
-def make_broker(service: str, nats_url: str) -> NatsBroker:
+def inbox_prefix(service: str) -> str:
+    # nats-py appends its random token right after the prefix: the trailing dot keeps replies
+    # inside `_INBOX.<service>.>`, which is all a service may subscribe to under permissions.
+    return f"_INBOX.{service}."
+
+
+def make_broker(service: str, nats_url: str, user: str | None = None, password: str | None = None) -> NatsBroker:
     """A broker that reconnects forever and exits the process if the connection is closed for good."""
 
     async def on_error(exc: Exception) -> None:
@@ -60,7 +66,8 @@ def make_broker(service: str, nats_url: str) -> NatsBroker:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         closed_cb=on_closed,
-        inbox_prefix=f"_INBOX.{service}",
+        inbox_prefix=inbox_prefix(service).rstrip("."),  # the connection adds its own dot
+        security=NatsUserPassword(username=user, password=password or "") if user else None,
         graceful_timeout=30.0,
         logger=logging.getLogger(f"evalbus.{service}.broker"),
         log_level=logging.DEBUG,  # per-message logs stay below the WARNING level set in service.py

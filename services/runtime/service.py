@@ -9,7 +9,7 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 
 from contracts.topology import ConsumerSpec
-from services.runtime.bus import make_broker, mark_stopping
+from services.runtime.bus import inbox_prefix, make_broker, mark_stopping
 from services.runtime.consumer import BatchHandler, Consumer, MsgHandler
 from services.runtime.health import Health
 from services.runtime.settings import Settings
@@ -27,7 +27,7 @@ def configure_logging(level: str) -> None:
 
 def new_service(service: str, settings: Settings) -> tuple[NatsBroker, FastStream]:
     configure_logging(settings.log_level)
-    broker = make_broker(service, settings.require_nats_url())
+    broker = make_broker(service, settings.require_nats_url(), *settings.nats_credentials())
     logging.getLogger(f"evalbus.{service}.broker").setLevel(logging.WARNING)
     app = FastStream(broker, logger=logging.getLogger(f"evalbus.{service}"))
     app.on_shutdown(mark_stopping)
@@ -68,7 +68,7 @@ def consume(
             slots=slots,
             batch_size=batch_size,
             max_wait_s=max_wait_s,
-            inbox_prefix=f"_INBOX.{service}",
+            inbox_prefix=inbox_prefix(service),
         )
         await consumer.start()
         holder.append(consumer)

@@ -7,7 +7,7 @@ the URLs of the servers it started to the processes it starts.
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +15,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVALBUS_", extra="ignore")
 
     nats_url: str | None = Field(default=None, description="NATS server(s); unset = embedded")
+    nats_user: str | None = Field(default=None, description="NATS user (infra/nats/nats-server.conf roles)")
+    nats_password: SecretStr | None = Field(default=None, description="NATS password (never logged)")
     database_url: str | None = Field(default=None, description="postgresql+asyncpg URL; unset = embedded")
     data_dir: Path = Field(default=Path(".evalbus"), description="where the embedded stack keeps its data")
     log_level: str = "INFO"
@@ -55,6 +57,10 @@ class Settings(BaseSettings):
         if not self.nats_url:
             raise RuntimeError("EVALBUS_NATS_URL is not set: start the stack with `evalbus up` or set it")
         return self.nats_url
+
+    def nats_credentials(self) -> tuple[str | None, str | None]:
+        password = self.nats_password.get_secret_value() if self.nats_password else None
+        return self.nats_user, password
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -71,7 +71,7 @@ def test_services_wait_for_migrations_and_reach_the_servers() -> None:
             env["EVALBUS_DATABASE_URL"].startswith("postgresql+asyncpg://")
             and "@postgres:" in env["EVALBUS_DATABASE_URL"]
         )
-    assert "-js" in services["nats"]["command"]
+    assert services["nats"]["command"] == ["-c", "/etc/nats/nats-server.conf"]
 
 
 def test_dockerfile_installs_every_package_the_commands_import() -> None:
@@ -90,3 +90,18 @@ def test_every_service_has_a_liveness_probe_the_cli_answers() -> None:
     for module in SERVICES:
         name = module.replace("_", "-")
         assert services[name]["healthcheck"]["test"] == ["CMD", "evalbus", "alive", name]
+
+
+def test_nats_runs_the_locked_down_config_and_each_service_logs_in_as_itself() -> None:
+    from infra.nats_config import ROLES, config_path, password_env
+
+    services = compose()["services"]
+    mount = next(v for v in services["nats"]["volumes"] if v.endswith(":/etc/nats/nats-server.conf:ro"))
+    assert (ROOT / mount.split(":")[0]).resolve() == config_path()
+    assert set(services["nats"]["environment"]) == {password_env(role) for role in ROLES}
+    assert services["migrate"]["environment"]["EVALBUS_NATS_USER"] == "provisioner"
+    for module in SERVICES:
+        role = module.replace("_", "-")
+        env = services[role]["environment"]
+        assert env["EVALBUS_NATS_USER"] == role
+        assert env["EVALBUS_NATS_PASSWORD"] == f"${{{password_env(role)}:?set it}}"

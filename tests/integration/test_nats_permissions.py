@@ -1,0 +1,516 @@
+"""The deployment's nats-server.conf on a real nats-server: every role can do its job and no more.
+
+This module starts its own server with `infra/nats/nats-server.conf` (the shared test server has
+no authorization). A denied publish is only a timeout to nats-py; the reason reaches the
+connection's error_cb, so that is what the denials assert on.
+"""
+
+import asyncio
+import contextlib
+import os
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+import nats
+import pytest
+from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from contracts import subjects
+from contracts.events import ResumeResult
+from contracts.topology import (
+    CHAT_RUNNER_QUEUED,
+    CONSUMERS,
+    GENERATOR_CANCEL,
+    GENERATOR_START,
+    JUDGE_RESPONDED,
+    KV_CANCELS,
+    KV_STARTS,
+    RECORDER_DEAD_LETTERS,
+    RECORDER_EVENTS,
+    SCORER_JUDGED,
+    STREAMS,
+    ConsumerSpec,
+)
+from evalbus import client as cli
+from infra import nats_config
+from infra.embedded import free_port, nats_server_binary, wait_for_port
+from infra.nats_topology import apply_topology
+from services.recorder.api import start_api
+from services.runtime.cancels import CancelledBatches
+from services.runtime.health import Health
+
+pytestmark = pytest.mark.integration
+
+SERVICES = ("generator", "chat-runner", "judge", "scorer", "recorder")
+DENIAL_WAIT_S = 0.4  # how long a denied request waits; the verdict comes from error_cb
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    url: str
+    passwords: dict[str, str]  # role -> password
+
+
+@dataclass
+class Conn:
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream(timeout=2)
+
+    async def violation(self, text: str, within_s: float = 2.0) -> str:
+        """The error_cb message containing `text`, once the server has sent it.
+
+        nats-py lowercases the server's -ERR text, subject included, so the match ignores case.
+        """
+        deadline = asyncio.get_running_loop().time() + within_s
+        while asyncio.get_running_loop().time() < deadline:
+            for err in self.errors:
+                if text.lower() in err.lower():
+                    return err
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no error containing {text!r}; errors: {self.errors}")
+
+
+Connect = Callable[[str], Awaitable[Conn]]
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    tmp = tmp_path_factory.mktemp("nats-auth")
+    passwords = nats_config.test_passwords()
+    env = {**os.environ, **nats_config.server_env(passwords)}
+    port = free_port()
+    http_port = free_port()
+    while http_port == port:
+        http_port = free_port()
+    # A copy of the deployment config on loopback, free ports and a temporary store instead of /data.
+    conf = nats_config.render(
+        tmp / "nats-server.conf", store_dir=tmp / "js", listen=f"127.0.0.1:{port}", http=f"127.0.0.1:{http_port}"
+    )
+    binary = nats_server_binary()
+    checked = subprocess.run([binary, "-t", "-c", str(conf)], env=env, capture_output=True, text=True, timeout=10)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with (tmp / "nats-server.log").open("wb") as out:  # "Publish Violation" lines land here too
+        proc = subprocess.Popen([binary, "-c", str(conf)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 10, proc)
+        yield AuthServer(url=f"nats://127.0.0.1:{port}", passwords=passwords)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+async def provisioned(auth_server: AuthServer) -> AuthServer:
+    """Streams, consumers and KV buckets created as the provisioner user, as `evalbus migrate` does."""
+    warnings = await apply_topology(auth_server.url, user="provisioner", password=auth_server.passwords["provisioner"])
+    assert warnings == []
+    return auth_server
+
+
+@pytest.fixture
+async def connect(provisioned: AuthServer) -> AsyncIterator[Connect]:
+    opened: list[Client] = []
+
+    async def _connect(role: str) -> Conn:
+        conn = Conn(nc=Client())
+
+        async def on_error(exc: Exception) -> None:
+            conn.errors.append(str(exc))
+
+        # Services use their own inbox prefix (services.runtime.bus.make_broker); others the default.
+        prefix = f"_INBOX.{role}".encode() if role in SERVICES else DEFAULT_INBOX_PREFIX
+        await conn.nc.connect(
+            provisioned.url,
+            user=role,
+            password=provisioned.passwords[role],
+            name=f"test-{role}",
+            inbox_prefix=prefix,
+            error_cb=on_error,
+            allow_reconnect=False,
+            connect_timeout=5,
+        )
+        opened.append(conn.nc)
+        return conn
+
+    yield _connect
+    for nc in opened:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def new_batch_id() -> str:
+    return "b-" + secrets.token_hex(4)
+
+
+def msg_id() -> dict[str, str]:
+    return {"Nats-Msg-Id": secrets.token_hex(8)}
+
+
+async def assert_publish_denied(conn: Conn, subject: str) -> None:
+    with pytest.raises(TimeoutError):
+        await conn.js.publish(subject, b"{}", headers=msg_id(), timeout=DENIAL_WAIT_S)
+    await conn.violation(f'Permissions Violation for Publish to "{subject}"')
+
+
+async def assert_subscribe_denied(conn: Conn, subject: str) -> None:
+    await conn.nc.subscribe(subject)
+    await conn.nc.flush()
+    await conn.violation(f'Permissions Violation for Subscription to "{subject}"')
+
+
+# -- logging in ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("user", "password"), [(None, None), ("generator", "pwrong")], ids=["anonymous", "wrong"])
+async def test_connection_without_valid_credentials_is_refused(
+    provisioned: AuthServer, user: str | None, password: str | None
+) -> None:
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(provisioned.url, user=user, password=password, allow_reconnect=False, connect_timeout=5)
+
+
+async def test_provisioner_creates_the_topology_and_nothing_else(provisioned: AuthServer, connect: Connect) -> None:
+    # The fixture created everything; a second run takes the update path of every stream and consumer.
+    pw = provisioned.passwords["provisioner"]
+    assert await apply_topology(provisioned.url, user="provisioner", password=pw) == []
+    prov = await connect("provisioner")
+    names = {s.config.name for s in await prov.js.streams_info()}
+    assert {s.name for s in STREAMS} | {f"KV_{KV_STARTS}", f"KV_{KV_CANCELS}"} <= names
+    for spec in CONSUMERS:
+        info = await prov.js.consumer_info(spec.stream, spec.durable)
+        assert (info.config.filter_subject or "") == spec.filter_subject  # "" is the whole stream
+    # It manages the topology but does not read stored events through the API.
+    with pytest.raises(TimeoutError):
+        await prov.nc.jetstream(timeout=DENIAL_WAIT_S).get_msg(subjects.STREAM_EVENTS, seq=1)
+    await prov.violation(f'Permissions Violation for Publish to "$JS.API.STREAM.MSG.GET.{subjects.STREAM_EVENTS}"')
+    assert len(prov.errors) == 1
+
+
+# -- every service does its own job ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A durable the service consumes, and who produces what lands on it."""
+
+    spec: ConsumerSpec
+    upstream: str
+    subject: str  # `*` is the batch id
+
+
+@dataclass(frozen=True)
+class Job:
+    service: str
+    feeds: tuple[Feed, ...]
+    events: tuple[str, ...]  # published with publish_async, as services.runtime.bus.publish_events does
+    other: tuple[tuple[str, str], ...] = ()  # (subject, stream) published with js.publish
+
+    def __str__(self) -> str:
+        return self.service
+
+
+def ev(entity: str, verb: str) -> str:
+    return subjects.any_batch(entity, verb)
+
+
+BREAKER = subjects.breaker("http://127.0.0.1:8089/v1")
+
+
+JOBS = (
+    Job(
+        "generator",
+        (
+            Feed(GENERATOR_START, "client", ev("start", "requested")),
+            Feed(GENERATOR_CANCEL, "client", ev("cancel", "requested")),
+        ),
+        (ev("batch", "accepted"), ev("batch", "rejected"), ev("prompt", "queued")),
+    ),
+    Job(
+        "chat-runner",
+        (Feed(CHAT_RUNNER_QUEUED, "generator", ev("prompt", "queued")),),
+        (ev("prompt", "responded"), ev("prompt", "failed")),
+        ((BREAKER, subjects.STREAM_OPS),),
+    ),
+    Job(
+        "judge",
+        (Feed(JUDGE_RESPONDED, "chat-runner", ev("prompt", "responded")),),
+        (ev("prompt", "judged"), ev("prompt", "failed")),
+        ((BREAKER, subjects.STREAM_OPS),),
+    ),
+    Job("scorer", (Feed(SCORER_JUDGED, "judge", ev("prompt", "judged")),), (ev("prompt", "scored"),)),
+    Job(
+        "recorder",
+        (
+            Feed(RECORDER_EVENTS, "scorer", ev("prompt", "scored")),
+            Feed(RECORDER_DEAD_LETTERS, "scorer", subjects.dlq("scorer")),
+        ),
+        (ev("batch", "completed"),),
+        ((subjects.progress("*"), subjects.STREAM_PROGRESS),),
+    ),
+)
+
+
+async def take_until(sub: JetStreamContext.PullSubscription, subject: str) -> list[Msg]:
+    """Fetch (and settle) until `subject` arrives, as the services' consumers do."""
+    seen: list[Msg] = []
+    for _ in range(5):
+        for msg in await sub.fetch(64, timeout=1):
+            await msg.in_progress()
+            await msg.ack_sync()  # the server confirms the ack, so a denied ack cannot pass unseen
+            seen.append(msg)
+        if any(m.subject == subject for m in seen):
+            return seen
+    raise AssertionError(f"{subject} never arrived; got {[m.subject for m in seen]}")
+
+
+@pytest.mark.parametrize("job", JOBS, ids=str)
+async def test_service_binds_its_durable_fetches_acks_and_publishes_its_events(connect: Connect, job: Job) -> None:
+    batch = new_batch_id()
+    svc = await connect(job.service)
+    upstreams: list[Conn] = []
+    for feed in job.feeds:
+        upstream = await connect(feed.upstream)
+        upstreams.append(upstream)
+        subject = feed.subject.replace("*", batch)
+        await upstream.js.publish(subject, b"{}", headers=msg_id(), stream=feed.spec.stream)
+
+        # The deliver subject is the prefix + a nuid: it must end in '.' to fall under _INBOX.<svc>.>.
+        inbox = f"_INBOX.{job.service}.".encode()
+        sub = await svc.js.pull_subscribe_bind(durable=feed.spec.durable, stream=feed.spec.stream, inbox_prefix=inbox)
+        assert (await sub.consumer_info()).name == feed.spec.durable
+        await take_until(sub, subject)
+        await sub.unsubscribe()
+
+    futures = [
+        await svc.js.publish_async(s.replace("*", batch), b"{}", headers=msg_id(), stream=subjects.STREAM_EVENTS)
+        for s in job.events
+    ]
+    acks = await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert all(a.stream == subjects.STREAM_EVENTS and not a.duplicate for a in acks)
+    for subject, stream in ((subjects.dlq(job.service), subjects.STREAM_DLQ), *job.other):
+        ack = await svc.js.publish(subject.replace("*", batch), b"{}", headers=msg_id(), stream=stream)
+        assert ack.stream == stream
+    assert await svc.js.account_info()  # $JS.API.INFO
+    assert svc.errors == [] and all(u.errors == [] for u in upstreams)
+
+
+async def test_generator_reads_and_writes_its_kv_buckets(connect: Connect) -> None:
+    gen = await connect("generator")
+    batch = new_batch_id()
+    starts = await gen.js.key_value(KV_STARTS)
+    with pytest.raises(KeyNotFoundError):
+        await starts.get(batch)
+    await starts.put(batch, b"accepted")
+    assert (await starts.get(batch)).value == b"accepted"
+    await (await gen.js.key_value(KV_CANCELS)).put(batch, b"user asked")
+    assert gen.errors == []
+
+
+async def watch_cancels_until(svc: Conn, batch_ids: set[str], within_s: float = 5.0) -> None:
+    """Run the services' own cancel watcher until it has seen every id in `batch_ids`."""
+    cancelled = CancelledBatches()
+    watching = asyncio.create_task(cancelled.watch(svc.js))
+    try:
+        deadline = asyncio.get_running_loop().time() + within_s
+        while not all(b in cancelled for b in batch_ids):
+            assert asyncio.get_running_loop().time() < deadline, f"watcher stalled; errors: {svc.errors}"
+            await asyncio.sleep(0.02)
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+
+
+@pytest.mark.parametrize("service", ["chat-runner", "judge"])
+async def test_model_calling_services_watch_the_cancels_bucket(connect: Connect, service: str) -> None:
+    batch = new_batch_id()
+    gen = await connect("generator")
+    await (await gen.js.key_value(KV_CANCELS)).put(batch, b"user asked")
+    svc = await connect(service)
+    await watch_cancels_until(svc, {batch})
+    assert svc.errors == []
+
+
+async def test_cancel_watcher_answers_flow_control(connect: Connect) -> None:
+    # A few MB in the bucket make the server pause the watcher until it replies on $JS.FC.<stream>.>;
+    # a denied reply stalls it for good.
+    gen = await connect("generator")
+    kv = await gen.js.key_value(KV_CANCELS)
+    batches = {new_batch_id() for _ in range(24)}
+    for batch in batches:
+        await kv.put(batch, b"x" * 256_000)
+    runner = await connect("chat-runner")
+    await watch_cancels_until(runner, batches)
+    assert runner.errors == []
+
+
+async def test_recorder_reads_back_the_event_a_max_deliveries_advisory_names(connect: Connect) -> None:
+    scorer, rec = await connect("scorer"), await connect("recorder")
+    subject = subjects.batch_event(new_batch_id(), "prompt", "scored")
+    ack = await scorer.js.publish(subject, b"{}", headers=msg_id(), stream=subjects.STREAM_EVENTS)
+    # As services.recorder.dead_letters.from_advisory does.
+    assert (await rec.js.get_msg(subjects.STREAM_EVENTS, ack.seq)).subject == subject
+    assert rec.errors == [] and scorer.errors == []
+
+
+# -- and nothing else ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "subject"),
+    [
+        ("chat-runner", "evalbus.v1.batch.b1.prompt.judged"),
+        ("client", "evalbus.v1.batch.b1.prompt.judged"),
+        ("generator", "evalbus.v1.batch.b1.prompt.scored"),
+        ("judge", "evalbus.v1.batch.b1.prompt.responded"),
+        ("scorer", "evalbus.v1.batch.b1.batch.completed"),
+        ("recorder", "evalbus.v1.batch.b1.batch.accepted"),
+        ("client", f"{subjects.control('judge')}.pause"),  # health queries only
+        ("scorer", subjects.dlq("judge")),
+        ("provisioner", "evalbus.v1.batch.b1.start.requested"),
+        ("chat-runner", f"$KV.{KV_CANCELS}.b1"),  # only the generator records a cancel
+    ],
+)
+async def test_role_cannot_publish_what_another_produces(connect: Connect, role: str, subject: str) -> None:
+    await assert_publish_denied(await connect(role), subject)
+
+
+@pytest.mark.parametrize(
+    ("role", "subject"),
+    [
+        ("client", "evalbus.v1.batch.>"),
+        ("chat-runner", "evalbus.v1.batch.>"),
+        ("provisioner", "evalbus.v1.batch.>"),
+        ("judge", "_INBOX.chat-runner.>"),
+        ("client", subjects.api(">")),  # cannot pose as the recorder's API
+        ("judge", subjects.api(">")),
+        ("judge", f"{subjects.control('chat-runner')}.>"),  # nor as another service's health
+        ("judge", "$SRV.PING.evalbus-recorder"),
+    ],
+)
+async def test_role_cannot_subscribe_beyond_its_own(connect: Connect, role: str, subject: str) -> None:
+    await assert_subscribe_denied(await connect(role), subject)
+
+
+async def test_service_cannot_fetch_from_another_services_durable(connect: Connect) -> None:
+    runner = await connect("chat-runner")
+    sub = await runner.js.pull_subscribe_bind(
+        durable=JUDGE_RESPONDED.durable, stream=JUDGE_RESPONDED.stream, inbox_prefix=b"_INBOX.chat-runner."
+    )
+    with pytest.raises(TimeoutError):
+        await sub.fetch(1, timeout=DENIAL_WAIT_S)
+    await runner.violation(f'Publish to "$JS.API.CONSUMER.MSG.NEXT.{JUDGE_RESPONDED.stream}.{JUDGE_RESPONDED.durable}"')
+
+
+async def test_inbox_prefix_without_trailing_dot_is_outside_the_services_inbox(connect: Connect) -> None:
+    # nats-py appends the nuid to `inbox_prefix` as is: b"_INBOX.scorer" gives "_INBOX.scorerAbC...".
+    scorer = await connect("scorer")
+    sub = await scorer.js.pull_subscribe_bind(
+        durable=SCORER_JUDGED.durable, stream=SCORER_JUDGED.stream, inbox_prefix=b"_INBOX.scorer"
+    )
+    await scorer.nc.flush()
+    await scorer.violation('Permissions Violation for Subscription to "_INBOX.scorer')
+    await sub.unsubscribe()
+
+
+# -- the users' CLI --------------------------------------------------------------------------
+
+
+async def test_client_starts_and_cancels_a_batch_and_follows_it(connect: Connect) -> None:
+    client = await connect("client")
+    batch = new_batch_id()
+    got: list[str] = []
+
+    async def on_msg(msg: Msg) -> None:
+        got.append(msg.subject)
+
+    await client.nc.subscribe(subjects.progress(batch), cb=on_msg)
+    await client.nc.subscribe(subjects.batch_lifecycle(batch), cb=on_msg)
+    for subject in (subjects.start_requested(batch), subjects.cancel_requested(batch)):
+        ack = await client.js.publish(subject, b"{}", headers=msg_id(), stream=subjects.STREAM_EVENTS)
+        assert ack.stream == subjects.STREAM_EVENTS
+
+    gen, rec = await connect("generator"), await connect("recorder")
+    accepted = subjects.batch_event(batch, "batch", "accepted")
+    await gen.js.publish(accepted, b"{}", headers=msg_id(), stream=subjects.STREAM_EVENTS)
+    await rec.js.publish(subjects.progress(batch), b"{}", headers=msg_id(), stream=subjects.STREAM_PROGRESS)
+    for _ in range(100):
+        if len(got) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(got) == sorted([accepted, subjects.progress(batch)])
+    assert client.errors == [] and gen.errors == [] and rec.errors == []
+
+
+async def test_client_inbox_wildcard_does_not_reach_service_inboxes(connect: Connect) -> None:
+    client = await connect("client")
+    seen: list[str] = []
+
+    async def on_msg(msg: Msg) -> None:
+        seen.append(msg.subject)
+
+    await client.nc.subscribe("_INBOX.>", cb=on_msg)
+    await client.nc.flush()
+    runner = await connect("chat-runner")
+    # Its reply goes to _INBOX.chat-runner.<...>, as do the events it fetches.
+    await runner.js.account_info()
+    await client.js.publish(subjects.start_requested(new_batch_id()), b"{}", headers=msg_id())
+    await asyncio.sleep(0.1)
+    assert any(s.startswith("_INBOX.") for s in seen), "the client's own replies should match _INBOX.>"
+    assert not [s for s in seen if s.startswith("_INBOX.chat-runner.")]
+
+
+async def test_recorder_serves_the_query_api_and_the_client_calls_it(connect: Connect) -> None:
+    rec, client = await connect("recorder"), await connect("client")
+    batch = new_batch_id()
+
+    async def resume(batch_id: str, token: str) -> ResumeResult:
+        # What Recorder.resume does with a prompt the database says never got an answer.
+        subject = subjects.batch_event(batch_id, "prompt", "queued")
+        await rec.js.publish(subject, b"{}", headers={"Nats-Msg-Id": f"redrive-{token}"}, stream=subjects.STREAM_EVENTS)
+        return ResumeResult(batch_id=batch_id, redriven=1, by_event={"prompt.queued": 1})
+
+    # The real endpoints; with no database behind them, queries are answered with a 503.
+    engine = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none")
+    service = await start_api(rec.nc, engine, resume)
+    await rec.nc.flush()
+    try:
+        with pytest.raises(cli.ApiError) as err:
+            await cli.query(client.nc, "status", batch, timeout_s=5)
+        assert err.value.code == "503"
+        assert (await cli.resume(client.nc, batch, "t1")).redriven == 1
+        ping = await client.nc.request("$SRV.PING.evalbus-recorder", b"", timeout=2)
+        assert b"evalbus-recorder" in ping.data
+    finally:
+        await service.stop()
+        await engine.dispose()
+    assert rec.errors == [] and client.errors == []
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_service_answers_health_queries_from_the_client(connect: Connect, service: str) -> None:
+    svc, client = await connect(service), await connect("client")
+    micro = await Health(service, lambda: svc.nc).serve()  # what every service runs
+    await svc.nc.flush()  # its subscriptions are in place before the client asks
+    try:
+        status = await cli.service_status(client.nc, service)
+        assert status["service"] == service and status["healthy"] is True, status
+        ping = await client.nc.request(f"$SRV.PING.evalbus-{service}", b"", timeout=2)
+        assert f"evalbus-{service}".encode() in ping.data
+    finally:
+        await micro.stop()
+    assert svc.errors == [] and client.errors == []
