@@ -39,6 +39,8 @@ DAY = 86_400.0
 KV_STARTS = "evalbus_starts"
 # Batches a user cancelled: model-calling services skip their pending prompts.
 KV_CANCELS = "evalbus_cancels"
+# Shared per-endpoint rate budgets (token buckets), one key per model endpoint.
+KV_RATES = "evalbus_rates"
 
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec(subjects.STREAM_EVENTS, (subjects.EVENTS_SUBJECTS,), max_age_s=7 * DAY),

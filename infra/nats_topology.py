@@ -19,7 +19,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from contracts.topology import CONSUMERS, KV_CANCELS, KV_STARTS, STREAMS, ConsumerSpec, StreamSpec
+from contracts.topology import CONSUMERS, KV_CANCELS, KV_RATES, KV_STARTS, STREAMS, ConsumerSpec, StreamSpec
 
 log = logging.getLogger("evalbus.topology")
 
@@ -67,7 +67,7 @@ async def apply_topology(
                 await js.update_stream(cfg)
             except NotFoundError:
                 await js.add_stream(cfg)
-        for bucket in (KV_STARTS, KV_CANCELS):
+        for bucket in (KV_STARTS, KV_CANCELS, KV_RATES):
             try:
                 await js.key_value(bucket)
             except BucketNotFoundError:

@@ -84,7 +84,7 @@ def create_app() -> FastStream:
                     await handle(jetstream(broker), raw)
             except Exception:
                 log.exception("%s failed; will retry", raw.subject)
-                await settle([raw], ok=False, delay_s=5)
+                await settle([raw], ok=False)
                 return
             await settle([raw], ok=True)
 

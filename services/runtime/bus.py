@@ -134,14 +134,23 @@ def parse(model: type[E], data: bytes) -> E:
     return model.model_validate_json(data)
 
 
-async def settle(msgs: Sequence["Msg"], *, ok: bool, delay_s: float = 5.0) -> None:
-    """Ack, or negatively ack with a delay so a transient fault is not a hot redelivery loop."""
+def retry_delay(msg: "Msg", base_s: float = 2.0, cap_s: float = 120.0) -> float:
+    """Exponential in the delivery count: a fault that lasts gets retried less and less often."""
+    try:
+        delivered = int(msg.metadata.num_delivered or 1)
+    except Exception:  # not a JetStream message
+        delivered = 1
+    return min(cap_s, base_s * 2 ** (delivered - 1))
+
+
+async def settle(msgs: Sequence["Msg"], *, ok: bool) -> None:
+    """Ack, or negatively ack with a growing delay so a transient fault is not a hot loop."""
     for m in msgs:
         try:
             if ok:
                 await m.ack()
             else:
-                await m.nak(delay=delay_s)
+                await m.nak(delay=retry_delay(m))
         except Exception as exc:  # the connection dropped: the server redelivers after ack_wait
             log.warning("could not settle %s: %r", m.subject, exc)
 

@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from contracts.enums import FailureCategory
 from services.runtime.breaker import ProviderBreaker, StateChange
+from services.runtime.rate_budget import RateBudget
 from services.runtime.tokens import count_chat_tokens, count_tokens
 
 log = logging.getLogger("evalbus.llm")
@@ -151,6 +152,7 @@ class ChatClient:
         breaker_fail_max: int = 5,
         breaker_reset_s: float = 30.0,
         on_breaker_change: StateChange | None = None,
+        rate_budget: Callable[[str], RateBudget | None] = lambda _: None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._api_key = api_key
@@ -162,6 +164,8 @@ class ChatClient:
         self._breaker_reset_s = breaker_reset_s
         self._on_breaker_change = on_breaker_change
         self.breakers: dict[str, ProviderBreaker] = {}
+        self._rate_budget_for = rate_budget
+        self._budgets: dict[str, RateBudget | None] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._endpoint_slots: dict[str, asyncio.Semaphore] = {}
         self._batch_slots: dict[tuple[str, str], tuple[int, asyncio.Semaphore]] = {}
@@ -185,6 +189,7 @@ class ChatClient:
                 counts=counts_against_endpoint,
                 on_change=self._on_breaker_change,
             )
+            self._budgets[base_url] = self._rate_budget_for(base_url)
         return client
 
     @asynccontextmanager
@@ -232,6 +237,9 @@ class ChatClient:
         attempts = 0
 
         breaker = self.breakers[opts.base_url]
+        budget = self._budgets[opts.base_url]
+        # The provider counts prompt tokens plus the completion it may write.
+        token_estimate = count_chat_tokens(prompt_texts) + (opts.max_tokens or 512) if budget else 0
 
         async def attempt() -> Completion:
             nonlocal attempts
@@ -239,6 +247,8 @@ class ChatClient:
             return await breaker.call(one_call)
 
         async def one_call() -> Completion:
+            if budget is not None:  # waited for before taking a slot, so waiting holds nothing
+                await budget.acquire(token_estimate)
             async with self._slot(opts.base_url, batch_id, batch_limit):
                 started = time.perf_counter()
                 try:

@@ -4,11 +4,14 @@ import asyncio
 import logging
 
 from faststream.nats import NatsBroker
+from nats.js.kv import KeyValue
 
 from contracts import subjects
 from contracts.events import BreakerStateChanged
+from contracts.topology import KV_RATES
 from services.runtime.bus import encode, jetstream
 from services.runtime.llm import ChatClient
+from services.runtime.rate_budget import Limit, RateBudget
 from services.runtime.settings import Settings
 
 log = logging.getLogger("evalbus.breaker")
@@ -26,6 +29,15 @@ def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatCli
         pending.add(task)  # a reference, or the task may be collected before it runs
         task.add_done_callback(pending.discard)
 
+    async def rates_kv() -> KeyValue:
+        return await jetstream(broker).key_value(KV_RATES)
+
+    def budget_for(base_url: str) -> RateBudget | None:
+        limit = settings.rate_limits.get(base_url) or settings.rate_limits.get(base_url.rstrip("/"))
+        if not limit:
+            return None
+        return RateBudget(rates_kv, base_url, Limit(rpm=limit.get("rpm"), tpm=limit.get("tpm")))
+
     return ChatClient(
         api_key=settings.resolved_api_key(),
         endpoint_concurrency=settings.endpoint_concurrency,
@@ -34,4 +46,5 @@ def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatCli
         breaker_fail_max=settings.breaker_fail_max,
         breaker_reset_s=settings.breaker_reset_s,
         on_breaker_change=changed,
+        rate_budget=budget_for,
     )

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=5.0, ge=0, description="first retry delay (full jitter, doubling)")
     retry_max_s: float = Field(default=60.0, ge=0, description="longest single retry delay")
 
+    rate_limits: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='per-endpoint budgets shared by all replicas, JSON: {"<base url>": {"rpm": 500, "tpm": 200000}}',
+    )
     breaker_fail_max: int = Field(default=5, ge=1, description="consecutive endpoint failures that open its breaker")
     breaker_reset_s: float = Field(default=30.0, gt=0, description="pause before an open breaker lets a probe through")
 

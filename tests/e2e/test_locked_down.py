@@ -59,7 +59,17 @@ async def test_a_batch_runs_with_least_privilege_users(stack: Stack, cli, tmp_pa
     client = {"EVALBUS_NATS_USER": "client", "EVALBUS_NATS_PASSWORD": PASSWORDS["client"]}
     batch_id = "b-locked-" + secrets.token_hex(3)
     run = await asyncio.to_thread(
-        cli, "run", str(suite), "--model", "evalbus-fake", "--batch-id", batch_id, "--json", "--wait-timeout", "120", env=client
+        cli,
+        "run",
+        str(suite),
+        "--model",
+        "evalbus-fake",
+        "--batch-id",
+        batch_id,
+        "--json",
+        "--wait-timeout",
+        "120",
+        env=client,
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["completed"] == 20
