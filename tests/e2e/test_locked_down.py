@@ -9,8 +9,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
+from contracts.subjects import endpoint_token
+from contracts.topology import KV_RATES
 from evalbus.stack import Stack
 from infra.embedded import free_port, nats_server_binary, wait_for_port
 from infra.nats_config import render, server_env, test_passwords
@@ -40,11 +43,12 @@ def stack(servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_for_port(port, 20, server)  # type: ignore[arg-type]
         asyncio.run(apply_topology(st.nats_url, user="provisioner", password=PASSWORDS["provisioner"]))
         st.start_fake_model({"latency_ms": "2"})
+        # a shared rate budget too, so its KV bucket is used under the same permissions
+        rates = json.dumps({st.model_base_url: {"rpm": 6000, "tpm": 10_000_000}})
         for service in SERVICES:
             role = service.replace("_", "-")
-            st.spawn(
-                service, service_argv(service), {"EVALBUS_NATS_USER": role, "EVALBUS_NATS_PASSWORD": PASSWORDS[role]}
-            )
+            login = {"EVALBUS_NATS_USER": role, "EVALBUS_NATS_PASSWORD": PASSWORDS[role], "EVALBUS_RATE_LIMITS": rates}
+            st.spawn(service, service_argv(service), login)
         st.wait_healthy()
         yield st
     finally:
@@ -77,5 +81,12 @@ async def test_a_batch_runs_with_least_privilege_users(stack: Stack, cli, tmp_pa
     assert status.returncode == 0 and json.loads(status.stdout)["scored"] == 20
     anonymous = await asyncio.to_thread(cli, "status", batch_id, "--json")
     assert anonymous.returncode == 3 and "authorization" in anonymous.stderr.lower()  # no login, no answers
+    nc = await nats.connect(  # as a runner: the role that reads and sets the budget
+        stack.nats_url, user="chat-runner", password=PASSWORDS["chat-runner"], inbox_prefix="_INBOX.chat-runner"
+    )
+    kv = await nc.jetstream().key_value(KV_RATES)
+    bucket = await kv.get(f"rate.{endpoint_token(stack.model_base_url)}")  # the budget was shared in KV
+    assert bucket.value and b'"req"' in bucket.value
+    await nc.close()
     logs = "".join(p.read_text() for p in (stack.data_dir / "logs").glob("*.log"))
     assert "permissions violation" not in logs.lower()
