@@ -5,11 +5,15 @@ import json
 import secrets
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from nats.aio.client import Client
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -21,6 +25,7 @@ from contracts.events import (
     BatchProgress,
     CancelBatchRequested,
     Case,
+    ResumeResult,
     StartBatchRequested,
     SuiteRef,
 )
@@ -58,7 +63,7 @@ def nats_url() -> str:
     return str(state["nats_url"])
 
 
-async def connect() -> "client.Client":
+async def connect() -> Client:
     try:
         return await client.connect(nats_url(), *get_settings().nats_credentials())
     except client.ConnectError as exc:
@@ -186,21 +191,13 @@ def run(
     raise typer.Exit(asyncio.run(_run(start, as_json, wait_timeout)))
 
 
-async def _query(kind: str, batch_id: str, as_json: bool) -> int:
+async def _ask_recorder(
+    ask: Callable[[Client], Awaitable[BaseModel]], show: Callable[[Any], None], as_json: bool
+) -> int:
+    """One request to the recorder's API, printed as JSON or for people; errors become exit codes."""
     nc = await connect()
     try:
-        if kind == "status":
-            snap = await client.fetch_status(nc, batch_id)
-            if as_json:
-                sys.stdout.write(snap.model_dump_json(indent=2) + "\n")
-            else:
-                render.print_status(console, snap)
-        else:
-            rep = await client.fetch_report(nc, batch_id)
-            if as_json:
-                sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
-            else:
-                render.print_report(console, rep)
+        answer = await ask(nc)
     except client.ApiError as exc:
         err.print(f"[red]{exc.description}[/red]")
         return 1
@@ -209,19 +206,25 @@ async def _query(kind: str, batch_id: str, as_json: bool) -> int:
         return EXIT_UNREACHABLE
     finally:
         await nc.drain()
+    if as_json:
+        sys.stdout.write(answer.model_dump_json(indent=2) + "\n")
+    else:
+        show(answer)
     return 0
 
 
 @app.command()
 def status(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Progress of a batch, as recorded."""
-    raise typer.Exit(asyncio.run(_query("status", batch_id, as_json)))
+    show = partial(render.print_status, console)
+    raise typer.Exit(asyncio.run(_ask_recorder(lambda nc: client.fetch_status(nc, batch_id), show, as_json)))
 
 
 @app.command()
 def report(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The report of a batch, as recorded (also while it runs)."""
-    raise typer.Exit(asyncio.run(_query("report", batch_id, as_json)))
+    show = partial(render.print_report, console)
+    raise typer.Exit(asyncio.run(_ask_recorder(lambda nc: client.fetch_report(nc, batch_id), show, as_json)))
 
 
 @app.command()
@@ -250,25 +253,11 @@ def cancel(
 def resume(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Send a running batch's unfinished prompts on again, rebuilt from the database."""
 
-    async def go() -> int:
-        nc = await connect()
-        try:
-            result = await client.resume(nc, batch_id, f"cli-{secrets.token_hex(4)}")
-        except client.ApiError as exc:
-            err.print(f"[red]{exc.description}[/red]")
-            return 1
-        except TimeoutError:
-            err.print("[red]no answer from the recorder (is it running?)[/red]")
-            return EXIT_UNREACHABLE
-        finally:
-            await nc.drain()
-        if as_json:
-            sys.stdout.write(result.model_dump_json() + "\n")
-        else:
-            console.print(f"re-drove {result.redriven} unfinished prompts of {batch_id} {result.by_event or ''}")
-        return 0
+    def show(result: ResumeResult) -> None:
+        console.print(f"re-drove {result.redriven} unfinished prompts of {batch_id} {result.by_event or ''}")
 
-    raise typer.Exit(asyncio.run(go()))
+    token = f"cli-{secrets.token_hex(4)}"
+    raise typer.Exit(asyncio.run(_ask_recorder(lambda nc: client.resume(nc, batch_id, token), show, as_json)))
 
 
 @app.command()
