@@ -177,49 +177,21 @@ class PostgresServer:
         self._ensure_database()
         return self
 
+    def psql(self, sql: str) -> subprocess.CompletedProcess[str]:
+        """One statement through the bundled psql, on the maintenance database."""
+        argv = [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres"]
+        return subprocess.run([*argv, "-tAc", sql], capture_output=True, text=True)
+
     def _ensure_database(self) -> None:
         deadline = time.monotonic() + 30
-        while True:
-            probe = subprocess.run(
-                [
-                    self._bin("psql"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    PG_USER,
-                    "-d",
-                    "postgres",
-                    "-tAc",
-                    f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if probe.returncode == 0:
-                break
+        while (probe := self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'")).returncode != 0:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not accept connections: {probe.stderr}")
             time.sleep(0.2)
         if probe.stdout.strip() != "1":
-            subprocess.run(
-                [
-                    self._bin("psql"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    PG_USER,
-                    "-d",
-                    "postgres",
-                    "-c",
-                    f"CREATE DATABASE {PG_DB}",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            created = self.psql(f"CREATE DATABASE {PG_DB}")
+            if created.returncode != 0:
+                raise RuntimeError(f"could not create database {PG_DB}: {created.stderr}")
 
     def stop(self, kill: bool = False) -> None:
         # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client to leave.
