@@ -355,7 +355,6 @@ class BreakerStateChanged(Model):
     occurred_at: datetime = Field(default_factory=utcnow)
 
 
-PROMPT_TERMINAL = (PromptScored, PromptFailed)
 EVENT_TYPES: dict[tuple[str, str], type[Event]] = {
     (cls.entity, cls.verb): cls
     for cls in (

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js.api import PubAck
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("evalbus.bus")
 
 PUBLISH_TIMEOUT_S = 30.0
-E = TypeVar("E", bound=BaseModel)
 
 
 class _Lifecycle:
@@ -128,10 +127,6 @@ async def dead_letter(js: "JetStreamContext", service: str, msg: "Msg", reason: 
     msg_id = f"dlq-{service}-{seq}" if seq is not None else None
     await publish_raw(js, subjects.dlq(service), encode(letter), msg_id=msg_id, stream=subjects.STREAM_DLQ)
     log.warning("dead-lettered %s (seq %s) from %s: %s", msg.subject, seq, service, reason[:300])
-
-
-def parse(model: type[E], data: bytes) -> E:
-    return model.model_validate_json(data)
 
 
 def retry_delay(msg: "Msg", base_s: float = 2.0, cap_s: float = 120.0) -> float:

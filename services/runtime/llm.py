@@ -214,8 +214,17 @@ class ChatClient:
         if entry is None or entry[0] != batch_limit:
             entry = (batch_limit, asyncio.Semaphore(batch_limit))
             self._batch_slots[key] = entry
-        async with entry[1], self._endpoint_slots[base_url]:
-            yield
+        sem = entry[1]
+        try:
+            async with sem, self._endpoint_slots[base_url]:
+                yield
+        finally:
+            # A batch nobody holds or waits for gives its semaphore back, so a long-running
+            # service does not keep one per batch it ever saw. (No await between the check and
+            # the delete, so no other call can slip in.)
+            idle = sem._value == batch_limit and not sem._waiters
+            if self._batch_slots.get(key) is entry and idle:
+                del self._batch_slots[key]
 
     def _wait_for(self, base_s: float | None) -> Callable[[RetryCallState], float]:
         backoff = wait_random_exponential(
@@ -294,10 +303,6 @@ class ChatClient:
         except ModelCallError as exc:
             exc.attempts = attempts
             raise
-
-    def forget_batch(self, batch_id: str) -> None:
-        for key in [k for k in self._batch_slots if k[1] == batch_id]:
-            del self._batch_slots[key]
 
     async def aclose(self) -> None:
         for clients in self._clients.values():

@@ -1,3 +1,4 @@
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -122,3 +123,23 @@ async def test_endpoint_failures_open_its_breaker_and_a_success_closes_it() -> N
         ("half_open", "closed"),
     ]
     assert changes[0][0] == "http://model.test/v1"
+
+
+async def test_per_batch_limits_hold_and_are_freed_when_a_batch_goes_idle() -> None:
+    running = 0
+    peak = 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return httpx.Response(200, json=ok_body())
+
+    client = ChatClient(
+        api_key=None, endpoint_concurrency=16, retry_base_s=0.01, retry_max_s=0.05, transport=httpx.MockTransport(slow)
+    )
+    await asyncio.gather(*(call(client) for _ in range(10)))  # call() uses batch_limit=2
+    assert peak == 2
+    assert client._batch_slots == {}
