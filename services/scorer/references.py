@@ -1,0 +1,352 @@
+"""Score an answer against a reference check, and combine the checks into one verdict.
+
+Every check here is pure and fast; the SQL check needs a database and lives in
+`services.scorer.sql_equivalence`. JSON Schema is checked by a small validator for the subset
+`contracts.references` accepts, because the `jsonschema` package is not a dependency.
+"""
+
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Iterable
+from typing import Any, NamedTuple, assert_never
+
+from contracts.references import (
+    ComponentScore,
+    Contains,
+    ExactMatch,
+    JsonSchema,
+    JsonValid,
+    NormalizedMatch,
+    NumericTolerance,
+    Reference,
+    Regex,
+    SqlEquivalence,
+)
+
+MAX_DETAIL = 500
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb\u201e\u201a\u2039\u203a\u300c\u300d\u300e\u300f"
+# Applied after NFKC, which turns full-width marks and "…" into ASCII but leaves "。" and "、".
+_TRAILING_PUNCTUATION = ".,;:!?\u3002\u3001"
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+# A sign only counts when it does not follow a word ("COVID-19" is 19), and thousands are
+# grouped by commas only when every group has three digits ("1,5" is 1, not 15).
+_NUMBER = re.compile(
+    r"(?:(?<![\w.])[-+\u2212])?(?<![\w.])(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+)
+_NON_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
+def check(ref: Reference, answer: str) -> ComponentScore:
+    """Score `answer` against one check; SQL checks go through `sql_equivalence` instead."""
+    match ref:
+        case ExactMatch():
+            return _exact(ref, answer)
+        case NormalizedMatch():
+            return _normalized(ref, answer)
+        case Contains():
+            return _contains(ref, answer)
+        case Regex():
+            return _regex(ref, answer)
+        case JsonValid():
+            return _json_valid(ref, answer)
+        case JsonSchema():
+            return _json_schema(ref, answer)
+        case NumericTolerance():
+            return _numeric(ref, answer)
+        case SqlEquivalence():
+            raise ValueError("an sql check needs a database: use services.scorer.sql_equivalence")
+        case _:
+            assert_never(ref)
+
+
+def combine(components: list[ComponentScore], pass_threshold: float) -> tuple[float, bool]:
+    """The weighted mean score and whether the case passes.
+
+    A case fails below `pass_threshold`, and also whenever a counted check is a hard failure
+    (invalid or writing SQL), however well the other checks did. With no counted check there
+    is nothing to object: (1.0, True).
+    """
+    if not 0 <= pass_threshold <= 1:
+        raise ValueError(f"pass_threshold must be between 0 and 1, got {pass_threshold}")
+    counted = [c for c in components if c.weight > 0]
+    if not counted:
+        return 1.0, True
+    total = math.fsum(c.weight for c in counted)
+    # Rounded so that three checks at 0.7 are not judged below a 0.7 threshold by float noise.
+    score = min(1.0, round(math.fsum(c.weight * c.score for c in counted) / total, 9))
+    return score, score >= pass_threshold and not any(c.hard_failure for c in counted)
+
+
+def result(ref: Reference, passed: bool, detail: str, score: float | None = None) -> ComponentScore:
+    return ComponentScore(
+        name=ref.label,
+        kind=ref.kind,
+        score=(1.0 if passed else 0.0) if score is None else score,
+        passed=passed,
+        weight=ref.weight,
+        detail=clip(detail),
+    )
+
+
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short(value: object, limit: int = 80) -> str:
+    return clip(repr(value), limit)
+
+
+# ---- text ------------------------------------------------------------------------------------
+
+
+def normalize_text(text: str) -> str:
+    """Casefolded, trimmed, whitespace collapsed, trailing punctuation and surrounding quotes dropped."""
+    text = unicodedata.normalize("NFKC", text)
+    # Zero-width and other format characters are invisible in a transcript, so they must not decide a match.
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    text = " ".join(text.casefold().split())
+    while True:
+        before = text
+        text = text.rstrip(_TRAILING_PUNCTUATION).rstrip()
+        if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+            text = text[1:-1].strip()
+        if text == before:
+            return text
+
+
+def extract_fenced(answer: str, languages: Iterable[str]) -> str | None:
+    """The content of the first fenced block tagged with one of `languages`, or of an untagged
+    fence that is the whole answer; None when there is neither."""
+    wanted = {lang.casefold() for lang in languages}
+    for match in _FENCE.finditer(answer):
+        if match.group(1).casefold() in wanted:
+            return match.group(2)
+    whole = _FENCE.fullmatch(answer.strip())
+    if whole and not whole.group(1):
+        return whole.group(2)
+    return None
+
+
+def _exact(ref: ExactMatch, answer: str) -> ComponentScore:
+    if answer == ref.value:
+        return result(ref, True, "exact match")
+    at = next((i for i, (a, b) in enumerate(zip(answer, ref.value, strict=False)) if a != b), None)
+    at = min(len(answer), len(ref.value)) if at is None else at
+    return result(ref, False, f"differs at character {at} (answer {len(answer)} chars, expected {len(ref.value)})")
+
+
+def _normalized(ref: NormalizedMatch, answer: str) -> ComponentScore:
+    got, want = normalize_text(answer), normalize_text(ref.value)
+    if got == want:
+        return result(ref, True, "match after normalisation")
+    return result(ref, False, f"normalised answer {short(got)} != {short(want)}")
+
+
+def _contains(ref: Contains, answer: str) -> ComponentScore:
+    hay, needle = (answer, ref.value) if ref.case_sensitive else (answer.casefold(), ref.value.casefold())
+    at = hay.find(needle)
+    if at >= 0:
+        return result(ref, True, f"found at character {at}")
+    how = "" if ref.case_sensitive else " (ignoring case)"
+    return result(ref, False, f"{short(ref.value)} not found{how}")
+
+
+def _regex(ref: Regex, answer: str) -> ComponentScore:
+    pattern = ref.compiled()
+    found = pattern.fullmatch(answer) if ref.mode == "fullmatch" else pattern.search(answer)
+    if found:
+        return result(ref, True, f"matched {short(found.group(0))} at character {found.start()}")
+    return result(ref, False, f"no {ref.mode} for /{clip(ref.pattern, 80)}/")
+
+
+# ---- numbers ---------------------------------------------------------------------------------
+
+
+def extract_number(answer: str) -> float | None:
+    """The whole answer as a number if it is one (NaN and infinities included), else the first
+    number in it ("1,234.5 kg" is 1234.5); None when there is no number."""
+    text = answer.strip()
+    if _NON_FINITE.fullmatch(text):
+        return float(text)
+    found = _NUMBER.search(text)
+    if found is None:
+        return None
+    return float(found.group(0).replace(",", "").replace("\u2212", "-"))
+
+
+def _numeric(ref: NumericTolerance, answer: str) -> ComponentScore:
+    got = extract_number(answer)
+    if got is None:
+        return result(ref, False, "no number in the answer")
+    if not math.isfinite(got):
+        return result(ref, False, f"the answer's number is {got}, not a finite number")
+    ok = math.isclose(got, ref.value, rel_tol=ref.rel_tol, abs_tol=ref.abs_tol)
+    tol = f"abs_tol {ref.abs_tol:g}, rel_tol {ref.rel_tol:g}"
+    return result(ref, ok, f"found {got:g}, expected {ref.value:g} ({tol})")
+
+
+# ---- JSON ------------------------------------------------------------------------------------
+
+
+class _Parsed(NamedTuple):
+    ok: bool
+    value: Any
+    error: str
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(answer: str, allow_fence: bool) -> _Parsed:
+    fenced = extract_fenced(answer, ("json",)) if allow_fence else None
+    text = (answer if fenced is None else fenced).strip()
+    if not text:
+        return _Parsed(False, None, "empty answer")
+    try:
+        return _Parsed(True, json.loads(text, parse_constant=_reject_constant), "")
+    except json.JSONDecodeError as exc:
+        return _Parsed(False, None, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except (ValueError, RecursionError) as exc:
+        return _Parsed(False, None, f"invalid JSON: {exc or 'nested too deeply'}")
+
+
+def _json_valid(ref: JsonValid, answer: str) -> ComponentScore:
+    parsed = parse_json(answer, ref.allow_fence)
+    if not parsed.ok:
+        return result(ref, False, parsed.error)
+    if ref.require_object and not isinstance(parsed.value, dict):
+        return result(ref, False, f"valid JSON, but {json_type(parsed.value)}, not an object")
+    return result(ref, True, f"valid JSON {json_type(parsed.value)}")
+
+
+def _json_schema(ref: JsonSchema, answer: str) -> ComponentScore:
+    parsed = parse_json(answer, ref.allow_fence)
+    if not parsed.ok:
+        return result(ref, False, parsed.error)
+    errors = schema_errors(parsed.value, ref.schema_)
+    if not errors:
+        return result(ref, True, "matches the schema")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return result(ref, False, "schema mismatch: " + "; ".join(errors[:5]) + more)
+
+
+def json_type(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "boolean"
+        case int():
+            return "integer"
+        case float():
+            return "number"
+        case str():
+            return "string"
+        case list():
+            return "array"
+        case _:
+            return "object"
+
+
+def _is_type(value: object, name: str) -> bool:
+    actual = json_type(value)
+    if name == "number":
+        return actual in ("integer", "number")
+    if name == "integer":
+        return actual == "integer" or (actual == "number" and float(value).is_integer())  # type: ignore[arg-type]
+    return actual == name
+
+
+def _json_equal(a: object, b: object) -> bool:
+    # Python has True == 1; JSON does not.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    return a == b
+
+
+def schema_errors(value: Any, schema: Any, path: str = "$") -> list[str]:
+    """Where `value` breaks `schema` (the subset `contracts.references.schema_problems` allows)."""
+    if schema is True:
+        return []
+    if schema is False:
+        return [f"{path}: no value is allowed here"]
+    types = schema.get("type")
+    if types is not None:
+        names = types if isinstance(types, list) else [types]
+        if not any(_is_type(value, n) for n in names):
+            return [f"{path}: expected {' or '.join(names)}, got {json_type(value)}"]
+    errors: list[str] = []
+    if "enum" in schema and not any(_json_equal(value, e) for e in schema["enum"]):
+        errors.append(f"{path}: {short(value)} is not one of {short(schema['enum'])}")
+    if "const" in schema and not _json_equal(value, schema["const"]):
+        errors.append(f"{path}: {short(value)} is not {short(schema['const'])}")
+    match json_type(value):
+        case "integer" | "number":
+            errors += _number_errors(value, schema, path)
+        case "string":
+            errors += _string_errors(value, schema, path)
+        case "array":
+            errors += _array_errors(value, schema, path)
+        case "object":
+            errors += _object_errors(value, schema, path)
+    return errors
+
+
+def _number_errors(value: float, schema: dict[str, Any], path: str) -> list[str]:
+    errors = []
+    if "minimum" in schema and value < schema["minimum"]:
+        errors.append(f"{path}: {value} < minimum {schema['minimum']}")
+    if "maximum" in schema and value > schema["maximum"]:
+        errors.append(f"{path}: {value} > maximum {schema['maximum']}")
+    if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+        errors.append(f"{path}: {value} <= exclusiveMinimum {schema['exclusiveMinimum']}")
+    if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
+        errors.append(f"{path}: {value} >= exclusiveMaximum {schema['exclusiveMaximum']}")
+    return errors
+
+
+def _string_errors(value: str, schema: dict[str, Any], path: str) -> list[str]:
+    errors = []
+    if "minLength" in schema and len(value) < schema["minLength"]:
+        errors.append(f"{path}: shorter than {schema['minLength']} characters")
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        errors.append(f"{path}: longer than {schema['maxLength']} characters")
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(f"{path}: does not match /{clip(schema['pattern'], 60)}/")
+    return errors
+
+
+def _array_errors(value: list[Any], schema: dict[str, Any], path: str) -> list[str]:
+    errors = []
+    if "minItems" in schema and len(value) < schema["minItems"]:
+        errors.append(f"{path}: fewer than {schema['minItems']} items")
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        errors.append(f"{path}: more than {schema['maxItems']} items")
+    if "items" in schema:
+        for i, item in enumerate(value):
+            errors += schema_errors(item, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+def _object_errors(value: dict[str, Any], schema: dict[str, Any], path: str) -> list[str]:
+    errors = [f"{path}: missing required property {name!r}" for name in schema.get("required", []) if name not in value]
+    properties: dict[str, Any] = schema.get("properties", {})
+    for key, sub in properties.items():
+        if key in value:
+            errors += schema_errors(value[key], sub, f"{path}.{key}")
+    extra = schema.get("additionalProperties", True)
+    for key in value:
+        if key in properties:
+            continue
+        if extra is False:
+            errors.append(f"{path}: unexpected property {key!r}")
+        elif extra is not True:
+            errors += schema_errors(value[key], extra, f"{path}.{key}")
+    return errors
