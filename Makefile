@@ -21,6 +21,9 @@ test: $(STAMP)
 chaos: $(STAMP)
 	EVALBUS_CHAOS_PROMPTS=2000 EVALBUS_CHAOS_PG_PAUSE_S=20 $(BIN)/python -m pytest -q -s tests/chaos
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
