@@ -49,7 +49,7 @@ def figure(
     for key in ("median", "min", "max"):
         if st[key] is not None:
             st[key] = round(st[key], digits)
-    return {"label": label, "unit": unit, **st, "target": target, "met": met, "note": note}
+    return {"label": label, "unit": unit, **st, "digits": digits, "target": target, "met": met, "note": note}
 
 
 def machine() -> dict[str, Any]:
@@ -139,9 +139,11 @@ def figures_table(figures: Sequence[dict[str, Any]]) -> list[str]:
     ]
     for f in figures:
         unit = f" {f['unit']}" if f.get("unit") else ""
+        unit += f" ({f['note']})" if f.get("note") else ""
         spread = "-" if f.get("spread_pct") is None else f"{f['spread_pct']:.1f}%"
+        d = int(f.get("digits", 1))
         lines.append(
-            f"| {f['label']}{unit} | {_num(f['median'])} | {_num(f['min'])} | {_num(f['max'])} | {spread} "
+            f"| {f['label']}{unit} | {_num(f['median'], d)} | {_num(f['min'], d)} | {_num(f['max'], d)} | {spread} "
             f"| {f['n']} | {f.get('target') or ''} | {_verdict(f.get('met'))} |"
         )
     return lines

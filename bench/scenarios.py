@@ -174,6 +174,12 @@ def latency(plan: Plan) -> dict[str, Any]:
             figure("wall / single-pool bound", "x", [r.wall_s / single_pool for r in runs], digits=2),
             figure("end to end", "prompts/s", [r.rate for r in runs]),
             figure("chat latency p50 (report)", "ms", [r.model_latency_p50_ms for r in runs]),
+            figure(
+                "cores the ideal would need (ideal rate x CPU/prompt)",
+                "cores",
+                [(n / ideal) * sum(r.cpu_s.values()) / r.n for r in runs],
+                digits=2,
+            ),
             *_common_figures(runs),
         ],
         "tables": [_cpu_table(runs)],
@@ -210,8 +216,8 @@ def memory(plan: Plan) -> dict[str, Any]:
     processes = [p for p in big.rss if p != "bench-client"]
     lines = [
         f"| process | peak RSS N={small:,} (median of {plan.repeats}) | peak RSS N={large:,} | growth "
-        f"| RSS at end N={large:,} | < 200 MB | ≤ +10% |",
-        "|---|---:|---:|---:|---:|---|---|",
+        f"| RSS at end N={large:,} | < 200 MB | ≤ +10% | CPU ms/prompt N={small:,} → N={large:,} |",
+        "|---|---:|---:|---:|---:|---|---|---:|",
     ]
     figures = []
     worst_growth = 0.0
@@ -225,7 +231,8 @@ def memory(plan: Plan) -> dict[str, Any]:
         all_under = all_under and under
         lines.append(
             f"| {proc} | {small_peak:.1f} | {large_peak:.1f} | {growth:+.1f}% | {_rss(big, proc, 'last_rss_mb'):.1f} "
-            f"| {'met' if under else '**missed**'} | {'met' if flat else '**missed**'} |"
+            f"| {'met' if under else '**missed**'} | {'met' if flat else '**missed**'} "
+            f"| {_ms(_median(_per_prompt_ms(small_runs, proc)))} → {_ms(_per_prompt_ms([big], proc)[0])} |"
         )
     figures.append(
         figure(
