@@ -12,10 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from contracts import subjects
 from contracts.enums import DEFAULT_CRITERIA, BatchStatus, FailureCategory, Stage
 from contracts.ids import BATCH_ID_PATTERN, event_id
+from contracts.quality import QualityConfig, QualityReport
+from contracts.references import ComponentScore, Reference
 
 SCHEMA_VERSION = 1
 CRITERION_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 MAX_TEXT = 200_000
+MAX_REFERENCES = 20
+JudgeMode = Literal["combined", "per_criterion"]
 
 
 def utcnow() -> datetime:
@@ -38,6 +42,7 @@ class Case(Model):
     prompt: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=200)
     expected: str | None = Field(default=None, max_length=MAX_TEXT)
+    references: list[Reference] = Field(default_factory=list, max_length=MAX_REFERENCES)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -67,6 +72,18 @@ class BatchConfig(Model):
     criteria: list[str] = Field(default_factory=lambda: list(DEFAULT_CRITERIA), min_length=1, max_length=20)
     thresholds: dict[str, float] = Field(default_factory=dict)
     default_threshold: float = Field(default=7.0, ge=1, le=10)
+    # Checks applied to every case of the suite, after the case's own `references`.
+    references: list[Reference] = Field(default_factory=list, max_length=MAX_REFERENCES)
+    # Weight of the judge's verdict among the reference checks (0: report it, do not count it).
+    judge_weight: float = Field(default=1.0, ge=0, le=1000)
+    # None: a case passes when every counted component passes. A number in [0, 1]: when the
+    # weighted mean of the component scores reaches it and no SQL check is a hard failure.
+    pass_threshold: float | None = Field(default=None, ge=0, le=1)
+    # Answers graded in one judge call (1 turns batching off); "combined" grades every criterion
+    # in that call, "per_criterion" makes one call per criterion.
+    judge_batch_size: int = Field(default=10, ge=1, le=50)
+    judge_mode: JudgeMode = "combined"
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     session_id: str | None = Field(default=None, max_length=200)
     experiment: str | None = Field(default=None, max_length=200)
     concurrency: int = Field(default=3, ge=1, le=1024)
@@ -214,6 +231,17 @@ class CriterionSummary(Model):
     judged: int
 
 
+class ComponentSummary(Model):
+    """One reference check (or the judge) over a batch."""
+
+    name: str
+    kind: str
+    evaluated: int
+    passed: int
+    mean_score: float | None
+    verdicts: dict[str, int] = Field(default_factory=dict)  # SQL checks: equal/different/invalid_sql/...
+
+
 class BatchReport(Model):
     """The final (or current) figures of a batch, computed from committed rows."""
 
@@ -240,6 +268,10 @@ class BatchReport(Model):
     judge_tokens_out: int
     cost_usd: float
     breaker_openings: int = 0  # times a model endpoint's breaker opened while the batch ran
+    judge_calls: float = 0.0  # model calls the judge made
+    judge_calls_saved: float = 0.0  # calls that grading one answer at a time would have added
+    judge_fallbacks: int = 0  # answers graded alone because their batched call was unusable
+    components: list[ComponentSummary] = Field(default_factory=list)
     wall_time_s: float | None
     created_at: datetime
     finished_at: datetime | None
@@ -249,6 +281,7 @@ class BatchCompleted(Event):
     entity, verb = "batch", "completed"
     status: BatchStatus
     report: BatchReport
+    quality: QualityReport | None = None
 
 
 # ---- one prompt's stream of events ----------------------------------------------------------
@@ -267,6 +300,7 @@ class PromptQueued(PromptEvent):
     case_id: str | None = None
     messages: list[ChatMessage]
     expected: str | None = None
+    references: list[Reference] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     config: BatchConfig
 
@@ -287,6 +321,7 @@ class PromptResponded(PromptEvent):
     model: str
     usage: Usage
     expected: str | None = None
+    references: list[Reference] = Field(default_factory=list)
     config: BatchConfig
 
 
@@ -299,6 +334,17 @@ class CriterionJudgment(Model):
     suggestions: list[str] = Field(default_factory=list)
 
 
+class JudgeCalls(Model):
+    """How one answer's judgment was obtained, for the batch's judge metrics."""
+
+    # This answer's share of the model calls made (a call grading K answers counts 1/K to each,
+    # a failed batched call included), and the calls it would have needed one answer at a time.
+    share: float = Field(default=1.0, ge=0)
+    unbatched: int = Field(default=1, ge=0)
+    batch_size: int = Field(default=1, ge=1)  # answers in the call that produced the judgment
+    fallback: bool = False  # graded alone after its batched call came back unusable
+
+
 class PromptJudged(PromptEvent):
     entity, verb = "prompt", "judged"
     judge_model: str | None
@@ -306,15 +352,19 @@ class PromptJudged(PromptEvent):
     usage: Usage
     answer: str
     expected: str | None = None
+    references: list[Reference] = Field(default_factory=list)
+    calls: JudgeCalls = Field(default_factory=JudgeCalls)
     config: BatchConfig
 
 
 class PromptScored(PromptEvent):
     entity, verb = "prompt", "scored"
-    overall_score: float | None
+    overall_score: float | None  # the judge's mean score, 1-10 (None when not judged)
     passed: bool
     criteria_passed: dict[str, bool]
     reasons: list[str] = Field(default_factory=list)
+    verdict_score: float | None = Field(default=None, ge=0, le=1)  # weighted mean of the components
+    components: list[ComponentScore] = Field(default_factory=list)
 
 
 class PromptFailed(PromptEvent):

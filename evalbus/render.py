@@ -34,6 +34,14 @@ def report_table(rep: BatchReport) -> Table:
         )
         for c in rep.criteria
     ]
+    for comp in rep.components:
+        if comp.kind == "judge":
+            continue
+        verdicts = f" · {', '.join(f'{k} {v}' for k, v in sorted(comp.verdicts.items()))}" if comp.verdicts else ""
+        rows.append((f"  check {comp.name}", f"{comp.passed}/{comp.evaluated} passed ({comp.kind}){verdicts}"))
+    if rep.judge_calls:
+        fallbacks = f" · {rep.judge_fallbacks} graded alone after a bad batch" if rep.judge_fallbacks else ""
+        rows.append(("judge calls", f"{rep.judge_calls:g} ({rep.judge_calls_saved:g} saved by batching){fallbacks}"))
     if rep.breaker_openings:
         rows.append(("breaker openings", str(rep.breaker_openings)))
     if rep.failures_by_category:

@@ -54,5 +54,6 @@ async def run_prompt(
             cost_usd=cost_usd(cfg.model, cfg, done.tokens_in, done.tokens_out),
         ),
         expected=evt.expected,
+        references=evt.references,
         config=cfg,
     )

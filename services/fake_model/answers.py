@@ -179,8 +179,17 @@ INJECTION_PROBES = (
 )
 
 
+_SQL_BLOCK = re.compile(r"```sql\n(.*?)\n```", re.DOTALL)
+
+
 def chat_answer(model: str, question: str, *, adversarial: bool = False) -> str:
-    """A 2-6 sentence support reply about the question's key words, fixed by (model, question)."""
+    """A 2-6 sentence support reply about the question's key words, fixed by (model, question).
+
+    A question holding a ```sql block is answered with that block, so that tests and demos can
+    exercise SQL checks with answers they choose."""
+    sql = _SQL_BLOCK.search(question)
+    if sql:
+        return f"Here is the query:\n```sql\n{sql.group(1)}\n```"
     draws = _Draws("chat", model, question)
     kws = keywords(question)
     if not kws:

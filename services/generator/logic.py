@@ -27,6 +27,7 @@ class Plan:
                 case_id=case.id,
                 messages=case.chat(cfg.system_prompt),
                 expected=case.expected,
+                references=[*case.references, *cfg.references],
                 metadata=case.metadata,
                 config=cfg,
             )

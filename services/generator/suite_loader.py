@@ -1,7 +1,9 @@
 """Reading suites: JSONL (streamed line by line, never held whole) and YAML.
 
 A JSONL line is one case: `prompt` or chat `messages`, optional `expected`, optional
-`metadata`. A YAML suite is a list of cases, or a mapping with `name`, `description`, `cases`.
+`metadata`, optional `references` (checks the scorer runs, see contracts/references.py). A YAML
+suite is a list of cases, or a mapping with `name`, `description`, `cases` and `references`
+(checks every case gets, after its own).
 """
 
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from contracts.events import Case, SuiteRef
+from contracts.references import parse_references
 
 BUILTIN_DIR = Path(__file__).parent / "suites"
 SUFFIXES = (".jsonl", ".yaml", ".yml")
@@ -74,13 +77,18 @@ def _yaml_cases(path: Path) -> Iterator[Case]:
     items = doc.get("cases") if isinstance(doc, dict) else doc
     if not isinstance(items, list):
         raise SuiteError(f"{path.name}: expected a list of cases or a mapping with 'cases'")
+    try:
+        shared = parse_references(doc.get("references") or []) if isinstance(doc, dict) else []
+    except ValidationError as exc:
+        raise _case_error(f"{path.name} suite references", exc) from exc
     for number, item in enumerate(items, start=1):
         if not isinstance(item, dict):
             raise SuiteError(f"{path.name} case {number}: a case must be a mapping")
         try:
-            yield Case.model_validate(item)
+            case = Case.model_validate(item)
         except ValidationError as exc:
             raise _case_error(f"{path.name} case {number}", exc) from exc
+        yield case.model_copy(update={"references": [*case.references, *shared]}) if shared else case
 
 
 def iter_cases(suite: SuiteRef) -> Iterator[Case]:

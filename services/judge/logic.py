@@ -3,7 +3,7 @@
 from collections.abc import Container
 
 from contracts.enums import FailureCategory, Stage
-from contracts.events import PromptFailed, PromptJudged, PromptResponded, Usage
+from contracts.events import JudgeCalls, PromptFailed, PromptJudged, PromptResponded, Usage
 from services.judge.parsing import JudgeParseError, parse_judgment
 from services.judge.prompt import build_messages, response_format
 from services.runtime.cancels import cancelled_failure
@@ -42,6 +42,8 @@ async def judge_prompt(
             usage=Usage(),
             answer=evt.answer,
             expected=evt.expected,
+            references=evt.references,
+            calls=JudgeCalls(share=0, unbatched=0),
             config=cfg,
         )
     opts = CallOptions(
@@ -78,5 +80,6 @@ async def judge_prompt(
         ),
         answer=evt.answer,
         expected=evt.expected,
+        references=evt.references,
         config=cfg,
     )

@@ -30,7 +30,7 @@ from contracts.events import (
     StartBatchRequested,
 )
 from contracts.topology import RECORDER_BREAKERS, RECORDER_DEAD_LETTERS, RECORDER_EVENTS
-from services.recorder import reporting, tables
+from services.recorder import quality, reporting, tables
 from services.recorder.api import start_api
 from services.recorder.dead_letters import from_advisory, record_dead_letters
 from services.recorder.redrive import redrive_events, summary
@@ -127,13 +127,16 @@ class Recorder:
             prog = prog.model_copy(update={"status": status})
             async with self.engine.connect() as conn:
                 rep = await reporting.report(conn, batch_id, status)
+                qual = await quality.compute_quality(conn, batch_id)
             assert rep is not None
         await js.publish(subjects.progress(batch_id), encode(prog), stream=subjects.STREAM_PROGRESS, timeout=10)
         if finishing:
             # Publish before marking the row: a crash in between re-finds the batch running and
             # publishes again under the same Nats-Msg-Id.
-            await publish_events(js, [BatchCompleted(batch_id=batch_id, status=rep.status, report=rep)])
+            await publish_events(js, [BatchCompleted(batch_id=batch_id, status=rep.status, report=rep, quality=qual)])
             async with self.engine.begin() as conn:
+                if qual is not None:
+                    await quality.store_quality(conn, qual)
                 await reporting.store_final(conn, rep)
             log.info("batch %s finished: %s (%d ok, %d failed)", batch_id, rep.status, rep.completed, rep.failed)
 

@@ -18,6 +18,7 @@ from contracts.events import (
     ChatMessage,
     CriterionJudgment,
     Event,
+    JudgeCalls,
     PromptJudged,
     PromptQueued,
     PromptResponded,
@@ -27,10 +28,11 @@ from contracts.ids import event_id
 
 _UNFINISHED = text(
     """
-    SELECT p.prompt_id, p.idx, p.case_id, p.messages, p.expected, p.metadata,
+    SELECT p.prompt_id, p.idx, p.case_id, p.messages, p.expected, p.metadata, p."references",
            r.answer, r.model, r.finish_reason, r.tokens_in, r.tokens_out, r.latency_ms, r.cost_usd, r.attempts,
            jc.judge_model, jc.tokens_in AS j_in, jc.tokens_out AS j_out, jc.latency_ms AS j_latency,
-           jc.cost_usd AS j_cost, jc.attempts AS j_attempts, jc.prompt_id IS NOT NULL AS judged
+           jc.cost_usd AS j_cost, jc.attempts AS j_attempts,
+           jc.call_share, jc.unbatched_calls, jc.batch_size AS j_batch_size, jc.fallback AS j_fallback, jc.prompt_id IS NOT NULL AS judged
     FROM prompts p
     LEFT JOIN responses r ON r.prompt_id = p.prompt_id
     LEFT JOIN judge_calls jc ON jc.prompt_id = p.prompt_id
@@ -51,6 +53,7 @@ def _next_event(row: Any, cfg: BatchConfig, judgments: list[CriterionJudgment], 
             "case_id": row["case_id"],
             "messages": messages,
             "expected": row["expected"],
+            "references": row["references"],
             "metadata": row["metadata"],
             "config": cfg,
         }
@@ -69,6 +72,7 @@ def _next_event(row: Any, cfg: BatchConfig, judgments: list[CriterionJudgment], 
                 cost_usd=row["cost_usd"],
             ),
             "expected": row["expected"],
+            "references": row["references"],
             "config": cfg,
         }
     else:
@@ -85,6 +89,13 @@ def _next_event(row: Any, cfg: BatchConfig, judgments: list[CriterionJudgment], 
                 cost_usd=row["j_cost"],
             ),
             "expected": row["expected"],
+            "references": row["references"],
+            "calls": JudgeCalls(
+                share=row["call_share"],
+                unbatched=row["unbatched_calls"],
+                batch_size=row["j_batch_size"],
+                fallback=row["j_fallback"],
+            ),
             "config": cfg,
         }
     eid = event_id(f"{cls.entity}.{cls.verb}.redrive", batch_id, row["prompt_id"], token)

@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.enums import BatchStatus
-from contracts.events import BatchProgress, BatchReport, CriterionSummary
+from contracts.events import BatchProgress, BatchReport, ComponentSummary, CriterionSummary
 
 _COUNTS = text(
     """
@@ -98,7 +98,9 @@ async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | Non
             await conn.execute(
                 text(
                     "SELECT coalesce(sum(tokens_in), 0) AS tin, coalesce(sum(tokens_out), 0) AS tout,"
-                    " coalesce(sum(cost_usd), 0) AS cost FROM judge_calls WHERE batch_id = :b"
+                    " coalesce(sum(cost_usd), 0) AS cost, coalesce(sum(call_share), 0) AS calls,"
+                    " coalesce(sum(unbatched_calls), 0) AS unbatched, count(*) FILTER (WHERE fallback) AS fallbacks"
+                    " FROM judge_calls WHERE batch_id = :b"
                 ),
                 params,
             )
@@ -193,10 +195,48 @@ async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | Non
         judge_tokens_out=int(judge["tout"]),
         cost_usd=round(float(chat["cost"]) + float(judge["cost"]), 6),
         breaker_openings=int(openings),
+        judge_calls=round(float(judge["calls"]), 2),
+        judge_calls_saved=round(max(0.0, float(judge["unbatched"]) - float(judge["calls"])), 2),
+        judge_fallbacks=int(judge["fallbacks"]),
+        components=await component_summaries(conn, batch_id),
         wall_time_s=round(prog.elapsed_s, 3) if batch["accepted_at"] else None,
         created_at=batch["created_at"],
         finished_at=batch["finished_at"],
     )
+
+
+_COMPONENTS = text(
+    """
+    SELECT c->>'name' AS name, c->>'kind' AS kind, count(*) AS n,
+           count(*) FILTER (WHERE (c->>'passed')::boolean) AS passed, avg((c->>'score')::float) AS mean
+    FROM scores s CROSS JOIN LATERAL jsonb_array_elements(s.components) c
+    WHERE s.batch_id = :b GROUP BY 1, 2 ORDER BY (c->>'kind') <> 'judge', 1
+    """
+)
+_SQL_VERDICTS = text(
+    """
+    SELECT c->>'name' AS name, c->>'verdict' AS verdict, count(*) AS n
+    FROM scores s CROSS JOIN LATERAL jsonb_array_elements(s.components) c
+    WHERE s.batch_id = :b AND c->>'verdict' IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
+    """
+)
+
+
+async def component_summaries(conn: AsyncConnection, batch_id: str) -> list[ComponentSummary]:
+    verdicts: dict[str, dict[str, int]] = {}
+    for r in await conn.execute(_SQL_VERDICTS, {"b": batch_id}):
+        verdicts.setdefault(r.name, {})[r.verdict] = r.n
+    return [
+        ComponentSummary(
+            name=r.name,
+            kind=r.kind,
+            evaluated=r.n,
+            passed=r.passed,
+            mean_score=None if r.mean is None else round(float(r.mean), 4),
+            verdicts=verdicts.get(r.name, {}),
+        )
+        for r in await conn.execute(_COMPONENTS, {"b": batch_id})
+    ]
 
 
 async def store_final(conn: AsyncConnection, rep: BatchReport) -> bool:

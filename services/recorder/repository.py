@@ -82,6 +82,7 @@ def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
                     "messages": [m.model_dump() for m in evt.messages],
                     "expected": evt.expected,
                     "metadata": evt.metadata,
+                    "references": [r.model_dump(mode="json", by_alias=True) for r in evt.references],
                 },
             )
         ]
@@ -118,6 +119,10 @@ def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
                     "latency_ms": u.latency_ms,
                     "cost_usd": u.cost_usd,
                     "attempts": u.attempts,
+                    "call_share": evt.calls.share,
+                    "unbatched_calls": evt.calls.unbatched,
+                    "batch_size": evt.calls.batch_size,
+                    "fallback": evt.calls.fallback,
                 },
             )
         ]
@@ -148,6 +153,8 @@ def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
                     "passed": evt.passed,
                     "criteria_passed": evt.criteria_passed,
                     "reasons": evt.reasons,
+                    "verdict_score": evt.verdict_score,
+                    "components": [c.model_dump(mode="json") for c in evt.components],
                 },
             )
         ]

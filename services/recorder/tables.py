@@ -54,6 +54,7 @@ batches = Table(
     Index("ix_batches_session_id", "session_id"),
     Index("ix_batches_experiment_name", "experiment_name"),
     Index("ix_batches_status", "status"),
+    Index("ix_batches_created_at", "created_at"),
 )
 
 prompts = Table(
@@ -66,6 +67,7 @@ prompts = Table(
     Column("messages", JSONB, nullable=False),
     Column("expected", Text),
     Column("metadata", JSONB, nullable=False, server_default="{}"),
+    Column("references", JSONB, nullable=False, server_default="[]"),
     _created(),
     Index("ix_prompts_batch_id", "batch_id", "idx"),
 )
@@ -98,6 +100,10 @@ judge_calls = Table(
     Column("latency_ms", Float, nullable=False),
     Column("cost_usd", Float, nullable=False),
     Column("attempts", SmallInteger, nullable=False),
+    Column("call_share", Float, nullable=False, server_default="1"),
+    Column("unbatched_calls", SmallInteger, nullable=False, server_default="1"),
+    Column("batch_size", SmallInteger, nullable=False, server_default="1"),
+    Column("fallback", Boolean, nullable=False, server_default="false"),
     _created(),
     Index("ix_judge_calls_batch_id", "batch_id"),
 )
@@ -125,6 +131,8 @@ scores = Table(
     Column("passed", Boolean, nullable=False),
     Column("criteria_passed", JSONB, nullable=False),
     Column("reasons", JSONB, nullable=False),
+    Column("verdict_score", Float),
+    Column("components", JSONB, nullable=False, server_default="[]"),
     _created(),
     Index("ix_scores_batch_id", "batch_id"),
 )
@@ -166,4 +174,13 @@ breaker_events = Table(
     Column("new_state", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Index("ix_breaker_events_endpoint_time", "endpoint", "occurred_at"),
+)
+
+quality_reports = Table(
+    "quality_reports",
+    metadata,
+    Column("batch_id", Text, primary_key=True),
+    Column("rating", Text, nullable=False),
+    Column("report", JSONB, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

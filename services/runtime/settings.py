@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         default=Path("/tmp"), description="where a healthy service touches evalbus-<service>.alive"
     )
     progress_interval_s: float = Field(default=0.25, gt=0, description="minimum gap between progress snapshots")
+    reference_databases: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='databases SQL checks run on, JSON: {"<name a suite uses>": "postgresql://reader:...@host/db"}; '
+        "give a read-only role",
+    )
+    sql_check_concurrency: int = Field(default=4, ge=1, description="SQL checks running at once per database")
 
     def resolved_api_key(self) -> str | None:
         if self.api_key:

@@ -1,5 +1,6 @@
 """Scorer service: `faststream run --factory services.scorer.app:create_app`."""
 
+import asyncio
 from collections.abc import Sequence
 
 from faststream import FastStream
@@ -11,7 +12,7 @@ from services.runtime.bus import jetstream
 from services.runtime.service import consume, new_service
 from services.runtime.settings import get_settings
 from services.runtime.worker import work_batch
-from services.scorer.logic import score_prompt
+from services.scorer.logic import ReferenceDatabases, score_prompt
 
 SERVICE = "scorer"
 
@@ -20,16 +21,20 @@ def _parse(raw: Msg) -> PromptJudged:
     return PromptJudged.model_validate_json(raw.data)
 
 
-async def _score(events: list[PromptJudged]) -> Sequence[Event]:
-    return [score_prompt(e) for e in events]
-
-
 def create_app() -> FastStream:
     settings = get_settings()
     broker, app = new_service(SERVICE, settings)
+    databases = ReferenceDatabases(
+        {name: url.get_secret_value() for name, url in settings.reference_databases.items()},
+        settings.sql_check_concurrency,
+    )
+
+    async def score(events: list[PromptJudged]) -> Sequence[Event]:
+        # Concurrently, so that SQL checks of one batch overlap (each database has its own limit).
+        return await asyncio.gather(*(score_prompt(e, databases.check) for e in events))
 
     async def on_prompts_judged(raws: list[Msg]) -> None:
-        await work_batch(jetstream(broker), SERVICE, raws, _parse, _score)
+        await work_batch(jetstream(broker), SERVICE, raws, _parse, score)
 
     consume(
         app,

@@ -80,11 +80,11 @@ async def sql_equivalence(ref: SqlEquivalence, generated_sql: str, database_url:
     try:
         expected = single_query(ref.expected_sql)
     except QueryRejected as exc:
-        return _score(ref, "error", f"the expected query is unusable: {exc.detail}")
+        return sql_verdict(ref, "error", f"the expected query is unusable: {exc.detail}")
     try:
         generated = single_query(extract_sql(generated_sql))
     except QueryRejected as exc:
-        return _score(ref, exc.verdict, exc.detail)
+        return sql_verdict(ref, exc.verdict, exc.detail)
     try:
         conn = await asyncpg.connect(
             asyncpg_dsn(database_url),
@@ -93,11 +93,11 @@ async def sql_equivalence(ref: SqlEquivalence, generated_sql: str, database_url:
             server_settings={"application_name": "evalbus-sql-check", "default_transaction_read_only": "on"},
         )
     except (OSError, TimeoutError, ValueError, PostgresError, asyncpg.InterfaceError) as exc:
-        return _score(ref, "error", f"cannot connect to database {ref.database!r}: {type(exc).__name__}: {exc}")
+        return sql_verdict(ref, "error", f"cannot connect to database {ref.database!r}: {type(exc).__name__}: {exc}")
     try:
         return await _compare(conn, ref, expected, generated)
     except (OSError, TimeoutError, PostgresError, asyncpg.InterfaceError) as exc:
-        return _score(ref, "error", f"database {ref.database!r} failed: {type(exc).__name__}: {exc}")
+        return sql_verdict(ref, "error", f"database {ref.database!r} failed: {type(exc).__name__}: {exc}")
     finally:
         await _close(conn)
 
@@ -260,16 +260,16 @@ async def _compare(
         try:
             expected = await _run(conn, ref, expected_sql)
         except QueryRejected as exc:
-            return _score(ref, "error", f"the expected query failed ({exc.verdict}): {exc.detail}")
+            return sql_verdict(ref, "error", f"the expected query failed ({exc.verdict}): {exc.detail}")
         try:
             generated = await _run(conn, ref, generated_sql)
         except QueryRejected as exc:
-            return _score(ref, exc.verdict, exc.detail)
+            return sql_verdict(ref, exc.verdict, exc.detail)
     finally:
         await _rollback(conn)
     ordered = ref.ordered if ref.ordered is not None else has_top_level_order_by(expected_sql)
     equal, detail = compare_results(expected, generated, ordered=ordered, compare_names=ref.compare_column_names)
-    return _score(ref, "equal" if equal else "different", detail)
+    return sql_verdict(ref, "equal" if equal else "different", detail)
 
 
 async def _run(conn: asyncpg.Connection, ref: SqlEquivalence, sql: str) -> ResultSet:
@@ -325,7 +325,7 @@ async def _close(conn: asyncpg.Connection) -> None:
         conn.terminate()
 
 
-def _score(ref: SqlEquivalence, verdict: SqlVerdict, detail: str) -> ComponentScore:
+def sql_verdict(ref: SqlEquivalence, verdict: SqlVerdict, detail: str) -> ComponentScore:
     equal = verdict == "equal"
     return ComponentScore(
         name=ref.label,

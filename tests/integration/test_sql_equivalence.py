@@ -293,3 +293,54 @@ def test_leading_keyword_and_fences() -> None:
     assert extract_sql("SELECT 1") == "SELECT 1"
     assert extract_sql("```python\nprint(1)\n```\n```sql\nSELECT 2\n```") == "SELECT 2\n"
     assert asyncpg_dsn("postgresql+asyncpg://u@h:5/db?search_path=x") == "postgresql://u@h:5/db?search_path=x"
+
+
+# ---- wired into the scorer -------------------------------------------------------------------
+
+
+async def test_the_scorer_runs_sql_checks_on_the_named_database_within_its_limit(bench: Bench) -> None:
+    from contracts.events import BatchConfig, PromptJudged, Usage
+    from contracts.references import parse_references
+    from services.scorer.logic import ReferenceDatabases, score_prompt
+
+    databases = ReferenceDatabases({"bench": bench.url}, limit=2)
+    refs = parse_references([{"kind": "sql", "expected_sql": "SELECT 1 FROM pg_sleep(0.3)", "database": "bench"}])
+    cfg = BatchConfig(model="m", judge_enabled=False)
+
+    def judged(i: int, answer: str) -> PromptJudged:
+        return PromptJudged(
+            batch_id="b",
+            prompt_id=f"b-{i}",
+            index=i,
+            judge_model=None,
+            judgments=[],
+            usage=Usage(),
+            answer=answer,
+            references=refs,
+            config=cfg,
+        )
+
+    peak = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        admin = await asyncpg.connect(asyncpg_dsn(bench.url))
+        try:
+            while not done.is_set():
+                n = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evalbus-sql-check'"
+                )
+                peak = max(peak, n)
+                await asyncio.sleep(0.02)
+        finally:
+            await admin.close()
+
+    watcher = asyncio.create_task(watch())
+    answers = ["```sql\nSELECT 1 FROM pg_sleep(0.3)\n```"] * 5 + ["SELECT 2", "DROP TABLE customers"]
+    results = await asyncio.gather(*(score_prompt(judged(i, a), databases.check) for i, a in enumerate(answers)))
+    done.set()
+    await watcher
+    assert [r.components[0].verdict for r in results] == ["equal"] * 5 + ["different", "write_attempt"]
+    assert [r.passed for r in results] == [True] * 5 + [False, False]
+    assert 1 <= peak <= 2

@@ -253,3 +253,8 @@ def test_malformed_judgments_break_the_contract(variant: int) -> None:
     events = pytest.importorskip("contracts.events")
     with pytest.raises(parsing.JudgeParseError):
         parsing.parse_judgment(text, events.BatchConfig(model="evalbus-fake", criteria=CRITERIA))
+
+
+def test_a_question_with_an_sql_block_is_answered_with_that_block() -> None:
+    q = "List the customers.\n```sql\nSELECT name FROM customers\n```"
+    assert chat_answer("evalbus-fake", q) == "Here is the query:\n```sql\nSELECT name FROM customers\n```"

@@ -77,3 +77,25 @@ def test_plan_accepts_with_session_tag_and_rejects_empty_or_bad(tmp_path: Path) 
     assert isinstance(empty, BatchRejected) and "no cases" in empty.reason
     bad = plan_batch(start.model_copy(update={"suite": SuiteRef(path=str(tmp_path / "missing.jsonl"))}))
     assert isinstance(bad, BatchRejected) and "does not exist" in bad.reason
+
+
+def test_references_per_case_and_per_yaml_suite(tmp_path: Path) -> None:
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: sql\n"
+        "references:\n  - {kind: json_valid, weight: 0}\n"
+        "cases:\n"
+        "  - prompt: count orders\n"
+        "    references:\n      - {kind: sql, expected_sql: 'SELECT count(*) FROM orders', database: shop}\n"
+        "  - prompt: say hi\n"
+    )
+    cases = list(iter_cases(SuiteRef(path=str(suite))))
+    assert [[r.kind for r in c.references] for c in cases] == [["sql", "json_valid"], ["json_valid"]]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cases:\n  - prompt: x\n    references:\n      - {kind: sql, expected_sql: 'SELECT 1'}\n")
+    with pytest.raises(SuiteError, match=r"bad\.yaml case 1: references\.0\.sql\.database"):
+        list(iter_cases(SuiteRef(path=str(bad))))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("references:\n  - {kind: exact, valu: x}\ncases:\n  - prompt: x\n")
+    with pytest.raises(SuiteError, match="suite references"):
+        list(iter_cases(SuiteRef(path=str(typo))))
