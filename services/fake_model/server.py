@@ -18,10 +18,7 @@ from services.fake_model.answers import (
     completion_tokens,
     encoding,
     is_judge_request,
-    judge,
-    judgment_text,
-    malformed_judgment,
-    parse_judge_prompt,
+    judge_reply,
     prompt_tokens,
 )
 from services.fake_model.faults import FaultPlanner, FaultRates, Outcome, body_digest
@@ -122,11 +119,12 @@ def _error(status: int, message: str, kind: str, headers: dict[str, str] | None 
 def _answer(state: State, req: ChatRequest, judge_request: bool, outcome: Outcome, digest: bytes) -> str:
     if not judge_request:
         return chat_answer(req.model, req.question, adversarial=state.settings.adversarial)
-    criteria, answer = parse_judge_prompt(req.question)
-    judgments = judge(answer, criteria)
-    if outcome is Outcome.MALFORMED:
-        return malformed_judgment(judgments, digest[15])
-    return judgment_text(judgments)
+    return judge_reply(
+        req.question,
+        malformed=outcome is Outcome.MALFORMED,
+        variant=digest[15],
+        malformed_batch_marker=state.settings.malformed_batch_marker,
+    )
 
 
 async def chat_completions(request: web.Request) -> web.Response:

@@ -21,6 +21,11 @@ class FakeModelSettings(BaseSettings):
     )
     hang_s: float = Field(default=600.0, ge=0, description="how long a hanging request sleeps")
     malformed_rate: float = Field(default=0.0, ge=0, le=1, description="share of judge requests answered with bad JSON")
+    malformed_batch_marker: str | None = Field(
+        default=None,
+        description="batched judge requests with an answer containing this text get a malformed reply "
+        "(the single-answer fallback does not), so tests can break one chunk and not the others",
+    )
     adversarial: bool = Field(default=False, description="append prompt-injection probes to some chat answers")
     seed: int = Field(default=0, description="seed of the fault draws")
     request_log: Path | None = Field(default=None, description="append one JSON line per request to this file")

@@ -2,22 +2,34 @@
 
 from faststream import FastStream
 
-from contracts.events import PromptResponded
+from contracts.events import Event, PromptResponded
 from contracts.topology import JUDGE_RESPONDED
-from services.judge.logic import judge_prompt
+from services.judge.batcher import JudgeBatcher
+from services.runtime.cancels import CancelledBatches
+from services.runtime.llm import ChatClient
 from services.runtime.model_service import model_calling_app
 from services.runtime.settings import get_settings
 
 SERVICE = "judge"
 
 
+class _Judge:
+    """The per-message work: hands each answer to one batcher, built on first use with the client
+    and the cancel set the model service made."""
+
+    def __init__(self, default_base_url: str, linger_s: float) -> None:
+        self._default_base_url = default_base_url
+        self._linger_s = linger_s
+        self._batcher: JudgeBatcher | None = None
+
+    async def __call__(self, client: ChatClient, evt: PromptResponded, cancelled: CancelledBatches) -> Event:
+        if self._batcher is None:
+            self._batcher = JudgeBatcher(client, self._default_base_url, linger_s=self._linger_s, cancelled=cancelled)
+        return await self._batcher.judge(evt)
+
+
 def create_app() -> FastStream:
     settings = get_settings()
     default_base_url = settings.judge_base_url or settings.model_base_url
-    return model_calling_app(
-        SERVICE,
-        JUDGE_RESPONDED,
-        PromptResponded,
-        settings,
-        lambda client, evt, cancelled: judge_prompt(client, evt, default_base_url, cancelled),
-    )
+    work = _Judge(default_base_url, settings.judge_linger_ms / 1000)
+    return model_calling_app(SERVICE, JUDGE_RESPONDED, PromptResponded, settings, work)

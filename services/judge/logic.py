@@ -1,85 +1,121 @@
-"""One answer through the judge: a judged event, or a judge failure (never a made-up score)."""
+"""Answers through the judge: judged events, or judge failures (never a made-up score)."""
 
-from collections.abc import Container
+import asyncio
+from collections.abc import Container, Sequence
+from functools import reduce
 
-from contracts.enums import FailureCategory, Stage
-from contracts.events import JudgeCalls, PromptFailed, PromptJudged, PromptResponded, Usage
-from services.judge.parsing import JudgeParseError, parse_judgment
-from services.judge.prompt import build_messages, response_format
+from contracts.enums import Stage
+from contracts.events import BatchConfig, JudgeCalls, PromptFailed, PromptJudged, PromptResponded, Usage
+from services.judge.grading import Failure, Graded, Outcome, Spent, grade_chunk
 from services.runtime.cancels import cancelled_failure
-from services.runtime.llm import CallOptions, ChatModel, ModelCallError
-from services.runtime.pricing import cost_usd
+from services.runtime.llm import CallOptions, ChatModel
 
 
-def _failed(
-    evt: PromptResponded, category: FailureCategory, error: str, attempts: int, raw: str | None = None
-) -> PromptFailed:
-    return PromptFailed(
-        batch_id=evt.batch_id,
-        prompt_id=evt.prompt_id,
-        index=evt.index,
-        stage=Stage.JUDGE,
-        category=category,
-        error=error[:4000],
-        attempts=attempts,
-        raw_output=raw[:8000] if raw is not None else None,
-    )
-
-
-async def judge_prompt(
-    model: ChatModel, evt: PromptResponded, default_base_url: str, cancelled: Container[str] = ()
-) -> PromptJudged | PromptFailed:
-    if evt.batch_id in cancelled:
-        return cancelled_failure(evt, Stage.JUDGE)
-    cfg = evt.config
-    if not cfg.judge_enabled:
-        return PromptJudged(
-            batch_id=evt.batch_id,
-            prompt_id=evt.prompt_id,
-            index=evt.index,
-            judge_model=None,
-            judgments=[],
-            usage=Usage(),
-            answer=evt.answer,
-            expected=evt.expected,
-            references=evt.references,
-            calls=JudgeCalls(share=0, unbatched=0),
-            config=cfg,
-        )
-    opts = CallOptions(
+def call_options(cfg: BatchConfig, default_base_url: str) -> CallOptions:
+    return CallOptions(
         model=cfg.effective_judge_model,
         base_url=cfg.judge_base_url or cfg.base_url or default_base_url,
         timeout_s=cfg.timeout_s,
         max_retries=cfg.max_retries,
         temperature=0.0,
-        response_format=response_format(cfg.criteria),
         retry_base_s=cfg.retry_base_s,
     )
-    messages = build_messages(cfg, evt.messages, evt.answer, evt.expected)
-    tags = {"X-Evalbus-Prompt-Id": evt.prompt_id, "X-Evalbus-Stage": Stage.JUDGE.value}
-    try:
-        done = await model.complete(messages, opts, batch_id=evt.batch_id, batch_limit=cfg.concurrency, tags=tags)
-    except ModelCallError as exc:
-        return _failed(evt, exc.category, str(exc), exc.attempts)
-    try:
-        judgments = parse_judgment(done.text, cfg)
-    except JudgeParseError as exc:
-        return _failed(evt, FailureCategory.JUDGE_PARSE_ERROR, str(exc), done.attempts, raw=done.text)
+
+
+def criteria_sets(cfg: BatchConfig) -> list[list[str]]:
+    """The criteria of each call an answer needs: all at once, or one call per criterion."""
+    return [list(cfg.criteria)] if cfg.judge_mode == "combined" else [[c] for c in cfg.criteria]
+
+
+def failed(evt: PromptResponded, failure: Failure) -> PromptFailed:
+    return PromptFailed(
+        batch_id=evt.batch_id,
+        prompt_id=evt.prompt_id,
+        index=evt.index,
+        stage=Stage.JUDGE,
+        category=failure.category,
+        error=failure.error[:4000],
+        attempts=failure.attempts,
+        raw_output=failure.raw[:8000] if failure.raw is not None else None,
+    )
+
+
+def not_judged(evt: PromptResponded) -> PromptJudged:
+    """The judge is off for this batch: an empty judgment that cost nothing."""
     return PromptJudged(
         batch_id=evt.batch_id,
         prompt_id=evt.prompt_id,
         index=evt.index,
-        judge_model=opts.model,
-        judgments=judgments,
+        judge_model=None,
+        judgments=[],
+        usage=Usage(),
+        answer=evt.answer,
+        expected=evt.expected,
+        references=evt.references,
+        calls=JudgeCalls(share=0, unbatched=0),
+        config=evt.config,
+    )
+
+
+def merge(evt: PromptResponded, model: str, parts: Sequence[Outcome]) -> PromptJudged | PromptFailed:
+    """One answer's outcomes, one per criteria set in order; any failure fails the answer."""
+    for part in parts:
+        if isinstance(part, Failure):
+            return failed(evt, part)
+    graded = [p for p in parts if isinstance(p, Graded)]
+    spent = reduce(Spent.alongside, (g.spent for g in graded))
+    return PromptJudged(
+        batch_id=evt.batch_id,
+        prompt_id=evt.prompt_id,
+        index=evt.index,
+        judge_model=model,
+        judgments=[j for g in graded for j in g.judgments],
         usage=Usage(
-            tokens_in=done.tokens_in,
-            tokens_out=done.tokens_out,
-            latency_ms=done.latency_ms,
-            attempts=done.attempts,
-            cost_usd=cost_usd(opts.model, cfg, done.tokens_in, done.tokens_out),
+            tokens_in=spent.tokens_in,
+            tokens_out=spent.tokens_out,
+            latency_ms=spent.latency_ms,
+            attempts=max(1, spent.attempts),
+            cost_usd=spent.cost_usd,
         ),
         answer=evt.answer,
         expected=evt.expected,
         references=evt.references,
-        config=cfg,
+        calls=JudgeCalls(
+            share=spent.share,
+            unbatched=len(parts),
+            batch_size=max(g.batch_size for g in graded),
+            fallback=any(g.fallback for g in graded),
+        ),
+        config=evt.config,
     )
+
+
+async def grade_group(
+    model: ChatModel, evts: Sequence[PromptResponded], default_base_url: str
+) -> list[PromptJudged | PromptFailed]:
+    """Answers of one batch and one judge config, judge enabled, in chunks of the batch's
+    `judge_batch_size`; one result per answer, in order."""
+    cfg = evts[0].config
+    opts = call_options(cfg, default_base_url)
+    size = cfg.judge_batch_size
+    chunks = [evts[i : i + size] for i in range(0, len(evts), size)]
+
+    async def one_set(criteria: list[str]) -> list[Outcome]:
+        outs = await asyncio.gather(*(grade_chunk(model, chunk, cfg, opts, criteria) for chunk in chunks))
+        return [o for chunk_out in outs for o in chunk_out]
+
+    # One row per criteria set, holding every answer's outcome in order; all calls run at once.
+    rows = await asyncio.gather(*(one_set(criteria) for criteria in criteria_sets(cfg)))
+    return [merge(evt, opts.model, [row[i] for row in rows]) for i, evt in enumerate(evts)]
+
+
+async def judge_prompt(
+    model: ChatModel, evt: PromptResponded, default_base_url: str, cancelled: Container[str] = ()
+) -> PromptJudged | PromptFailed:
+    """One answer on its own (no batching)."""
+    if evt.batch_id in cancelled:
+        return cancelled_failure(evt, Stage.JUDGE)
+    if not evt.config.judge_enabled:
+        return not_judged(evt)
+    [result] = await grade_group(model, [evt], default_base_url)
+    return result

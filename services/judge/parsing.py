@@ -2,6 +2,7 @@
 never a score: no 'first JSON object anywhere', no defaults for missing fields."""
 
 import re
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from contracts.events import BatchConfig, CriterionJudgment
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n(.*)\n```$", re.DOTALL)
+M = TypeVar("M", bound=BaseModel)
 
 
 class JudgeParseError(ValueError):
@@ -30,30 +32,43 @@ class _Output(BaseModel):
     judgments: list[_Item]
 
 
-def parse_judgment(text: str, cfg: BatchConfig) -> list[CriterionJudgment]:
-    """The judgments for exactly the batch's criteria, with pass/fail against the batch's thresholds."""
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    judgments: list[_Item]
+
+
+class _BatchOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    results: list[_Entry] = Field(min_length=1)
+
+
+def _load(text: str, shape: type[M]) -> M:
     body = text.strip()
     fenced = _FENCE.match(body)
     if fenced:  # many models wrap JSON in one markdown fence; that alone is tolerated
         body = fenced.group(1).strip()
     try:
-        data = orjson.loads(body)
+        data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise JudgeParseError(f"judge output is not JSON: {exc}") from exc
     try:
-        out = _Output.model_validate(data)
+        return shape.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise JudgeParseError(f"judge output has the wrong shape at {loc or 'top level'}: {first['msg']}") from exc
-    names = [j.criterion for j in out.judgments]
+
+
+def _judgments(items: list[_Item], criteria: list[str], cfg: BatchConfig, where: str = "") -> list[CriterionJudgment]:
+    names = [j.criterion for j in items]
     if len(set(names)) != len(names):
-        raise JudgeParseError(f"judge output repeats a criterion: {names}")
-    if set(names) != set(cfg.criteria):
-        missing = sorted(set(cfg.criteria) - set(names))
-        extra = sorted(set(names) - set(cfg.criteria))
-        raise JudgeParseError(f"judge output criteria mismatch (missing {missing}, unexpected {extra})")
-    by_name = {j.criterion: j for j in out.judgments}
+        raise JudgeParseError(f"judge output{where} repeats a criterion: {names}")
+    if set(names) != set(criteria):
+        missing = sorted(set(criteria) - set(names))
+        extra = sorted(set(names) - set(criteria))
+        raise JudgeParseError(f"judge output{where} criteria mismatch (missing {missing}, unexpected {extra})")
+    by_name = {j.criterion: j for j in items}
     return [
         CriterionJudgment(
             criterion=c,
@@ -63,5 +78,28 @@ def parse_judgment(text: str, cfg: BatchConfig) -> list[CriterionJudgment]:
             confidence=by_name[c].confidence,
             suggestions=by_name[c].suggestions,
         )
-        for c in cfg.criteria
+        for c in criteria
     ]
+
+
+def parse_judgment(text: str, cfg: BatchConfig, criteria: list[str] | None = None) -> list[CriterionJudgment]:
+    """The judgments for exactly `criteria` (default: the batch's), with pass/fail against the
+    batch's thresholds."""
+    return _judgments(_load(text, _Output).judgments, criteria or cfg.criteria, cfg)
+
+
+def parse_batch_judgment(
+    text: str, ids: list[str], criteria: list[str], cfg: BatchConfig
+) -> dict[str, list[CriterionJudgment]]:
+    """One entry per id, exactly: a missing, repeated or unknown id, or any entry with the wrong
+    criteria, makes the whole reply unusable (entries are not trusted one by one, since a reply
+    that confuses ids may have mixed up the answers, too)."""
+    out = _load(text, _BatchOutput)
+    got = [e.id for e in out.results]
+    if len(set(got)) != len(got):
+        raise JudgeParseError(f"judge output repeats an id: {got}")
+    if set(got) != set(ids):
+        missing = sorted(set(ids) - set(got))
+        extra = sorted(set(got) - set(ids))
+        raise JudgeParseError(f"judge output ids mismatch (missing {missing}, unexpected {extra})")
+    return {e.id: _judgments(e.judgments, criteria, cfg, where=f" for {e.id}") for e in out.results}

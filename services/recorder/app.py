@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+import orjson
 from faststream import FastStream
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -151,6 +152,9 @@ def create_app() -> FastStream:
         max_overflow=5,
         pool_pre_ping=True,
         connect_args={"command_timeout": 20},
+        # orjson for JSONB columns: the stdlib encoder was a tenth of the recorder's write path.
+        json_serializer=lambda value: orjson.dumps(value).decode(),
+        json_deserializer=orjson.loads,
     )
     recorder = Recorder(engine)
     tasks: list[asyncio.Task[None]] = []

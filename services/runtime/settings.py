@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     breaker_fail_max: int = Field(default=5, ge=1, description="consecutive endpoint failures that open its breaker")
     breaker_reset_s: float = Field(default=30.0, gt=0, description="pause before an open breaker lets a probe through")
 
+    judge_linger_ms: float = Field(
+        default=20.0, ge=0, le=60_000, description="how long the judge waits for more answers to grade in one call"
+    )
     fetch_batch: int = Field(default=256, ge=1, description="messages per pull for batched consumers")
     fetch_timeout_s: float = Field(default=0.05, gt=0, description="how long a batched pull waits to fill")
     stall_after_s: float = Field(

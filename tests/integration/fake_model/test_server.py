@@ -361,3 +361,38 @@ def test_module_runs_as_a_server() -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+@pytest.mark.asyncio
+async def test_batched_judge_requests_get_one_entry_per_answer_and_the_marker_breaks_them() -> None:
+    prompt = pytest.importorskip("services.judge.prompt")
+    events = pytest.importorskip("contracts.events")
+    cfg = events.BatchConfig(model="evalbus-fake", criteria=CRITERIA)
+    texts = ["It ships tomorrow.", "Reset the router, then pair again.", "Refunds take 5 days. !!break!!"]
+    items = [
+        prompt.Item(i, [events.ChatMessage(role="user", content="q")], t, None)
+        for i, t in zip(prompt.item_ids(3), texts, strict=True)
+    ]
+
+    def body(n: int) -> dict[str, Any]:
+        ids = prompt.item_ids(n)
+        return {
+            "model": "evalbus-fake-judge",
+            "messages": prompt.build_batch_messages(cfg, items[:n], CRITERIA),
+            "response_format": prompt.batch_response_format(ids, CRITERIA),
+        }
+
+    async with serving(malformed_batch_marker="!!break!!") as client:
+        good = await client.post("/v1/chat/completions", json=body(2))
+        bad = await client.post("/v1/chat/completions", json=body(3))
+        stats = (await client.get("/stats")).json()
+    data = orjson.loads(content(good))
+    assert [r["id"] for r in data["results"]] == ["a1", "a2"]
+    assert all([j["criterion"] for j in r["judgments"]] == CRITERIA for r in data["results"])
+    assert good.json()["usage"]["completion_tokens"] == tokens(content(good))
+    with pytest.raises((orjson.JSONDecodeError, AssertionError, KeyError)):
+        broken = orjson.loads(content(bad))
+        assert [r["id"] for r in broken["results"]] == ["a1", "a2", "a3"]
+        assert all(len(r["judgments"]) == len(CRITERIA) for r in broken["results"])
+    assert stats["judge"]["ok"] == 2  # the marker is the test's choice, not an injected fault
+    assert parse_settings(["--malformed-batch-marker", "!!x!!"]).malformed_batch_marker == "!!x!!"

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from contracts.events import BatchConfig
-from services.judge.parsing import JudgeParseError, parse_judgment
+from services.judge.parsing import JudgeParseError, parse_batch_judgment, parse_judgment
 
 CFG = BatchConfig(model="m", criteria=["helpfulness", "accuracy"], thresholds={"accuracy": 8})
 
@@ -62,3 +62,59 @@ def test_one_markdown_fence_is_tolerated() -> None:
 def test_unusable_output_is_an_error_never_a_score(text: str, why: str) -> None:
     with pytest.raises(JudgeParseError, match=why):
         parse_judgment(text, CFG)
+
+
+# --- batched replies
+
+IDS = ["a1", "a2"]
+
+
+def entry(id_: str, *items: dict[str, object]) -> dict[str, object]:
+    return {"id": id_, "judgments": list(items) or [item("helpfulness"), item("accuracy", 8)]}
+
+
+def batch(*entries: dict[str, object]) -> str:
+    return json.dumps({"results": list(entries)})
+
+
+def test_a_batched_reply_gives_each_id_its_judgments_in_config_order() -> None:
+    text = batch(entry("a2", item("accuracy", 9), item("helpfulness", 3)), entry("a1"))
+    out = parse_batch_judgment(text, IDS, CFG.criteria, CFG)
+    assert list(out) == ["a2", "a1"]
+    assert [(j.criterion, j.score, j.passed) for j in out["a2"]] == [("helpfulness", 3, False), ("accuracy", 9, True)]
+    assert [(j.criterion, j.passed) for j in out["a1"]] == [("helpfulness", True), ("accuracy", True)]
+    fenced = "```json\n" + batch(entry("a1"), entry("a2")) + "\n```"
+    assert set(parse_batch_judgment(fenced, IDS, CFG.criteria, CFG)) == set(IDS)
+    one = parse_batch_judgment(
+        batch(entry("a1", item("accuracy")), entry("a2", item("accuracy"))), IDS, ["accuracy"], CFG
+    )
+    assert [j.criterion for j in one["a1"]] == ["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (batch(entry("a1")), "ids mismatch .missing \\['a2'\\]"),
+        (batch(entry("a1"), entry("a2"), entry("a3")), "unexpected \\['a3'\\]"),
+        (batch(entry("a1"), entry("b2")), "ids mismatch"),
+        (batch(entry("a1"), entry("a1")), "repeats an id"),
+        (batch(entry("a1"), entry("a1"), entry("a2")), "repeats an id"),
+        (batch(entry("a1"), entry("a2", item("helpfulness"))), "for a2 criteria mismatch .missing \\['accuracy'\\]"),
+        (batch(entry("a1", item("helpfulness"), item("accuracy"), item("tone")), entry("a2")), "for a1 criteria"),
+        (batch(entry("a1", item("helpfulness"), item("helpfulness")), entry("a2")), "for a1 repeats a criterion"),
+        (batch(entry("a1", item("helpfulness", 11), item("accuracy")), entry("a2")), "wrong shape"),
+        (batch(entry("a1") | {"note": "x"}, entry("a2")), "wrong shape"),
+        (json.dumps({"results": [entry("a1"), entry("a2")], "summary": "ok"}), "wrong shape"),
+        (json.dumps({"results": []}), "wrong shape"),
+        (json.dumps([entry("a1"), entry("a2")]), "wrong shape"),
+        (json.dumps({"judgments": [item("helpfulness"), item("accuracy")]}), "wrong shape"),
+        (batch(entry("a1"), entry("a2"))[:-3], "not JSON"),
+        ("Both answers are fine: 8/10.", "not JSON"),
+        ("Sure! " + batch(entry("a1"), entry("a2")), "not JSON"),
+        ("```json\n" + batch(entry("a1"), entry("a2")) + "\n```\n```json\n{}\n```", "not JSON"),
+        ("", "not JSON"),
+    ],
+)
+def test_an_unusable_batched_reply_is_an_error_for_the_whole_chunk(text: str, why: str) -> None:
+    with pytest.raises(JudgeParseError, match=why):
+        parse_batch_judgment(text, IDS, CFG.criteria, CFG)

@@ -1,0 +1,99 @@
+"""A fake judge model for unit tests: answers single and batched judge prompts from the prompt
+text alone, with a deterministic score per (answer, criterion), and records every call."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from contracts.enums import FailureCategory
+from contracts.events import BatchConfig, ChatMessage, PromptResponded, Usage
+from services.fake_model.answers import parse_batch_judge_prompt, parse_judge_prompt
+from services.runtime.llm import CallOptions, Completion, ModelCallError
+
+
+def score(answer: str, criterion: str) -> int:
+    return sum(map(ord, answer + criterion)) % 10 + 1
+
+
+def judgment(answer: str, criterion: str) -> dict[str, object]:
+    s = score(answer, criterion)
+    return {
+        "criterion": criterion,
+        "score": s,
+        "passed": s >= 7,
+        "reasoning": f"{criterion} of {answer[:10]}",
+        "confidence": 0.5,
+        "suggestions": [],
+    }
+
+
+@dataclass
+class Call:
+    answers: list[str]
+    criteria: list[str]
+    batched: bool
+    batch_id: str
+    schema: str
+    tags: dict[str, str]
+
+
+@dataclass
+class FakeJudge:
+    """`broken(call)` makes a reply unusable; `fail(call)` raises instead (a ModelCallError or any)."""
+
+    broken: Callable[[Call], bool] = lambda call: False
+    fail: Callable[[Call], BaseException | None] = lambda call: None
+    usage: tuple[int, int] = (1000, 90)
+    calls: list[Call] = field(default_factory=list)
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        opts: CallOptions,
+        *,
+        batch_id: str,
+        batch_limit: int,
+        tags: Mapping[str, str],
+    ) -> Completion:
+        user = messages[-1]["content"]
+        assert opts.response_format is not None
+        schema = opts.response_format["json_schema"]["name"]
+        batch = parse_batch_judge_prompt(user)
+        if batch is None:
+            criteria, answer = parse_judge_prompt(user)
+            items = [("", answer)]
+        else:
+            criteria, items = batch
+        call = Call([a for _, a in items], criteria, batch is not None, batch_id, schema, dict(tags))
+        self.calls.append(call)
+        if (exc := self.fail(call)) is not None:
+            raise exc
+        if batch is None:
+            reply: object = {"judgments": [judgment(items[0][1], c) for c in criteria]}
+        else:
+            reply = {"results": [{"id": i, "judgments": [judgment(a, c) for c in criteria]} for i, a in items]}
+        text = orjson.dumps(reply).decode()
+        if self.broken(call):
+            text = text[: len(text) // 2]
+        return Completion(text, "stop", self.usage[0], self.usage[1], 12.5, 1)
+
+
+def unavailable(call: Call) -> ModelCallError:
+    exc = ModelCallError(FailureCategory.SERVER_ERROR, "HTTP 500: down", retryable=True)
+    exc.attempts = 3
+    return exc
+
+
+def responded(batch_id: str, i: int, answer: str | None = None, **cfg: object) -> PromptResponded:
+    config = BatchConfig(**{"model": "m", "judge_model": "gpt-4o-mini", "criteria": ["accuracy", "clarity"], **cfg})  # type: ignore[arg-type]
+    return PromptResponded(
+        batch_id=batch_id,
+        prompt_id=f"{batch_id}-{i:06d}",
+        index=i,
+        messages=[ChatMessage(role="user", content=f"question {i}?")],
+        answer=answer if answer is not None else f"Answer number {i} " + "x" * (i * 7),
+        model="m",
+        usage=Usage(),
+        config=config,
+    )
