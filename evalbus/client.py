@@ -22,6 +22,8 @@ from contracts.events import (
     ResumeResult,
     StartBatchRequested,
 )
+from contracts.quality import QualityReport
+from contracts.queries import BatchHistory, HistoryQuery, SamplesPage, SamplesQuery
 
 
 class ApiError(RuntimeError):
@@ -128,18 +130,12 @@ class Follower:
             self.on_progress(snap)
 
 
-async def query(
-    nc: Client, endpoint: str, batch_id: str, timeout_s: float = 10, extra: dict[str, str] | None = None
-) -> bytes:
-    """Ask the recorder; while it is (re)starting there are no responders, so wait for it a while."""
+async def request(nc: Client, subject: str, body: bytes, timeout_s: float = 10) -> bytes:
+    """Ask the recorder's API; while it is (re)starting there are no responders, so wait for it a while."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
-            reply = await nc.request(
-                subjects.api(f"batch.{endpoint}"),
-                orjson.dumps({"batch_id": batch_id, **(extra or {})}),
-                timeout=timeout_s,
-            )
+            reply = await nc.request(subject, body, timeout=timeout_s)
             break
         except NoRespondersError:
             if asyncio.get_running_loop().time() > deadline:
@@ -149,6 +145,14 @@ async def query(
     if "Nats-Service-Error-Code" in headers:
         raise ApiError(headers["Nats-Service-Error-Code"], headers.get("Nats-Service-Error", ""))
     return reply.data
+
+
+async def query(
+    nc: Client, endpoint: str, batch_id: str, timeout_s: float = 10, extra: dict[str, str] | None = None
+) -> bytes:
+    """Ask one of the recorder's `batch.<endpoint>` queries about a batch."""
+    body = orjson.dumps({"batch_id": batch_id, **(extra or {})})
+    return await request(nc, subjects.api(f"batch.{endpoint}"), body, timeout_s)
 
 
 async def service_status(nc: Client, service: str, timeout_s: float = 3) -> dict[str, object]:
@@ -177,3 +181,17 @@ async def resume(nc: Client, batch_id: str, token: str) -> ResumeResult:
 
 async def fetch_status(nc: Client, batch_id: str) -> BatchProgress:
     return BatchProgress.model_validate_json(await query(nc, "status", batch_id))
+
+
+async def fetch_quality(nc: Client, batch_id: str) -> QualityReport:
+    return QualityReport.model_validate_json(await query(nc, "quality", batch_id, timeout_s=30))
+
+
+async def fetch_samples(nc: Client, q: SamplesQuery) -> SamplesPage:
+    body = q.model_dump_json(exclude_defaults=True).encode()
+    return SamplesPage.model_validate_json(await request(nc, subjects.api("batch.samples"), body, timeout_s=30))
+
+
+async def fetch_history(nc: Client, q: HistoryQuery) -> BatchHistory:
+    body = q.model_dump_json(exclude_defaults=True).encode()
+    return BatchHistory.model_validate_json(await request(nc, subjects.api("batches.history"), body))

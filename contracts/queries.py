@@ -1,0 +1,245 @@
+"""Requests and replies of the recorder's query API: one batch's samples, page by page, and the
+recent batches. Pure models; the recorder answers them from committed rows.
+
+Subjects: `evalbus.v1.api.batch.samples` (SamplesQuery -> SamplesPage),
+`evalbus.v1.api.batch.quality` ({"batch_id"} -> QualityReport) and
+`evalbus.v1.api.batches.history` (HistoryQuery -> BatchHistory).
+"""
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from contracts.enums import BatchStatus, FailureCategory, Stage
+from contracts.events import CRITERION_PATTERN, MAX_TEXT, ChatMessage
+from contracts.ids import BATCH_ID_PATTERN
+from contracts.references import ComponentScore
+
+MAX_PER_PAGE = 500
+MAX_FILTERS = 20
+DEFAULT_MAX_CHARS = 2000
+MAX_HISTORY = 500
+# A metadata key path: dot-separated JSON object keys, e.g. `metadata.source.doc`.
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,4}$"
+
+SampleStatus = Literal["scored", "failed", "pending"]
+SampleSort = Literal[
+    "index",
+    "-index",
+    "score",
+    "-score",
+    "verdict",
+    "-verdict",
+    "latency",
+    "-latency",
+    "tokens",
+    "-tokens",
+    "cost",
+    "-cost",
+]
+# Filter fields and the values they take (see SampleFilter).
+FILTER_FIELDS = ("passed", "status", "stage", "category", "case_id", "model", "criterion.<name>", "metadata.<key>")
+_BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Reply(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class SampleFilter(Reply):
+    """One parsed `field=value` filter.
+
+    - `passed=true|false`: the verdict of a scored prompt;
+    - `status=scored|failed|pending`: scored, failed for good (no score), or neither yet;
+    - `stage=chat|judge|score`, `category=<failure category>`: prompts that failed for good
+      at that stage / for that reason (what the report's failures count);
+    - `case_id=<id>`, `model=<model that answered>`: exact match;
+    - `criterion.<name>=true|false`: the judge's pass on that criterion;
+    - `metadata.<key>[.<key>...]=<value>`: the case's metadata value, compared as text
+      (`true`, `3`, `2.5` match JSON true, 3, 2.5).
+    """
+
+    field: str  # passed, status, stage, category, case_id, model, criterion, metadata
+    key: str | None = None  # the criterion name or the metadata key path
+    value: str | bool
+
+    @classmethod
+    def parse(cls, raw: str) -> "SampleFilter":
+        name, sep, value = raw.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"filter {raw!r} must be field=value; fields: {', '.join(FILTER_FIELDS)}")
+        if name in ("passed",) or name.startswith("criterion."):
+            flag = _BOOLEANS.get(value.strip().lower())
+            if flag is None:
+                raise ValueError(f"filter {raw!r}: {name} takes true or false")
+            if name == "passed":
+                return cls(field="passed", value=flag)
+            criterion = name.removeprefix("criterion.")
+            if not re.match(CRITERION_PATTERN, criterion):
+                raise ValueError(f"filter {raw!r}: criterion must match {CRITERION_PATTERN}")
+            return cls(field="criterion", key=criterion, value=flag)
+        if name == "status":
+            if value not in ("scored", "failed", "pending"):
+                raise ValueError(f"filter {raw!r}: status is scored, failed or pending")
+            return cls(field="status", value=value)
+        if name == "stage":
+            if value not in {s.value for s in Stage}:
+                raise ValueError(f"filter {raw!r}: stage is one of {', '.join(s.value for s in Stage)}")
+            return cls(field="stage", value=value)
+        if name == "category":
+            if value not in {c.value for c in FailureCategory}:
+                raise ValueError(f"filter {raw!r}: category is one of {', '.join(c.value for c in FailureCategory)}")
+            return cls(field="category", value=value)
+        if name in ("case_id", "model"):
+            return cls(field=name, value=value)
+        if name.startswith("metadata."):
+            path = name.removeprefix("metadata.")
+            if not re.match(METADATA_KEY_PATTERN, path):
+                raise ValueError(f"filter {raw!r}: metadata key path must match {METADATA_KEY_PATTERN}")
+            return cls(field="metadata", key=path, value=value)
+        raise ValueError(f"filter {raw!r}: unknown field {name!r}; fields: {', '.join(FILTER_FIELDS)}")
+
+
+class SamplesQuery(Strict):
+    """One page of a batch's prompts with everything recorded about them.
+
+    Filters on different fields must all hold; filters repeating a field match any of their
+    values (`status=failed`, `status=pending`). `min_score` is on the judge's overall score
+    (the mean of its criteria, 1-10); `min_verdict` on the weighted verdict of every component
+    (0-1). Either excludes prompts without that score. Sorts put missing values last and break
+    ties by index. `page` is 1-based.
+
+    `after_index` walks a whole batch (exports): it returns the prompts after that index, in
+    index order (sort `index` only; `page` stays 1), so each page is a cheap index range scan.
+    `with_total: false` skips counting the matches.
+
+    Every text field (message contents, expected, answer, reasoning, error, metadata strings) is
+    clipped to `max_chars`; `Sample.clipped` names what was clipped and its full length.
+    """
+
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
+    filters: list[str] = Field(default_factory=list, max_length=MAX_FILTERS)
+    min_score: float | None = Field(default=None, ge=1, le=10)
+    min_verdict: float | None = Field(default=None, ge=0, le=1)
+    sort: SampleSort = "index"
+    page: int = Field(default=1, ge=1, le=1_000_000)
+    per_page: int = Field(default=50, ge=1, le=MAX_PER_PAGE)
+    after_index: int | None = Field(default=None, ge=-1)
+    with_total: bool = True
+    max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=50, le=MAX_TEXT)
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, value: list[str]) -> list[str]:
+        for raw in value:
+            SampleFilter.parse(raw)
+        return value
+
+    @model_validator(mode="after")
+    def _cursor(self) -> "SamplesQuery":
+        if self.after_index is not None and (self.sort != "index" or self.page != 1):
+            raise ValueError("after_index walks the batch in index order: use it with sort 'index' and page 1")
+        return self
+
+    def parsed_filters(self) -> list[SampleFilter]:
+        return [SampleFilter.parse(raw) for raw in self.filters]
+
+
+class SampleJudgment(Reply):
+    criterion: str
+    score: int  # 1-10
+    passed: bool
+    reasoning: str
+    confidence: float | None = None
+
+
+class Sample(Reply):
+    """One prompt with everything recorded about it; fields of steps not reached are None."""
+
+    index: int
+    prompt_id: str
+    case_id: str | None
+    status: SampleStatus
+    messages: list[ChatMessage]
+    expected: str | None
+    metadata: dict[str, Any]
+    # the model's answer
+    answer: str | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    attempts: int | None = None
+    # the judge and the verdict
+    judge_model: str | None = None
+    judgments: list[SampleJudgment] = Field(default_factory=list)
+    overall_score: float | None = None  # the judge's mean, 1-10
+    verdict_score: float | None = None  # weighted mean of the components, 0-1
+    passed: bool | None = None
+    reasons: list[str] = Field(default_factory=list)
+    components: list[ComponentScore] = Field(default_factory=list)
+    # the latest failure recorded for the prompt (also kept when a retry later succeeded)
+    failure_stage: str | None = None
+    failure_category: str | None = None
+    failure_error: str | None = None
+    # clipped field -> its full length in characters (e.g. "answer", "messages.0.content")
+    clipped: dict[str, int] = Field(default_factory=dict)
+
+
+class SamplesPage(Reply):
+    """A page of samples. `total` counts every match (None when not asked); `pages` follows.
+
+    A reply stays under the server's max payload: when the page's samples do not all fit,
+    `truncated` is true and `items` holds the first ones; `next_after_index` (index order only)
+    is where the next request continues, None at the end of the batch.
+    """
+
+    batch_id: str
+    items: list[Sample]
+    page: int
+    per_page: int
+    total: int | None
+    pages: int | None
+    truncated: bool = False
+    next_after_index: int | None = None
+
+
+class HistoryQuery(Strict):
+    """Recent batches, newest first; every filter given must hold."""
+
+    limit: int = Field(default=20, ge=1, le=MAX_HISTORY)
+    session: str | None = Field(default=None, max_length=200)
+    experiment: str | None = Field(default=None, max_length=200)
+    status: BatchStatus | None = None
+    model: str | None = Field(default=None, max_length=200)
+
+
+class BatchSummary(Reply):
+    batch_id: str
+    status: BatchStatus
+    target: int  # prompts in the batch
+    done: int  # scored + failed for good
+    scored: int
+    failed: int
+    passed: int
+    pass_rate: float | None  # passed / scored
+    model: str | None
+    judge_model: str | None
+    suite_name: str | None
+    session_id: str | None
+    experiment: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class BatchHistory(Reply):
+    items: list[BatchSummary]
