@@ -25,6 +25,7 @@ from contracts.events import (
     BatchProgress,
     CancelBatchRequested,
     Case,
+    JudgeMode,
     ResumeResult,
     StartBatchRequested,
     SuiteRef,
@@ -144,6 +145,8 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
         sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
     else:
         render.print_report(console, rep)
+        if out.completed.quality is not None:
+            render_queries.print_quality(console, out.completed.quality)
         console.print(f"[dim]client wall time {time.monotonic() - started:.2f} s[/dim]")
     return 1 if rep.status is BatchStatus.FAILED else 0
 
@@ -164,6 +167,14 @@ def run(
     timeout: Annotated[float | None, typer.Option(help="seconds per model call")] = None,
     retries: Annotated[int | None, typer.Option(help="retries per model call")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="system prompt prepended to every case")] = None,
+    judge: Annotated[bool, typer.Option("--judge/--no-judge", help="grade answers with the judge")] = True,
+    judge_batch_size: Annotated[int, typer.Option(help="answers graded in one judge call (1: one by one)")] = 10,
+    judge_mode: Annotated[JudgeMode, typer.Option(help="combined: all criteria per call; per_criterion")] = "combined",
+    judge_weight: Annotated[float, typer.Option(help="weight of the judge among reference checks")] = 1.0,
+    pass_threshold: Annotated[
+        float | None,
+        typer.Option(help="pass when the weighted score (0-1) reaches this; default: every component must pass"),
+    ] = None,
     batch_id: Annotated[str | None, typer.Option(help="batch id (default: generated)")] = None,
     wait_timeout: Annotated[float | None, typer.Option(help="give up following after this many seconds")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
@@ -185,6 +196,11 @@ def run(
             max_retries=limits.max_retries if retries is None else retries,
             retry_base_s=limits.retry_base_s,
             system_prompt=system_prompt,
+            judge_enabled=judge,
+            judge_batch_size=judge_batch_size,
+            judge_mode=judge_mode,
+            judge_weight=judge_weight,
+            pass_threshold=pass_threshold,
         )
         start = StartBatchRequested(batch_id=batch_id or new_batch_id(), config=config, suite=suite_ref(suite))
     except ValueError as exc:
