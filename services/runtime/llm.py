@@ -7,26 +7,25 @@ exponential backoff and full jitter that honour `Retry-After` on 429.
 
 import asyncio
 import email.utils
-import itertools
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity.stop import stop_base
 
 from contracts.enums import FailureCategory
 from services.runtime.breaker import ProviderBreaker, StateChange
+from services.runtime.http_pool import HttpEndpoint, open_endpoint
 from services.runtime.rate_budget import RateBudget
 from services.runtime.tokens import count_chat_tokens, count_tokens
 
 log = logging.getLogger("evalbus.llm")
-POOL_SIZE = 8  # connections per httpx client (see ChatClient._client)
 
 
 # Failures that say the endpoint is unhealthy; a 400 or an unparseable body does not.
@@ -51,6 +50,9 @@ class ModelCallError(Exception):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.attempts = 1
+
+
+_RETRYABLE = retry_if_exception(lambda e: isinstance(e, ModelCallError) and e.retryable)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,16 @@ def parse_completion(payload: bytes, prompt_texts: list[str]) -> tuple[str, str 
     return text, choice.get("finish_reason"), tokens_in, tokens_out
 
 
+@dataclass
+class _Endpoint:
+    """Everything per base URL: its connections, call limit, breaker and rate budget."""
+
+    http: HttpEndpoint
+    slots: asyncio.Semaphore
+    breaker: ProviderBreaker
+    budget: RateBudget | None
+
+
 class ChatClient:
     """Pooled, limited, retrying chat-completions client. One per process."""
 
@@ -156,59 +168,43 @@ class ChatClient:
         breaker_reset_s: float = 30.0,
         on_breaker_change: StateChange | None = None,
         rate_budget: Callable[[str], RateBudget | None] = lambda _: None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._api_key = api_key
         self._endpoint_concurrency = endpoint_concurrency
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
-        self._transport = transport
         self._breaker_fail_max = breaker_fail_max
         self._breaker_reset_s = breaker_reset_s
         self._on_breaker_change = on_breaker_change
         self.breakers: dict[str, ProviderBreaker] = {}
         self._rate_budget_for = rate_budget
-        self._budgets: dict[str, RateBudget | None] = {}
-        self._clients: dict[str, list[httpx.AsyncClient]] = {}
-        self._turn = itertools.count()
-        self._endpoint_slots: dict[str, asyncio.Semaphore] = {}
+        self._endpoints: dict[str, _Endpoint] = {}
         self._batch_slots: dict[tuple[str, str], tuple[int, asyncio.Semaphore]] = {}
+        self._policies: dict[tuple[int, float | None], tuple[stop_base, Callable[[RetryCallState], float]]] = {}
 
-    def _client(self, base_url: str) -> httpx.AsyncClient:
-        """One of the endpoint's small pooled clients, in turn.
-
-        httpcore's pool scans every connection it holds (probing each socket) whenever a request
-        starts or ends: with one pool of 64 that was half the service's CPU. Pools of 8 keep the
-        scan short; together they still allow `endpoint_concurrency` connections."""
-        clients = self._clients.get(base_url)
-        if clients is None:
-            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            per_pool = min(POOL_SIZE, self._endpoint_concurrency)
-            limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-            clients = [
-                httpx.AsyncClient(
-                    base_url=base_url.rstrip("/"),
-                    headers=headers,
-                    limits=limits,
-                    transport=self._transport,
-                    timeout=None,
-                )
-                for _ in range(math.ceil(self._endpoint_concurrency / per_pool))
-            ]
-            self._clients[base_url] = clients
-            self._endpoint_slots[base_url] = asyncio.Semaphore(self._endpoint_concurrency)
-            self.breakers[base_url] = ProviderBreaker(
+    def _endpoint(self, base_url: str) -> _Endpoint:
+        endpoint = self._endpoints.get(base_url)
+        if endpoint is None:
+            breaker = ProviderBreaker(
                 base_url,
                 fail_max=self._breaker_fail_max,
                 reset_s=self._breaker_reset_s,
                 counts=counts_against_endpoint,
                 on_change=self._on_breaker_change,
             )
-            self._budgets[base_url] = self._rate_budget_for(base_url)
-        return clients[next(self._turn) % len(clients)]
+            endpoint = _Endpoint(
+                # As many keep-alive connections as calls may be in flight, so none is opened per call.
+                http=open_endpoint(base_url, self._api_key, self._endpoint_concurrency),
+                slots=asyncio.Semaphore(self._endpoint_concurrency),
+                breaker=breaker,
+                budget=self._rate_budget_for(base_url),
+            )
+            self._endpoints[base_url] = endpoint
+            self.breakers[base_url] = breaker
+        return endpoint
 
     @asynccontextmanager
-    async def _slot(self, base_url: str, batch_id: str, batch_limit: int) -> AsyncIterator[None]:
+    async def _slot(self, endpoint: _Endpoint, base_url: str, batch_id: str, batch_limit: int) -> AsyncIterator[None]:
         key = (base_url, batch_id)
         entry = self._batch_slots.get(key)
         if entry is None or entry[0] != batch_limit:
@@ -216,7 +212,7 @@ class ChatClient:
             self._batch_slots[key] = entry
         sem = entry[1]
         try:
-            async with sem, self._endpoint_slots[base_url]:
+            async with sem, endpoint.slots:
                 yield
         finally:
             # A batch nobody holds or waits for gives its semaphore back, so a long-running
@@ -225,6 +221,14 @@ class ChatClient:
             idle = sem._value == batch_limit and not sem._waiters
             if self._batch_slots.get(key) is entry and idle:
                 del self._batch_slots[key]
+
+    def _policy(self, max_retries: int, base_s: float | None) -> tuple[stop_base, Callable[[RetryCallState], float]]:
+        """Stop and wait strategies (stateless, so built once per setting rather than per call)."""
+        key = (max_retries, base_s)
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = self._policies[key] = (stop_after_attempt(max_retries + 1), self._wait_for(base_s))
+        return policy
 
     def _wait_for(self, base_s: float | None) -> Callable[[RetryCallState], float]:
         backoff = wait_random_exponential(
@@ -249,7 +253,8 @@ class ChatClient:
         tags: Mapping[str, str],
     ) -> Completion:
         """Call the model until it answers or retries run out; raises ModelCallError with attempts set."""
-        client = self._client(opts.base_url)
+        endpoint = self._endpoint(opts.base_url)
+        http = endpoint.http
         body: dict[str, Any] = {"model": opts.model, "messages": messages, "temperature": opts.temperature}
         if opts.max_tokens is not None:
             body["max_tokens"] = opts.max_tokens
@@ -260,8 +265,8 @@ class ChatClient:
         prompt_texts = [m["content"] for m in messages]
         attempts = 0
 
-        breaker = self.breakers[opts.base_url]
-        budget = self._budgets[opts.base_url]
+        breaker = endpoint.breaker
+        budget = endpoint.budget
         # The provider counts prompt tokens plus the completion it may write.
         token_estimate = count_chat_tokens(prompt_texts) + (opts.max_tokens or 512) if budget else 0
 
@@ -273,39 +278,60 @@ class ChatClient:
         async def one_call() -> Completion:
             if budget is not None:  # waited for before taking a slot, so waiting holds nothing
                 await budget.acquire(token_estimate)
-            async with self._slot(opts.base_url, batch_id, batch_limit):
+            async with self._slot(endpoint, opts.base_url, batch_id, batch_limit):
                 started = time.perf_counter()
                 try:
-                    async with asyncio.timeout(opts.timeout_s):
-                        resp = await client.post("/chat/completions", content=payload, headers=headers)
+                    # One deadline for sending, the status and the whole body.
+                    async with (
+                        asyncio.timeout(opts.timeout_s),
+                        http.session.post(
+                            http.completions_url, data=payload, headers=headers, proxy=http.proxy
+                        ) as resp,
+                    ):
+                        status = resp.status
+                        content = await resp.read()
                 except TimeoutError as exc:
                     raise ModelCallError(
                         FailureCategory.TIMEOUT, f"no answer within {opts.timeout_s:g}s", retryable=True
                     ) from exc
-                except httpx.TransportError as exc:
+                except aiohttp.ClientError as exc:
                     raise ModelCallError(
                         FailureCategory.CONNECTION, f"{type(exc).__name__}: {exc}", retryable=True
                     ) from exc
                 latency_ms = (time.perf_counter() - started) * 1000
-            if resp.status_code != 200:
-                raise classify_status(resp.status_code, resp.headers.get("Retry-After"), resp.text)
-            text, finish, tin, tout = parse_completion(resp.content, prompt_texts)
+            if status != 200:
+                raise classify_status(status, resp.headers.get("Retry-After"), content.decode("utf-8", "replace"))
+            text, finish, tin, tout = parse_completion(content, prompt_texts)
             return Completion(text, finish, tin, tout, latency_ms, attempts)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(opts.max_retries + 1),
-            wait=self._wait_for(opts.retry_base_s),
-            retry=retry_if_exception(lambda e: isinstance(e, ModelCallError) and e.retryable),
-            reraise=True,
-        )
+        # Most calls succeed at once: the first attempt runs without tenacity's per-call
+        # bookkeeping (~5% of a model-calling service's CPU). If it fails, tenacity takes over and
+        # sees it replayed as its own first attempt, so stops, waits and Retry-After are unchanged.
         try:
-            return await retrying(attempt)
+            return await attempt()
+        except ModelCallError as exc:
+            if not exc.retryable or opts.max_retries == 0:
+                exc.attempts = attempts
+                raise
+            first_error: ModelCallError | None = exc
+
+        async def replay_then_attempt() -> Completion:
+            nonlocal first_error
+            if first_error is not None:
+                error, first_error = first_error, None
+                raise error
+            return await attempt()
+
+        stop, wait = self._policy(opts.max_retries, opts.retry_base_s)
+        retrying = AsyncRetrying(stop=stop, wait=wait, retry=_RETRYABLE, reraise=True)
+        try:
+            return await retrying(replay_then_attempt)
         except ModelCallError as exc:
             exc.attempts = attempts
             raise
 
     async def aclose(self) -> None:
-        for clients in self._clients.values():
-            for client in clients:
-                await client.aclose()
-        self._clients.clear()
+        endpoints = list(self._endpoints.values())
+        self._endpoints.clear()
+        for endpoint in endpoints:
+            await endpoint.http.session.close()

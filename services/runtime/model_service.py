@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from contracts.events import Event
 from contracts.topology import ConsumerSpec
-from services.runtime.bus import jetstream
+from services.runtime.bus import InProgress, jetstream
 from services.runtime.cancels import CancelledBatches
 from services.runtime.llm import ChatClient
 from services.runtime.model_client import chat_client
@@ -35,7 +35,9 @@ def model_calling_app(
         return await work(client, evt, cancelled)
 
     async def on_message(raw: Msg) -> None:
-        await work_one(jetstream(broker), service, raw, event_type, handle, binding.keepalive_s)
+        await work_one(jetstream(broker), service, raw, event_type, handle, alive)
 
     binding = consume(app, broker, service, spec, on_message=on_message, slots=settings.worker_slots, batch_size=64)
+    alive = InProgress(lambda: binding.keepalive_s)
+    app.after_shutdown(alive.aclose)
     return app

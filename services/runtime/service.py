@@ -21,7 +21,6 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # FastStream logs bookkeeping at INFO; that costs CPU and says little.
     logging.getLogger("faststream").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per model call otherwise
     logging.getLogger("evalbus").setLevel(level.upper())
 
 

@@ -1,4 +1,4 @@
-"""The shape every per-message worker shares: parse, work under a keep-alive, publish, ack.
+"""The shape every per-message worker shares: parse, work kept alive, publish, ack.
 
 A message that does not parse goes to the dead-letter subject and is acked; a failure to
 publish the result is transient and the message is negatively acked with a delay.
@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
 from contracts.events import Event
-from services.runtime.bus import KeepAlive, dead_letter, publish_events, settle
+from services.runtime.bus import InProgress, dead_letter, publish_events, settle
 from services.runtime.errors import describe_error
 
 log = logging.getLogger("evalbus.worker")
@@ -26,7 +26,7 @@ async def work_one(
     raw: Msg,
     model: type[In],
     work: Callable[[In], Awaitable[Event]],
-    keepalive_s: float,
+    alive: InProgress,
 ) -> None:
     try:
         evt = model.model_validate_json(raw.data)
@@ -39,14 +39,17 @@ async def work_one(
             return
         await settle([raw], ok=True)
         return
+    alive.add(raw)
     try:
-        async with KeepAlive(raw, keepalive_s):
-            result = await work(evt)
-            await publish_events(js, [result])
+        result = await work(evt)
+        await publish_events(js, [result])
     except Exception:
+        alive.discard(raw)
         log.exception("%s failed on %s; will be redelivered", service, raw.subject)
         await settle([raw], ok=False)
         return
+    finally:
+        alive.discard(raw)  # before settling, and also when cancelled
     await settle([raw], ok=True)
 
 
@@ -56,6 +59,7 @@ async def work_batch(
     raws: list[Msg],
     parse: Callable[[Msg], In],
     work: Callable[[list[In]], Awaitable[Sequence[Event]]],
+    alive: InProgress | None = None,
 ) -> None:
     """Batched form: bad messages are dead-lettered one by one and never fail the others;
     the good ones are worked on together, their results published pipelined, then all acked."""
@@ -75,6 +79,9 @@ async def work_batch(
             await settle([raw], ok=True)
     if not good:
         return
+    if alive is not None:
+        for raw in good_raws:
+            alive.add(raw)
     try:
         results = await work(good)
         await publish_events(js, results)
@@ -82,4 +89,8 @@ async def work_batch(
         log.exception("%s failed on a batch of %d; will be redelivered", service, len(good))
         await settle(good_raws, ok=False)
         return
+    finally:
+        if alive is not None:
+            for raw in good_raws:
+                alive.discard(raw)
     await settle(good_raws, ok=True)

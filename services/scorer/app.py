@@ -8,7 +8,7 @@ from nats.aio.msg import Msg
 
 from contracts.events import Event, PromptJudged
 from contracts.topology import SCORER_JUDGED
-from services.runtime.bus import jetstream
+from services.runtime.bus import InProgress, jetstream
 from services.runtime.service import consume, new_service
 from services.runtime.settings import get_settings
 from services.runtime.worker import work_batch
@@ -34,9 +34,10 @@ def create_app() -> FastStream:
         return await asyncio.gather(*(score_prompt(e, databases.check) for e in events))
 
     async def on_prompts_judged(raws: list[Msg]) -> None:
-        await work_batch(jetstream(broker), SERVICE, raws, _parse, score)
+        # Kept alive: a batch of SQL checks may outlast the ack wait.
+        await work_batch(jetstream(broker), SERVICE, raws, _parse, score, alive)
 
-    consume(
+    binding = consume(
         app,
         broker,
         SERVICE,
@@ -45,4 +46,6 @@ def create_app() -> FastStream:
         batch_size=settings.fetch_batch,
         max_wait_s=settings.fetch_timeout_s,
     )
+    alive = InProgress(lambda: binding.keepalive_s)
+    app.after_shutdown(alive.aclose)
     return app

@@ -1,13 +1,21 @@
+"""ChatClient against a real local aiohttp server that answers from a script."""
+
 import asyncio
+import socket
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-import httpx
+import orjson
 import pytest
+from aiohttp import web
 
 from contracts.enums import FailureCategory
-from services.runtime.llm import CallOptions, ChatClient, ModelCallError, parse_retry_after
+from services.runtime.llm import CallOptions, ChatClient, Completion, ModelCallError, parse_retry_after
+
+MSGS = [{"role": "user", "content": "hi there"}]
 
 
 def ok_body(text: str = "hello", usage: bool = True) -> dict[str, object]:
@@ -19,83 +27,249 @@ def ok_body(text: str = "hello", usage: bool = True) -> dict[str, object]:
     return body
 
 
-def client_with(responses: list[httpx.Response | Exception], seen: list[httpx.Request]) -> ChatClient:
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        item = responses.pop(0)
-        if isinstance(item, Exception):
-            raise item
-        return item
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    drop: bool = False  # close the connection without answering
 
-    return ChatClient(
-        api_key="sk-test",
-        endpoint_concurrency=4,
-        retry_base_s=0.01,
-        retry_max_s=0.05,
-        transport=httpx.MockTransport(handler),
+
+def ok(text: str = "hello", usage: bool = True) -> Reply:
+    return Reply(body=orjson.dumps(ok_body(text, usage)))
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, object]
+    peer: tuple[str, int]
+
+
+class ScriptedModel:
+    """Answers each request with the next scripted reply (the last one repeats)."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+        self.seen: list[Seen] = []
+        self.running = 0
+        self.peak = 0
+        self.base_url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(
+            Seen(
+                request.path,
+                {k.lower(): v for k, v in request.headers.items()},
+                orjson.loads(await request.read()),
+                request.transport.get_extra_info("peername") if request.transport else ("", 0),
+            )
+        )
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            if reply.delay_s:
+                await asyncio.sleep(reply.delay_s)
+        finally:
+            self.running -= 1
+        if reply.drop:
+            assert request.transport is not None
+            request.transport.close()
+            raise ConnectionResetError("dropped on purpose")
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    def opts(self, **overrides: object) -> CallOptions:
+        values: dict[str, object] = {"model": "m", "base_url": self.base_url, "timeout_s": 5, "max_retries": 2}
+        return CallOptions(**(values | overrides))  # type: ignore[arg-type]
+
+    def peers(self) -> set[tuple[str, int]]:
+        return {s.peer for s in self.seen}
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[ScriptedModel]:
+    scripted = ScriptedModel()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", scripted.handle)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    scripted.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    try:
+        yield scripted
+    finally:
+        await runner.cleanup()
+
+
+def new_client(api_key: str | None = "sk-test", concurrency: int = 4) -> ChatClient:
+    return ChatClient(api_key=api_key, endpoint_concurrency=concurrency, retry_base_s=0.01, retry_max_s=0.05)
+
+
+async def call(client: ChatClient, opts: CallOptions, batch_limit: int = 2) -> Completion:
+    return await client.complete(MSGS, opts, batch_id="b", batch_limit=batch_limit, tags={"X-Evalbus-Prompt-Id": "p1"})
+
+
+async def test_success_uses_api_token_counts_and_sends_auth_tags_and_body(model: ScriptedModel) -> None:
+    model.replies = [ok()]
+    client = new_client()
+    done = await call(client, model.opts(max_tokens=7, response_format={"type": "json_object"}))
+    await client.aclose()
+    assert (done.text, done.finish_reason, done.tokens_in, done.tokens_out, done.attempts) == (
+        "hello",
+        "stop",
+        11,
+        3,
+        1,
     )
+    seen = model.seen[0]
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["authorization"] == "Bearer sk-test"
+    assert seen.headers["x-evalbus-prompt-id"] == "p1"
+    assert seen.headers["content-type"] == "application/json"
+    assert seen.body == {
+        "model": "m",
+        "messages": MSGS,
+        "temperature": 0.0,
+        "max_tokens": 7,
+        "response_format": {"type": "json_object"},
+    }
 
 
-OPTS = CallOptions(model="m", base_url="http://model.test/v1", timeout_s=5, max_retries=2)
-MSGS = [{"role": "user", "content": "hi there"}]
+async def test_no_api_key_sends_no_authorization(model: ScriptedModel) -> None:
+    model.replies = [ok()]
+    client = new_client(api_key=None)
+    await call(client, model.opts(base_url=model.base_url + "/"))  # a trailing slash is fine too
+    await client.aclose()
+    assert "authorization" not in model.seen[0].headers
 
 
-async def call(client: ChatClient, opts: CallOptions = OPTS):  # type: ignore[no-untyped-def]
-    return await client.complete(MSGS, opts, batch_id="b", batch_limit=2, tags={"X-Evalbus-Prompt-Id": "p1"})
-
-
-async def test_success_uses_api_token_counts_and_sends_auth_and_tags() -> None:
-    seen: list[httpx.Request] = []
-    done = await call(client_with([httpx.Response(200, json=ok_body())], seen))
-    assert (done.text, done.tokens_in, done.tokens_out, done.attempts) == ("hello", 11, 3, 1)
-    assert seen[0].url.path == "/v1/chat/completions"
-    assert seen[0].headers["authorization"] == "Bearer sk-test"
-    assert seen[0].headers["x-evalbus-prompt-id"] == "p1"
-
-
-async def test_missing_usage_is_counted_offline() -> None:
-    done = await call(client_with([httpx.Response(200, json=ok_body("hello world", usage=False))], []))
+async def test_missing_usage_is_counted_offline(model: ScriptedModel) -> None:
+    model.replies = [ok("hello world", usage=False)]
+    client = new_client()
+    done = await call(client, model.opts())
+    await client.aclose()
     assert done.tokens_out == 2 and done.tokens_in > 2
 
 
-async def test_server_errors_are_retried_then_succeed() -> None:
-    seen: list[httpx.Request] = []
-    done = await call(
-        client_with([httpx.Response(500), httpx.Response(503), httpx.Response(200, json=ok_body())], seen)
-    )
-    assert done.attempts == 3 and len(seen) == 3
+async def test_server_errors_are_retried_then_succeed(model: ScriptedModel) -> None:
+    model.replies = [Reply(500), Reply(503), ok()]
+    client = new_client()
+    done = await call(client, model.opts())
+    await client.aclose()
+    assert done.attempts == 3 and len(model.seen) == 3
 
 
-async def test_retries_are_bounded_and_reported() -> None:
+async def test_retries_are_bounded_and_reported(model: ScriptedModel) -> None:
+    model.replies = [Reply(500, b"boom")]
+    client = new_client()
     with pytest.raises(ModelCallError) as info:
-        await call(client_with([httpx.Response(500)] * 3, []))
+        await call(client, model.opts())
+    await client.aclose()
     assert info.value.category is FailureCategory.SERVER_ERROR and info.value.attempts == 3
+    assert "HTTP 500: boom" in str(info.value) and len(model.seen) == 3
 
 
-async def test_client_errors_are_not_retried() -> None:
-    seen: list[httpx.Request] = []
+async def test_client_errors_are_not_retried(model: ScriptedModel) -> None:
+    model.replies = [Reply(400, b'{"error": "bad"}')]
+    client = new_client()
     with pytest.raises(ModelCallError) as info:
-        await call(client_with([httpx.Response(400, json={"error": "bad"})], seen))
-    assert info.value.category is FailureCategory.CLIENT_ERROR and len(seen) == 1
+        await call(client, model.opts())
+    await client.aclose()
+    assert info.value.category is FailureCategory.CLIENT_ERROR and len(model.seen) == 1
+    assert info.value.attempts == 1 and not info.value.retryable
 
 
-async def test_rate_limit_waits_for_retry_after() -> None:
-    seen: list[httpx.Request] = []
-    client = client_with(
-        [httpx.Response(429, headers={"Retry-After": "0.3"}), httpx.Response(200, json=ok_body())], seen
-    )
+async def test_408_is_a_retryable_timeout(model: ScriptedModel) -> None:
+    model.replies = [Reply(408)]
+    client = new_client()
+    with pytest.raises(ModelCallError) as info:
+        await call(client, model.opts(max_retries=1))
+    await client.aclose()
+    assert info.value.category is FailureCategory.TIMEOUT and info.value.attempts == 2
+
+
+async def test_rate_limit_waits_for_retry_after_capped_by_retry_max(model: ScriptedModel) -> None:
+    model.replies = [Reply(429, headers={"Retry-After": "0.3"}), ok()]
+    client = new_client()
     started = time.monotonic()
-    done = await call(client)
-    assert done.attempts == 2 and time.monotonic() - started >= 0.05  # capped by retry_max_s=0.05
+    done = await call(client, model.opts())
+    elapsed = time.monotonic() - started
+    await client.aclose()
+    assert done.attempts == 2 and 0.05 <= elapsed < 0.3  # capped by retry_max_s=0.05
 
 
-async def test_transport_errors_and_timeouts_are_classified() -> None:
+async def test_rate_limit_retry_after_is_honoured_below_the_cap(model: ScriptedModel) -> None:
+    model.replies = [Reply(429, headers={"Retry-After": "0.2"}), ok()]
+    client = ChatClient(api_key=None, endpoint_concurrency=2, retry_base_s=0.0, retry_max_s=5.0)
+    started = time.monotonic()
+    done = await call(client, model.opts())
+    elapsed = time.monotonic() - started
+    await client.aclose()
+    assert done.attempts == 2 and elapsed >= 0.2  # the backoff alone would be 0 s
+
+
+async def test_rate_limit_without_retry_after_is_reported_as_such(model: ScriptedModel) -> None:
+    model.replies = [Reply(429, b"slow down")]
+    client = new_client()
     with pytest.raises(ModelCallError) as info:
-        await call(client_with([httpx.ConnectError("refused")] * 3, []))
+        await call(client, model.opts(max_retries=0))
+    await client.aclose()
+    assert info.value.category is FailureCategory.RATE_LIMIT and info.value.retry_after_s is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_refused_connections_are_retried_and_classified() -> None:
+    client = new_client()
+    opts = CallOptions(model="m", base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=5, max_retries=2)
+    with pytest.raises(ModelCallError) as info:
+        await call(client, opts)
+    await client.aclose()
+    assert info.value.category is FailureCategory.CONNECTION and info.value.attempts == 3
+
+
+async def test_dropped_connections_are_connection_errors(model: ScriptedModel) -> None:
+    model.replies = [Reply(drop=True), ok()]
+    client = new_client()
+    done = await call(client, model.opts())
+    assert done.attempts == 2
+    model.replies = [Reply(drop=True)]
+    with pytest.raises(ModelCallError) as info:
+        await call(client, model.opts(max_retries=0))
+    await client.aclose()
     assert info.value.category is FailureCategory.CONNECTION
+
+
+async def test_each_attempt_has_its_own_timeout(model: ScriptedModel) -> None:
+    model.replies = [Reply(delay_s=5), ok()]
+    client = new_client()
+    started = time.monotonic()
+    done = await call(client, model.opts(timeout_s=0.2))
+    assert done.attempts == 2 and time.monotonic() - started < 2
+    model.replies = [Reply(delay_s=5)]
     with pytest.raises(ModelCallError) as info:
-        await call(client_with([httpx.Response(200, content=b"{not json")] * 3, []))
-    assert info.value.category is FailureCategory.BAD_RESPONSE
+        await call(client, model.opts(timeout_s=0.1, max_retries=1))
+    await client.aclose()
+    assert info.value.category is FailureCategory.TIMEOUT and info.value.attempts == 2
+    assert "no answer within 0.1s" in str(info.value)
+
+
+async def test_unusable_bodies_are_bad_responses(model: ScriptedModel) -> None:
+    client = new_client()
+    for body in (b"{not json", b'{"choices": []}', orjson.dumps(ok_body()).replace(b'"hello"', b"42")):
+        model.replies = [Reply(body=body)]
+        with pytest.raises(ModelCallError) as info:
+            await call(client, model.opts(max_retries=1))
+        assert info.value.category is FailureCategory.BAD_RESPONSE and info.value.attempts == 2
+    await client.aclose()
 
 
 def test_retry_after_parses_seconds_and_http_dates() -> None:
@@ -107,13 +281,34 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert value is not None and 25 < value <= 30
 
 
-async def test_endpoint_failures_open_its_breaker_and_a_success_closes_it() -> None:
+async def test_connections_are_kept_alive_and_reused(model: ScriptedModel) -> None:
+    model.replies = [ok()]
+    client = new_client(concurrency=4)
+    for _ in range(5):
+        await call(client, model.opts())
+    assert len(model.peers()) == 1  # one connection for five calls in a row
+    model.replies = [Reply(body=orjson.dumps(ok_body()), delay_s=0.05)]
+    for _ in range(2):
+        await asyncio.gather(*(call(client, model.opts(), batch_limit=16) for _ in range(12)))
+    await client.aclose()
+    assert model.peak == 4  # the endpoint's limit
+    assert len(model.peers()) <= 4  # a pool sized to the concurrency, not a connection per call
+
+
+async def test_endpoint_failures_open_its_breaker_and_a_success_closes_it(model: ScriptedModel) -> None:
     changes: list[tuple[str, str, str]] = []
-    responses: list[httpx.Response | Exception] = [httpx.Response(503)] * 3 + [httpx.Response(200, json=ok_body())]
-    client = client_with(responses, [])
-    client._breaker_fail_max, client._breaker_reset_s = 2, 0.1
-    client._on_breaker_change = lambda ep, old, new: changes.append((ep, old, new))
-    done = await call(client, CallOptions(model="m", base_url="http://model.test/v1", timeout_s=5, max_retries=3))
+    model.replies = [Reply(503)] * 3 + [ok()]
+    client = ChatClient(
+        api_key=None,
+        endpoint_concurrency=4,
+        retry_base_s=0.01,
+        retry_max_s=0.05,
+        breaker_fail_max=2,
+        breaker_reset_s=0.1,
+        on_breaker_change=lambda ep, old, new: changes.append((ep, old, new)),
+    )
+    done = await call(client, model.opts(max_retries=3))
+    await client.aclose()
     assert done.attempts == 4
     assert [c[1:] for c in changes] == [
         ("closed", "open"),
@@ -122,24 +317,23 @@ async def test_endpoint_failures_open_its_breaker_and_a_success_closes_it() -> N
         ("open", "half_open"),
         ("half_open", "closed"),
     ]
-    assert changes[0][0] == "http://model.test/v1"
+    assert changes[0][0] == model.base_url
 
 
-async def test_per_batch_limits_hold_and_are_freed_when_a_batch_goes_idle() -> None:
-    running = 0
-    peak = 0
+async def test_client_errors_do_not_open_the_breaker(model: ScriptedModel) -> None:
+    model.replies = [Reply(400)]
+    client = ChatClient(api_key=None, endpoint_concurrency=4, retry_base_s=0.01, retry_max_s=0.05, breaker_fail_max=2)
+    for _ in range(4):
+        with pytest.raises(ModelCallError):
+            await call(client, model.opts())
+    assert client.breakers[model.base_url].state == "closed"
+    await client.aclose()
 
-    async def slow(request: httpx.Request) -> httpx.Response:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.02)
-        running -= 1
-        return httpx.Response(200, json=ok_body())
 
-    client = ChatClient(
-        api_key=None, endpoint_concurrency=16, retry_base_s=0.01, retry_max_s=0.05, transport=httpx.MockTransport(slow)
-    )
-    await asyncio.gather(*(call(client) for _ in range(10)))  # call() uses batch_limit=2
-    assert peak == 2
+async def test_per_batch_limits_hold_and_are_freed_when_a_batch_goes_idle(model: ScriptedModel) -> None:
+    model.replies = [Reply(body=orjson.dumps(ok_body()), delay_s=0.02)]
+    client = ChatClient(api_key=None, endpoint_concurrency=16, retry_base_s=0.01, retry_max_s=0.05)
+    await asyncio.gather(*(call(client, model.opts()) for _ in range(10)))  # call() uses batch_limit=2
+    await client.aclose()
+    assert model.peak == 2
     assert client._batch_slots == {}

@@ -1,0 +1,75 @@
+"""Work longer than the ack wait is kept alive by the consumer's in-progress ticker: not redelivered."""
+
+import asyncio
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from contracts import subjects
+from contracts.events import Event, PromptScored
+from contracts.topology import ConsumerSpec
+from infra.nats_topology import consumer_config
+from services.runtime.bus import InProgress, publish_events
+from services.runtime.consumer import Consumer
+from services.runtime.worker import work_one
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def nc(servers) -> AsyncIterator[Client]:  # type: ignore[no-untyped-def]
+    client = await nats.connect(servers.nats_url)
+    yield client
+    await client.drain()
+
+
+def scored(batch_id: str, i: int) -> PromptScored:
+    return PromptScored(
+        batch_id=batch_id, prompt_id=f"{batch_id}-{i:06d}", index=i, overall_score=7.0, passed=True, criteria_passed={}
+    )
+
+
+async def test_work_longer_than_the_ack_wait_is_not_redelivered(nc: Client) -> None:
+    js = nc.jetstream()
+    batch_id = "b-alive-" + secrets.token_hex(3)
+    spec = ConsumerSpec(
+        durable=f"test-{batch_id}",
+        stream=subjects.STREAM_EVENTS,
+        filter_subject=subjects.any_batch("prompt", "scored").replace("*", batch_id),
+        ack_wait_s=1,
+        max_deliver=5,
+        max_ack_pending=100,
+    )
+    await js.add_consumer(spec.stream, consumer_config(spec))
+    await publish_events(js, [scored(batch_id, i) for i in range(3)])
+    calls: Counter[str] = Counter()
+    out = "b-alive-out-" + secrets.token_hex(3)
+
+    async def work(evt: PromptScored) -> Event:
+        calls[evt.prompt_id] += 1
+        await asyncio.sleep(2.5)  # 2.5 ack waits
+        return scored(out, evt.index)
+
+    consumer: Consumer
+    alive = InProgress(lambda: max(0.3, consumer.ack_wait_s / 3))
+
+    async def on_message(raw: Msg) -> None:
+        await work_one(js, "test-worker", raw, PromptScored, work, alive)
+
+    consumer = Consumer(nc, spec, on_message=on_message, slots=8, max_wait_s=0.2)
+    await consumer.start()
+    for _ in range(60):
+        if consumer.handled == 3:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)  # a redelivery would show up here
+    await consumer.stop()
+    await alive.aclose()
+    assert sorted(calls.values()) == [1, 1, 1]
+    info = await js.consumer_info(spec.stream, spec.durable)
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0 and len(alive) == 0
