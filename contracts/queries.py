@@ -52,6 +52,12 @@ class Reply(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+class BatchRef(Reply):
+    """A request that names one batch (status, report, quality); other keys are ignored."""
+
+    batch_id: str = Field(min_length=1, max_length=200)
+
+
 class SampleFilter(Reply):
     """One parsed `field=value` filter.
 

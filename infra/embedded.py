@@ -22,6 +22,7 @@ log = logging.getLogger("evalbus.embedded")
 
 PG_USER = "postgres"
 PG_DB = "evalbus"
+NATS_GOMEMLIMIT = "160MiB"  # default soft heap limit of the embedded nats-server
 
 
 def free_port() -> int:
@@ -74,7 +75,10 @@ class NatsServer:
         if config_file is not None:
             cmd += ["-c", str(config_file)]
         logf = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        # A soft heap limit: without it Go lets the file store's write caches and the dedup map
+        # grow the heap to several times the live data on long batches before collecting.
+        env = {**os.environ, "GOMEMLIMIT": os.environ.get("GOMEMLIMIT", NATS_GOMEMLIMIT)}
+        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         wait_for_port(self.port, 20, self.proc)
         return self
 

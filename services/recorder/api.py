@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import subjects
-from contracts.queries import HistoryQuery, SamplesQuery
+from contracts.queries import BatchRef, HistoryQuery, SamplesQuery
 from services.recorder.quality import batch_quality
 from services.recorder.queries import history, samples_page
 from services.recorder.reporting import progress, report
@@ -47,7 +47,8 @@ def _typed_endpoint(
         try:
             query = model.model_validate_json(req.data or b"{}")
         except ValidationError as exc:
-            await req.respond_error("400", f"bad {model.__name__}: {_problems(exc)}")
+            fields = ", ".join(model.model_fields)
+            await req.respond_error("400", f"bad {model.__name__} (fields: {fields}): {_problems(exc)}")
             return
         try:
             async with engine.connect() as conn:
@@ -63,28 +64,13 @@ def _typed_endpoint(
     return handle
 
 
-def _endpoint(engine: AsyncEngine, query: Query) -> Callable[[Request], Awaitable[None]]:
-    async def handle(req: Request) -> None:
-        try:
-            body = orjson.loads(req.data or b"{}")
-            batch_id = body["batch_id"]
-            if not isinstance(batch_id, str):
-                raise TypeError("batch_id must be a string")
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            await req.respond_error("400", f'expected {{"batch_id": "..."}}: {exc}')
-            return
-        try:
-            async with engine.connect() as conn:
-                result = await query(conn, batch_id)
-        except Exception as exc:
-            await req.respond_error("503", f"database unavailable: {type(exc).__name__}")
-            return
-        if result is None:
-            await req.respond_error("404", f"no batch {batch_id!r}")
-            return
-        await req.respond(result.model_dump_json().encode())
+def _endpoint(engine: AsyncEngine, query: Query) -> Handler:
+    """An endpoint answering `{"batch_id": "..."}`."""
 
-    return handle
+    async def answer(conn: AsyncConnection, ref: BatchRef) -> BaseModel | None:
+        return await query(conn, ref.batch_id)
+
+    return _typed_endpoint(engine, BatchRef, answer, lambda ref: f"no batch {ref.batch_id!r}")
 
 
 def _resume_endpoint(resume: Resume) -> Callable[[Request], Awaitable[None]]:

@@ -73,7 +73,9 @@ async def score_prompt(evt: PromptJudged, sql: SqlCheck | None = None) -> Prompt
         else:
             components.append(check(ref, evt.answer))
     score, passed = verdict(components, cfg.pass_threshold)
+    # Why the case failed (or would have): only components that count.
     reasons = [f"{j.criterion} {j.score} < {cfg.threshold(j.criterion):g}" for j in judgments if not j.passed]
+    reasons = reasons if cfg.judge_weight > 0 else []
     reasons += [f"{c.name}: {c.detail}" for c in components if c.kind != "judge" and not c.passed and c.weight > 0]
     if not judgments and not evt.references:
         reasons.append("no criteria were judged")

@@ -98,10 +98,16 @@ def test_nats_runs_the_locked_down_config_and_each_service_logs_in_as_itself() -
     services = compose()["services"]
     mount = next(v for v in services["nats"]["volumes"] if v.endswith(":/etc/nats/nats-server.conf:ro"))
     assert (ROOT / mount.split(":")[0]).resolve() == config_path()
-    assert set(services["nats"]["environment"]) == {password_env(role) for role in ROLES}
+    assert set(services["nats"]["environment"]) == {password_env(role) for role in ROLES} | {"GOMEMLIMIT"}
     assert services["migrate"]["environment"]["EVALBUS_NATS_USER"] == "provisioner"
     for module in SERVICES:
         role = module.replace("_", "-")
         env = services[role]["environment"]
         assert env["EVALBUS_NATS_USER"] == role
         assert env["EVALBUS_NATS_PASSWORD"] == f"${{{password_env(role)}:?set it}}"
+
+
+def test_compose_nats_has_the_embedded_servers_heap_limit() -> None:
+    from infra.embedded import NATS_GOMEMLIMIT
+
+    assert compose()["services"]["nats"]["environment"]["GOMEMLIMIT"] == NATS_GOMEMLIMIT

@@ -69,6 +69,7 @@ async def test_weights_and_pass_threshold_combine_judge_and_references() -> None
     unweighted = lenient.model_copy(update={"judge_weight": 0})
     out = await score_prompt(judged({"accuracy": 1}, unweighted, answer="42", references=refs))
     assert out.passed and out.verdict_score == 0.75 and out.components[0].weight == 0
+    assert len(out.reasons) == 1 and out.reasons[0].startswith("json_valid: ")  # no judge reasons: it does not count
 
 
 async def test_criterion_pass_follows_the_batch_threshold_not_the_judge() -> None:
