@@ -276,6 +276,7 @@ async def serve(settings: FakeModelSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
+        # Windows event loops have no signal handlers; there Ctrl+C still ends the process.
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     runner, port = await start_server(settings)

@@ -30,8 +30,8 @@ _UNFINISHED = text(
     """
     SELECT p.prompt_id, p.idx, p.case_id, p.messages, p.expected, p.metadata, p."references",
            r.answer, r.model, r.finish_reason, r.tokens_in, r.tokens_out, r.latency_ms, r.cost_usd, r.attempts,
-           jc.judge_model, jc.tokens_in AS j_in, jc.tokens_out AS j_out, jc.latency_ms AS j_latency,
-           jc.cost_usd AS j_cost, jc.attempts AS j_attempts,
+           jc.judge_model, jc.tokens_in AS j_tokens_in, jc.tokens_out AS j_tokens_out,
+           jc.latency_ms AS j_latency_ms, jc.cost_usd AS j_cost_usd, jc.attempts AS j_attempts,
            jc.call_share, jc.unbatched_calls, jc.batch_size AS j_batch_size, jc.fallback AS j_fallback, jc.prompt_id IS NOT NULL AS judged
     FROM prompts p
     LEFT JOIN responses r ON r.prompt_id = p.prompt_id
@@ -44,19 +44,23 @@ _UNFINISHED = text(
 )
 
 
+def _usage(row: Any, prefix: str = "") -> Usage:
+    return Usage(**{k: row[prefix + k] for k in ("tokens_in", "tokens_out", "latency_ms", "attempts", "cost_usd")})
+
+
 def _next_event(row: Any, cfg: BatchConfig, judgments: list[CriterionJudgment], batch_id: str, token: str) -> Event:
-    common: dict[str, Any] = {"batch_id": batch_id, "prompt_id": row["prompt_id"], "index": row["idx"]}
+    common: dict[str, Any] = {
+        "batch_id": batch_id,
+        "prompt_id": row["prompt_id"],
+        "index": row["idx"],
+        "expected": row["expected"],
+        "references": row["references"],
+        "config": cfg,
+    }
     messages = [ChatMessage.model_validate(m) for m in row["messages"]]
     if row["answer"] is None:
         cls: type[Event] = PromptQueued
-        fields: dict[str, Any] = {
-            "case_id": row["case_id"],
-            "messages": messages,
-            "expected": row["expected"],
-            "references": row["references"],
-            "metadata": row["metadata"],
-            "config": cfg,
-        }
+        fields: dict[str, Any] = {"case_id": row["case_id"], "messages": messages, "metadata": row["metadata"]}
     elif not row["judged"]:
         cls = PromptResponded
         fields = {
@@ -64,16 +68,7 @@ def _next_event(row: Any, cfg: BatchConfig, judgments: list[CriterionJudgment], 
             "answer": row["answer"],
             "finish_reason": row["finish_reason"],
             "model": row["model"],
-            "usage": Usage(
-                tokens_in=row["tokens_in"],
-                tokens_out=row["tokens_out"],
-                latency_ms=row["latency_ms"],
-                attempts=row["attempts"],
-                cost_usd=row["cost_usd"],
-            ),
-            "expected": row["expected"],
-            "references": row["references"],
-            "config": cfg,
+            "usage": _usage(row),
         }
     else:
         cls = PromptJudged
@@ -81,22 +76,13 @@ def _next_event(row: Any, cfg: BatchConfig, judgments: list[CriterionJudgment], 
             "judge_model": row["judge_model"],
             "judgments": judgments,
             "answer": row["answer"],
-            "usage": Usage(
-                tokens_in=row["j_in"],
-                tokens_out=row["j_out"],
-                latency_ms=row["j_latency"],
-                attempts=row["j_attempts"],
-                cost_usd=row["j_cost"],
-            ),
-            "expected": row["expected"],
-            "references": row["references"],
+            "usage": _usage(row, "j_"),
             "calls": JudgeCalls(
                 share=row["call_share"],
                 unbatched=row["unbatched_calls"],
                 batch_size=row["j_batch_size"],
                 fallback=row["j_fallback"],
             ),
-            "config": cfg,
         }
     eid = event_id(f"{cls.entity}.{cls.verb}.redrive", batch_id, row["prompt_id"], token)
     return cls(event_id=eid, **common, **fields)

@@ -3,9 +3,7 @@
 import asyncio
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -17,21 +15,9 @@ from infra.nats_topology import consumer_config
 from services.runtime.bus import InProgress, publish_events
 from services.runtime.consumer import Consumer
 from services.runtime.worker import work_one
+from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def nc(servers) -> AsyncIterator[Client]:  # type: ignore[no-untyped-def]
-    client = await nats.connect(servers.nats_url)
-    yield client
-    await client.drain()
-
-
-def scored(batch_id: str, i: int) -> PromptScored:
-    return PromptScored(
-        batch_id=batch_id, prompt_id=f"{batch_id}-{i:06d}", index=i, overall_score=7.0, passed=True, criteria_passed={}
-    )
 
 
 async def test_work_longer_than_the_ack_wait_is_not_redelivered(nc: Client) -> None:
