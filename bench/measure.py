@@ -113,6 +113,9 @@ class RssTrack:
     peak_single_mb: float = 0.0  # the largest single process of the target
     peak_sum_mb: float = 0.0  # all processes of the target added up (counts shared pages again)
     last_single_mb: float = 0.0
+    # RSS minus shared pages (shared memory, mapped files): PostgreSQL's shared_buffers and the
+    # libraries every process maps are left out, so what is left is the process's own heap.
+    peak_private_mb: float = 0.0
     series_single_mb: list[float] = field(default_factory=list)  # one point per sample
     processes: int = 0  # most processes seen at once
 
@@ -151,9 +154,12 @@ class RssSampler:
             except psutil.NoSuchProcess:
                 continue
             sizes: list[int] = []
+            private: list[int] = []
             for proc in members:
                 try:
-                    sizes.append(proc.memory_info().rss)
+                    info = proc.memory_info()
+                    sizes.append(info.rss)
+                    private.append(info.rss - getattr(info, "shared", 0))
                 except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                     continue
             if not sizes:
@@ -162,6 +168,7 @@ class RssSampler:
             single, total = max(sizes) / MB, sum(sizes) / MB
             track.peak_single_mb = max(track.peak_single_mb, single)
             track.peak_sum_mb = max(track.peak_sum_mb, total)
+            track.peak_private_mb = max(track.peak_private_mb, max(private) / MB)
             track.last_single_mb = single
             track.series_single_mb.append(round(single, 1))
             track.processes = max(track.processes, len(sizes))
@@ -177,6 +184,7 @@ class RssSampler:
                 "peak_rss_mb": round(track.peak_single_mb, 1),
                 "peak_rss_sum_mb": round(track.peak_sum_mb, 1),
                 "last_rss_mb": round(track.last_single_mb, 1),
+                "peak_private_mb": round(track.peak_private_mb, 1),
                 "processes": track.processes,
                 "series_mb": series[::step],
             }

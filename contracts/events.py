@@ -4,6 +4,7 @@ Events are frozen pydantic models, JSON on the wire. Readers ignore unknown fiel
 additive changes inside `v1` need no coordinated deploy.
 """
 
+import re
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Self
 
@@ -17,6 +18,7 @@ from contracts.references import ComponentScore, Reference
 
 SCHEMA_VERSION = 1
 CRITERION_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+_CRITERION = re.compile(CRITERION_PATTERN)
 MAX_TEXT = 200_000
 MAX_REFERENCES = 20
 JudgeMode = Literal["combined", "per_criterion"]
@@ -99,10 +101,8 @@ class BatchConfig(Model):
     @field_validator("criteria")
     @classmethod
     def _criteria(cls, value: list[str]) -> list[str]:
-        import re
-
         for c in value:
-            if not re.match(CRITERION_PATTERN, c):
+            if not _CRITERION.match(c):
                 raise ValueError(f"criterion {c!r} must match {CRITERION_PATTERN}")
         if len(set(value)) != len(value):
             raise ValueError("criteria must be unique")
@@ -123,6 +123,17 @@ class BatchConfig(Model):
     @property
     def effective_judge_model(self) -> str:
         return self.judge_model or self.model
+
+    def defaulted_fields(self) -> set[str]:
+        """The fields still at their defaults, which events leave out on the wire."""
+        return {name for name, default in _CONFIG_DEFAULTS.items() if getattr(self, name) == default}
+
+
+_CONFIG_DEFAULTS = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in BatchConfig.model_fields.items()
+    if not field.is_required()
+}
 
 
 class SuiteRef(Model):
@@ -175,6 +186,14 @@ class Event(Model):
     @property
     def subject(self) -> str:
         return subjects.batch_event(self.batch_id, self.entity, self.verb)
+
+    def to_json(self) -> bytes:
+        """The wire form. A carried config leaves out its fields at their defaults (typically
+        ~0.7 of a queued prompt's 1.3 kB, parsed again by every reader); readers fill them in."""
+        config = getattr(self, "config", None)
+        if isinstance(config, BatchConfig):
+            return self.model_dump_json(exclude={"config": config.defaulted_fields()}).encode()
+        return self.model_dump_json().encode()
 
 
 # ---- batch lifecycle -------------------------------------------------------------------------

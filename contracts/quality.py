@@ -3,12 +3,14 @@
 Pure models. The recorder computes the report from committed rows when the batch finishes.
 """
 
+import re
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+_FIELD = re.compile(FIELD_PATTERN)
 Rating = Literal["Good", "Needs review", "Poor"]
 
 
@@ -34,10 +36,8 @@ class QualityConfig(BaseModel):
     @field_validator("text_fields", "diversity_fields")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
-        import re
-
         for name in value:
-            if not re.match(FIELD_PATTERN, name):
+            if not _FIELD.match(name):
                 raise ValueError(f"field name {name!r} must match {FIELD_PATTERN}")
         return value
 

@@ -38,18 +38,19 @@ def encoding() -> tiktoken.Encoding:
 #   punctuation run ends at whitespace, and a mark joins a letter run only when a letter follows.
 # The pattern has no look-behind and BPE never merges across pieces, so a text's count is the sum
 # of its segments' counts. Lines, sentences and words repeat across requests (rubrics, template
-# sentences, an answer quoted in a judge prompt) even when whole messages never do: all are cached.
+# sentences, an answer quoted in a judge prompt) even when whole messages never do: all are cached,
+# in LRU caches small enough (a few MB) that the server's memory stays flat over long batches.
 # tests/unit/fake_model/test_token_segments.py checks the sums against tiktoken.
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _ASCII_PRINTABLE = frozenset(map(chr, range(0x21, 0x7F)))
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 14)
 def _segment_tokens(segment: str) -> int:
     return len(encoding().encode_ordinary(segment))
 
 
-@lru_cache(maxsize=1 << 15)
+@lru_cache(maxsize=1 << 12)
 def _sentence_tokens(sentence: str) -> int:
     """A sentence's count: the sum over its words (cut before each space after a printable)."""
     words = sentence.split(" ")
@@ -64,7 +65,7 @@ def _sentence_tokens(sentence: str) -> int:
     return n + _segment_tokens(segment)
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=1 << 10)
 def _line_tokens(line: str) -> int:
     """A line's count: the sum over its sentences (cut before the space of each ". ")."""
     sentences = line.split(". ")

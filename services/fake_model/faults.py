@@ -66,10 +66,10 @@ class FaultPlanner:
     _seen: dict[bytes, int] = field(default_factory=dict, repr=False)
 
     def decide(self, digest: bytes, *, judge: bool) -> Outcome:
+        if not (self.rates.error_500 or self.rates.rate_limit or self.rates.hang or self.rates.malformed):
+            return Outcome.OK  # nothing to draw, so nothing to count (and no memory spent on it)
         attempt = self._seen.get(digest, 0)
         if attempt == 0 and len(self._seen) >= self.max_tracked:
             del self._seen[next(iter(self._seen))]
         self._seen[digest] = attempt + 1
-        if not (self.rates.error_500 or self.rates.rate_limit or self.rates.hang or self.rates.malformed):
-            return Outcome.OK
         return choose(uniform(self.seed, digest, attempt), self.rates, judge=judge)

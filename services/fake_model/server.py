@@ -150,8 +150,14 @@ async def chat_completions(request: web.Request) -> web.Response:
     state.stats[kind][outcome.value] += 1
     try:
         delay_ms = settings.latency_ms + settings.jitter_ms * (int.from_bytes(digest[8:16], "big") / _TWO_64)
-        if delay_ms > 0:
-            await asyncio.sleep(delay_ms / 1000)
+        # The latency is the time to the response, as with a real API: the answer is written
+        # first and the wait is what is left of it, so this server's own CPU is not added on top.
+        answer = None
+        if outcome in (Outcome.OK, Outcome.MALFORMED):
+            answer = completion_tokens(_answer(state, req, judge_request, outcome, digest), req.max_tokens)
+        remaining_s = started + delay_ms / 1000 - time.perf_counter()
+        if remaining_s > 0:
+            await asyncio.sleep(remaining_s)
         if outcome is Outcome.SERVER_ERROR:
             return _error(500, "injected server error", "server_error")
         if outcome is Outcome.RATE_LIMITED:
@@ -163,7 +169,9 @@ async def chat_completions(request: web.Request) -> web.Response:
             )
         if outcome is Outcome.HANG:
             await asyncio.sleep(settings.hang_s)
-        text, n_completion, cut = completion_tokens(_answer(state, req, judge_request, outcome, digest), req.max_tokens)
+        text, n_completion, cut = answer or completion_tokens(
+            _answer(state, req, judge_request, outcome, digest), req.max_tokens
+        )
         n_prompt = prompt_tokens(req.contents)
         return _json(
             {

@@ -11,7 +11,9 @@ class FakeModelSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="interface to listen on")
     port: int = Field(default=8089, ge=0, le=65535, description="TCP port; 0 picks a free one")
-    latency_ms: float = Field(default=0.0, ge=0, description="delay added to every request")
+    latency_ms: float = Field(
+        default=0.0, ge=0, description="time from a request to its response (the answer is written within it)"
+    )
     jitter_ms: float = Field(default=0.0, ge=0, description="extra delay in [0, jitter], fixed per request body")
     error_rate_500: float = Field(default=0.0, ge=0, le=1, description="share of requests answered with HTTP 500")
     rate_limit_rate: float = Field(default=0.0, ge=0, le=1, description="share of requests answered with HTTP 429")

@@ -85,7 +85,7 @@ def jetstream(broker: NatsBroker) -> "JetStreamContext":
 
 
 def encode(model: BaseModel) -> bytes:
-    return model.model_dump_json().encode()
+    return model.to_json() if isinstance(model, Event) else model.model_dump_json().encode()
 
 
 async def publish_events(js: "JetStreamContext", events: Iterable[Event]) -> list[PubAck]:
