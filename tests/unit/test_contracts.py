@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -33,6 +35,28 @@ def test_event_round_trips_as_json_with_its_id() -> None:
     back = PromptQueued.model_validate_json(evt.model_dump_json())
     assert back == evt
     assert back.subject == "evalbus.v1.batch.b-2.prompt.queued"
+
+
+def test_wire_form_leaves_config_defaults_out_and_reads_back_equal() -> None:
+    from contracts.quality import QualityConfig
+    from contracts.references import Contains
+
+    config = BatchConfig(
+        model="m",
+        criteria=["accuracy"],
+        thresholds={"accuracy": 8},
+        references=[Contains(value="x")],
+        quality=QualityConfig(poor_flags=2),
+        concurrency=64,
+    )
+    evt = PromptQueued(batch_id="b-2", prompt_id="b-2-000000", index=0, messages=[], config=config)
+    wire = json.loads(evt.to_json())
+    assert set(wire["config"]) == {"model", "criteria", "thresholds", "references", "quality", "concurrency"}
+    assert wire["schema_version"] == 1 and wire["metadata"] == {}  # the envelope stays whole
+    assert PromptQueued.model_validate_json(evt.to_json()) == evt
+    plain = PromptQueued(batch_id="b-2", prompt_id="b-2-000001", index=1, messages=[], config=BatchConfig(model="m"))
+    assert json.loads(plain.to_json())["config"] == {"model": "m"}
+    assert PromptQueued.model_validate_json(plain.to_json()) == plain
 
 
 def test_unknown_fields_are_ignored_and_unknown_versions_rejected() -> None:
