@@ -26,6 +26,9 @@ from services.fake_model.settings import FakeModelSettings
 
 KINDS = ("chat", "judge")
 _TWO_64 = float(1 << 64)
+# asyncio waits on epoll in whole milliseconds, rounded up, so a sleep ends 0-1 ms late (0.4 ms
+# at the median here): aim that much early so the latency served is the latency configured.
+TIMER_LATE_S = 0.0004
 # Long enough for in-flight answers to finish, short enough that hung requests don't stall shutdown.
 SHUTDOWN_TIMEOUT_S = 2.0
 
@@ -108,6 +111,31 @@ class State:
 STATE = web.AppKey("state", State)
 
 
+def _completion(req: ChatRequest, request_hash: str, answer: str) -> web.Response:
+    text, n_completion, cut = completion_tokens(answer, req.max_tokens)
+    n_prompt = prompt_tokens(req.contents)
+    return _json(
+        {
+            "id": f"chatcmpl-{request_hash}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length" if cut else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": n_prompt,
+                "completion_tokens": n_completion,
+                "total_tokens": n_prompt + n_completion,
+            },
+        }
+    )
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
 
@@ -150,12 +178,12 @@ async def chat_completions(request: web.Request) -> web.Response:
     state.stats[kind][outcome.value] += 1
     try:
         delay_ms = settings.latency_ms + settings.jitter_ms * (int.from_bytes(digest[8:16], "big") / _TWO_64)
-        # The latency is the time to the response, as with a real API: the answer is written
+        # The latency is the time to the response, as with a real API: the response is built
         # first and the wait is what is left of it, so this server's own CPU is not added on top.
-        answer = None
+        response = None
         if outcome in (Outcome.OK, Outcome.MALFORMED):
-            answer = completion_tokens(_answer(state, req, judge_request, outcome, digest), req.max_tokens)
-        remaining_s = started + delay_ms / 1000 - time.perf_counter()
+            response = _completion(req, request_hash, _answer(state, req, judge_request, outcome, digest))
+        remaining_s = started + delay_ms / 1000 - time.perf_counter() - TIMER_LATE_S
         if remaining_s > 0:
             await asyncio.sleep(remaining_s)
         if outcome is Outcome.SERVER_ERROR:
@@ -169,30 +197,7 @@ async def chat_completions(request: web.Request) -> web.Response:
             )
         if outcome is Outcome.HANG:
             await asyncio.sleep(settings.hang_s)
-        text, n_completion, cut = answer or completion_tokens(
-            _answer(state, req, judge_request, outcome, digest), req.max_tokens
-        )
-        n_prompt = prompt_tokens(req.contents)
-        return _json(
-            {
-                "id": f"chatcmpl-{request_hash}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": req.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "length" if cut else "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": n_prompt,
-                    "completion_tokens": n_completion,
-                    "total_tokens": n_prompt + n_completion,
-                },
-            }
-        )
+        return response or _completion(req, request_hash, _answer(state, req, judge_request, outcome, digest))
     finally:
         # In `finally` so a hang the client gave up on (handler cancelled) is still logged.
         if state.log is not None:

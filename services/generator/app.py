@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from itertools import islice
+from itertools import chain, islice, repeat
 
 from faststream import FastStream
 from nats.aio.msg import Msg
@@ -22,12 +22,17 @@ from services.runtime.settings import get_settings
 log = logging.getLogger("evalbus.generator")
 SERVICE = "generator"
 PUBLISH_CHUNK = 1000
+# Small first chunks: the first prompts reach the model while the rest are still being built.
+FIRST_CHUNKS = (16, 128)
 
 
 async def _publish_plan(js: JetStreamContext, plan: Plan) -> None:
     await publish_events(js, [plan.accepted])
     prompts = plan.prompts()
-    while chunk := list(islice(prompts, PUBLISH_CHUNK)):
+    for size in chain(FIRST_CHUNKS, repeat(PUBLISH_CHUNK)):
+        chunk = list(islice(prompts, size))
+        if not chunk:
+            break
         await publish_events(js, chunk)
 
 

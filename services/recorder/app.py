@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 from faststream import FastStream
@@ -27,6 +28,8 @@ from contracts.events import (
     CancelBatchRequested,
     DeadLetter,
     Event,
+    PromptFailed,
+    PromptScored,
     ResumeResult,
     StartBatchRequested,
 )
@@ -43,6 +46,7 @@ from services.runtime.worker import work_batch
 
 log = logging.getLogger("evalbus.recorder")
 SERVICE = "recorder"
+BREAKERS_SETTLE_S = 2.0
 BREAKER_FIELDS = {"service", "endpoint", "old_state", "new_state", "occurred_at"}
 # Commands are the generator's to validate; the recorder does not store them.
 PASSED_BY = {
@@ -63,24 +67,50 @@ def parse_event(raw: Msg) -> Event | None:
 
 
 class Recorder:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, before_report: Callable[[], Awaitable[None]] | None = None) -> None:
         self.engine = engine
+        self._before_report = before_report
         self.dirty: set[str] = set()
         self._last_moved: dict[str, tuple[tuple[int, int, int, int], float]] = {}
+        # Prompts each running batch had left at its last snapshot, less the finishing events
+        # written since (an estimate: a redelivered event makes it low, which only checks early).
+        self._left: dict[str, int] = {}
+        self.may_have_finished: set[str] = set()
+        self.finishing = asyncio.Event()
 
     async def write(self, events: list[Event | None]) -> Sequence[Event]:
         mine = [e for e in events if e is not None]
         if mine:
             async with self.engine.begin() as conn:
                 self.dirty |= await record(conn, mine)
+            self._count_down(mine)
         return []
+
+    def _count_down(self, events: list[Event]) -> None:
+        """Flag batches these events may have finished, so completion is not left to the next tick."""
+        finished = Counter(e.batch_id for e in events if isinstance(e, PromptScored | PromptFailed))
+        for batch_id, n in finished.items():
+            left = self._left.get(batch_id)
+            if left is not None:
+                self._left[batch_id] = left = left - n
+            if left is None or left <= 0:
+                self.may_have_finished.add(batch_id)
+                self.finishing.set()
 
     async def mark_running_dirty(self) -> None:
         async with self.engine.connect() as conn:
             self.dirty |= set(await reporting.running_batches(conn))
 
-    async def flush(self, js: JetStreamContext) -> None:
-        batch_ids, self.dirty = self.dirty, set()
+    async def flush(self, js: JetStreamContext, only_finishing: bool = False) -> None:
+        """Publish progress (and completion) of the batches written to; `only_finishing`: of those
+        that may just have finished, between the throttled snapshots."""
+        self.finishing.clear()
+        if only_finishing:
+            batch_ids = self.dirty & self.may_have_finished
+            self.dirty -= batch_ids
+        else:
+            batch_ids, self.dirty = self.dirty, set()
+        self.may_have_finished.clear()
         for batch_id in batch_ids:
             try:
                 await self._flush_one(js, batch_id)
@@ -123,7 +153,13 @@ class Recorder:
         if prog is None:
             return
         finishing = prog.status is BatchStatus.RUNNING and prog.total > 0 and prog.done >= prog.total
+        if prog.status is BatchStatus.RUNNING and not finishing:
+            self._left[batch_id] = prog.total - prog.done
+        else:
+            self._left.pop(batch_id, None)
         if finishing:
+            if self._before_report is not None:
+                await self._before_report()
             status = reporting.final_status(prog.scored, prog.failed, prog.cancelled)
             prog = prog.model_copy(update={"status": status})
             async with self.engine.connect() as conn:
@@ -156,7 +192,23 @@ def create_app() -> FastStream:
         json_serializer=lambda value: orjson.dumps(value).decode(),
         json_deserializer=orjson.loads,
     )
-    recorder = Recorder(engine)
+
+    async def breakers_recorded() -> None:
+        """Breaker events travel on their own stream: let those already published reach the rows a
+        final report counts (they are few; at most a short wait if that consumer is behind)."""
+        js = jetstream(broker)
+        deadline = time.monotonic() + BREAKERS_SETTLE_S
+        while time.monotonic() < deadline:
+            try:
+                info = await js.consumer_info(RECORDER_BREAKERS.stream, RECORDER_BREAKERS.durable)
+            except Exception as exc:
+                log.warning("could not look at the breaker consumer: %r", exc)
+                return
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+            await asyncio.sleep(0.02)
+
+    recorder = Recorder(engine, breakers_recorded)
     tasks: list[asyncio.Task[None]] = []
 
     async def on_events(raws: list[Msg]) -> None:
@@ -185,7 +237,15 @@ def create_app() -> FastStream:
             return
         await settle(raws, ok=True)
 
-    consume(app, broker, SERVICE, RECORDER_DEAD_LETTERS, on_batch=on_dead_letters, batch_size=256, max_wait_s=1.0)
+    consume(
+        app,
+        broker,
+        SERVICE,
+        RECORDER_DEAD_LETTERS,
+        on_batch=on_dead_letters,
+        batch_size=256,
+        max_wait_s=settings.fetch_timeout_s,
+    )
 
     async def on_breaker_events(raws: list[Msg]) -> None:
         rows = []
@@ -206,13 +266,28 @@ def create_app() -> FastStream:
             return
         await settle(raws, ok=True)
 
-    consume(app, broker, SERVICE, RECORDER_BREAKERS, on_batch=on_breaker_events, batch_size=256, max_wait_s=1.0)
+    consume(
+        app,
+        broker,
+        SERVICE,
+        RECORDER_BREAKERS,
+        on_batch=on_breaker_events,
+        batch_size=256,
+        max_wait_s=settings.fetch_timeout_s,
+    )
 
     async def flush_forever() -> None:
-        last_stall_check = time.monotonic()
+        last_stall_check = last_tick = time.monotonic()
         while True:
-            await asyncio.sleep(settings.progress_interval_s)
-            await recorder.flush(jetstream(broker))
+            # Snapshots are throttled; a batch that may just have finished is checked at once.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, last_tick + settings.progress_interval_s - time.monotonic())):
+                    await recorder.finishing.wait()
+            if time.monotonic() - last_tick >= settings.progress_interval_s:
+                last_tick = time.monotonic()
+                await recorder.flush(jetstream(broker))
+            else:
+                await recorder.flush(jetstream(broker), only_finishing=True)
             if time.monotonic() - last_stall_check >= min(30.0, settings.stall_after_s / 4):
                 last_stall_check = time.monotonic()
                 try:

@@ -44,7 +44,9 @@ class Settings(BaseSettings):
         default=20.0, ge=0, le=60_000, description="how long the judge waits for more answers to grade in one call"
     )
     fetch_batch: int = Field(default=256, ge=1, description="messages per pull for batched consumers")
-    fetch_timeout_s: float = Field(default=0.05, gt=0, description="how long a batched pull waits to fill")
+    fetch_timeout_s: float = Field(
+        default=0.05, gt=0, description="how long a partial batch waits for more messages after its first"
+    )
     stall_after_s: float = Field(
         default=900.0, gt=0, description="re-drive a running batch from the database after this long without progress"
     )

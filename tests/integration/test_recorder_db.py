@@ -6,9 +6,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from contracts import subjects
 from contracts.enums import BatchStatus, FailureCategory, Stage
 from contracts.events import (
     BatchAccepted,
+    BatchCompleted,
     BatchConfig,
     ChatMessage,
     CriterionJudgment,
@@ -21,6 +23,7 @@ from contracts.events import (
     Usage,
 )
 from services.recorder import reporting
+from services.recorder.app import Recorder
 from services.recorder.repository import record
 
 pytestmark = pytest.mark.integration
@@ -202,5 +205,28 @@ async def test_redrive_rebuilds_each_unfinished_prompts_next_event(servers) -> N
         assert [e.event_id for e in again] == [e.event_id for e in events]  # same token: same ids
         original = next(e for e in full if isinstance(e, PromptQueued) and e.index == 3)
         assert events[2].event_id != original.event_id  # not swallowed by the stream's dedup window
+    finally:
+        await engine.dispose()
+
+
+async def test_the_write_that_may_finish_a_batch_gets_it_checked_before_the_next_tick(servers, nc) -> None:  # type: ignore[no-untyped-def]
+    engine = create_async_engine(servers.database_url)
+    recorder = Recorder(engine)
+    js = nc.jetstream()
+    batch_id = "b-finish-" + secrets.token_hex(3)
+    events = batch_events(batch_id, 8)  # prompts 0 and 4 fail; the last four events are prompt 7's
+    completed = await nc.subscribe(subjects.batch_event(batch_id, "batch", "completed"))
+    try:
+        await recorder.write([*events[:-4]])
+        assert recorder.finishing.is_set()  # nothing known about the batch yet: check it
+        await recorder.flush(js)  # a regular tick: one prompt left
+        assert not recorder.finishing.is_set() and not recorder.may_have_finished
+        await recorder.write([*events[-4:-1]])  # queued, responded, judged: nothing finishes
+        assert not recorder.finishing.is_set()
+        await recorder.write([events[-1]])  # the last score
+        assert recorder.finishing.is_set() and recorder.may_have_finished == {batch_id}
+        await recorder.flush(js, only_finishing=True)
+        done = BatchCompleted.model_validate_json((await completed.next_msg(timeout=10)).data)
+        assert done.status is BatchStatus.PARTIAL_FAILURE and done.report.completed == 6
     finally:
         await engine.dispose()

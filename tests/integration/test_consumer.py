@@ -1,0 +1,185 @@
+"""The pull loop against a real nats-server: messages are handed over as they arrive, batches
+form by size or wait, idle requests are renewed, and a stopping consumer gives back what it held."""
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from contracts.events import PromptScored
+from services.runtime import consumer as consumer_module
+from services.runtime.bus import publish_events
+from services.runtime.consumer import Consumer
+from tests.integration.events import scored
+from tests.integration.test_bus import make_consumer
+
+pytestmark = pytest.mark.integration
+
+
+async def wait_until(check: Callable[[], object], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def index_of(raw: Msg) -> int:
+    return PromptScored.model_validate_json(raw.data).index
+
+
+async def test_a_lone_message_is_worked_on_without_waiting_for_a_full_batch(nc: Client) -> None:
+    batch_id = "b-lone-" + secrets.token_hex(3)
+    spec = await make_consumer(nc, batch_id)
+    got: list[float] = []
+
+    async def on_message(raw: Msg) -> None:
+        got.append(time.monotonic())
+        await raw.ack()
+
+    consumer = Consumer(nc, spec, on_message=on_message, slots=128, batch_size=64)
+    await consumer.start()
+    await asyncio.sleep(0.3)  # the consumer is idle, its pull request open on the server
+    sent = time.monotonic()
+    await publish_events(nc.jetstream(), [scored(batch_id, 0)])
+    await wait_until(lambda: got)
+    await consumer.stop()
+    assert got[0] - sent < 0.5  # not PULL_EXPIRES_S: the open request delivers it at once
+
+
+async def test_batches_form_by_size_or_by_wait_and_take_every_message_once(nc: Client) -> None:
+    js = nc.jetstream()
+    batch_id = "b-batches-" + secrets.token_hex(3)
+    spec = await make_consumer(nc, batch_id)
+    await publish_events(js, [scored(batch_id, i) for i in range(45)])
+    batches: list[list[int]] = []
+
+    async def on_batch(raws: list[Msg]) -> None:
+        batches.append([index_of(r) for r in raws])
+        for raw in raws:
+            await raw.ack()
+
+    consumer = Consumer(nc, spec, on_batch=on_batch, batch_size=20, max_wait_s=0.2)
+    await consumer.start()
+    await wait_until(lambda: sum(map(len, batches)) == 45)
+    # One more, alone: handed over after max_wait, not after the pull request expires.
+    sent = time.monotonic()
+    await publish_events(js, [scored(batch_id, 45)])
+    await wait_until(lambda: sum(map(len, batches)) == 46)
+    waited = time.monotonic() - sent
+    await consumer.stop()
+    assert max(map(len, batches)) == 20 and batches[-1] == [45]
+    assert sorted(i for b in batches for i in b) == list(range(46))
+    assert waited < 1.0
+    info = await js.consumer_info(spec.stream, spec.durable)
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_trickle_is_gathered_into_one_batch(nc: Client) -> None:
+    # A fetch returned whatever had arrived, so a trickle became one write per message.
+    js = nc.jetstream()
+    batch_id = "b-trickle-" + secrets.token_hex(3)
+    spec = await make_consumer(nc, batch_id)
+    batches: list[list[int]] = []
+
+    async def on_batch(raws: list[Msg]) -> None:
+        batches.append([index_of(r) for r in raws])
+        for raw in raws:
+            await raw.ack()
+
+    consumer = Consumer(nc, spec, on_batch=on_batch, batch_size=100, max_wait_s=1.0)
+    await consumer.start()
+    await asyncio.sleep(0.2)
+    for i in range(8):
+        await publish_events(js, [scored(batch_id, i)])
+        await asyncio.sleep(0.02)
+    await wait_until(lambda: sum(map(len, batches)) == 8)
+    await consumer.stop()
+    assert len(batches) <= 2 and sorted(i for b in batches for i in b) == list(range(8))
+
+
+async def test_expired_pull_requests_are_renewed(nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer_module, "PULL_EXPIRES_S", 0.2)
+    monkeypatch.setattr(consumer_module, "PULL_LOST_AFTER_S", 5.0)
+    batch_id = "b-renew-" + secrets.token_hex(3)
+    spec = await make_consumer(nc, batch_id)
+    got: list[int] = []
+
+    async def on_message(raw: Msg) -> None:
+        got.append(index_of(raw))
+        await raw.ack()
+
+    consumer = Consumer(nc, spec, on_message=on_message, slots=4)
+    await consumer.start()
+    await asyncio.sleep(1.0)  # several requests expire (408) and are asked again at once
+    await publish_events(nc.jetstream(), [scored(batch_id, 7)])
+    # Were an expired request not renewed, this would wait for PULL_LOST_AFTER_S.
+    started = time.monotonic()
+    await wait_until(lambda: got)
+    await consumer.stop()
+    assert got == [7] and time.monotonic() - started < 2.5
+
+
+async def test_slots_bound_the_messages_taken(nc: Client) -> None:
+    batch_id = "b-slots-" + secrets.token_hex(3)
+    spec = await make_consumer(nc, batch_id)
+    await publish_events(nc.jetstream(), [scored(batch_id, i) for i in range(30)])
+    release = asyncio.Event()
+    running = 0
+    most = 0
+    done: list[int] = []
+
+    async def on_message(raw: Msg) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        done.append(index_of(raw))
+        await raw.ack()
+
+    consumer = Consumer(nc, spec, on_message=on_message, slots=4, batch_size=64)
+    await consumer.start()
+    await wait_until(lambda: running == 4)
+    await asyncio.sleep(0.3)
+    assert running == 4  # no more taken while every slot is busy
+    release.set()
+    await wait_until(lambda: len(done) == 30)
+    await consumer.stop()
+    assert most == 4 and sorted(done) == list(range(30))
+
+
+async def test_a_stopping_consumer_gives_back_what_it_had_gathered(nc: Client) -> None:
+    js = nc.jetstream()
+    batch_id = "b-giveback-" + secrets.token_hex(3)
+    spec = await make_consumer(nc, batch_id)  # ack wait 30 s: a message not given back waits that long
+    await publish_events(js, [scored(batch_id, i) for i in range(10)])
+    stuck = asyncio.Event()
+    first: list[int] = []
+
+    async def slow_batch(raws: list[Msg]) -> None:
+        first.extend(index_of(r) for r in raws)
+        stuck.set()
+        await asyncio.sleep(60)  # cancelled by stop(); these 5 stay unacked until the ack wait
+
+    holder = Consumer(nc, spec, on_batch=slow_batch, batch_size=5, max_wait_s=0.05)
+    await holder.start()
+    await stuck.wait()
+    await wait_until(lambda: holder.status()["in_flight"] == 5)  # the next batch gathered meanwhile
+    await holder.stop(grace_s=0.1)
+
+    second: list[int] = []
+
+    async def on_batch(raws: list[Msg]) -> None:
+        second.extend(index_of(r) for r in raws)
+        for raw in raws:
+            await raw.ack()
+
+    taker = Consumer(nc, spec, on_batch=on_batch, batch_size=5, max_wait_s=0.05)
+    await taker.start()
+    await wait_until(lambda: len(second) == 5, timeout_s=5)
+    await taker.stop()
+    assert sorted(first + second) == list(range(10))
