@@ -24,6 +24,7 @@ from contracts.enums import BatchStatus
 from contracts.events import (
     EVENT_TYPES,
     BatchCompleted,
+    BatchReport,
     BreakerStateChanged,
     CancelBatchRequested,
     DeadLetter,
@@ -33,6 +34,7 @@ from contracts.events import (
     ResumeResult,
     StartBatchRequested,
 )
+from contracts.quality import QualityReport
 from contracts.topology import RECORDER_BREAKERS, RECORDER_DEAD_LETTERS, RECORDER_EVENTS
 from services.recorder import quality, reporting, tables
 from services.recorder.api import start_api
@@ -162,9 +164,7 @@ class Recorder:
                 await self._before_report()
             status = reporting.final_status(prog.scored, prog.failed, prog.cancelled)
             prog = prog.model_copy(update={"status": status})
-            async with self.engine.connect() as conn:
-                rep = await reporting.report(conn, batch_id, status)
-                qual = await quality.compute_quality(conn, batch_id)
+            rep, qual = await asyncio.gather(self._report(batch_id, status), self._quality(batch_id))
             assert rep is not None
         await js.publish(subjects.progress(batch_id), encode(prog), stream=subjects.STREAM_PROGRESS, timeout=10)
         if finishing:
@@ -176,6 +176,15 @@ class Recorder:
                     await quality.store_quality(conn, qual)
                 await reporting.store_final(conn, rep)
             log.info("batch %s finished: %s (%d ok, %d failed)", batch_id, rep.status, rep.completed, rep.failed)
+
+    # On connections of their own, so the two run side by side when a batch finishes.
+    async def _report(self, batch_id: str, status: BatchStatus) -> BatchReport | None:
+        async with self.engine.connect() as conn:
+            return await reporting.report(conn, batch_id, status)
+
+    async def _quality(self, batch_id: str) -> QualityReport | None:
+        async with self.engine.connect() as conn:
+            return await quality.compute_quality(conn, batch_id)
 
 
 def create_app() -> FastStream:

@@ -17,7 +17,8 @@ server pushes it; n is the room the caller has, so nothing is taken that cannot 
 
 Two modes: `on_message` starts a task per message, up to `slots` at once (model calls: a slow call
 never holds up the others); `on_batch` hands what has gathered to one call once `batch_size` are
-there or `max_wait_s` after the first (bulk database writes), while the next batch gathers.
+there, `max_wait_s` after the first, or when the flow pauses (bulk database writes), while the
+next batch gathers.
 """
 
 import asyncio
@@ -57,6 +58,9 @@ PULL_LOST_AFTER_S = PULL_EXPIRES_S + 2.0
 # responders) also makes the loop pause and check the consumer again.
 _REQUEST_OVER = frozenset({api.StatusCode.NO_MESSAGES.value, api.StatusCode.REQUEST_TIMEOUT.value})
 _HEARTBEAT = api.StatusCode.CONTROL_MESSAGE.value
+# A partial batch also goes once nothing has arrived for this share of max_wait: the flow has
+# paused (the end of a batch, a lull), so waiting longer would only add latency.
+QUIET_SHARE = 0.25
 
 
 class Consumer:
@@ -97,6 +101,7 @@ class Consumer:
         self._wake = asyncio.Event()  # the pull loop may have room to ask for more
         self._buffer: list[Msg] = []  # batched mode: gathered, not yet handed over
         self._first_at = 0.0
+        self._last_at = 0.0
         self._gathered = asyncio.Event()  # batched mode: a first message, or a full batch
         self._task: asyncio.Task[None] | None = None
         self._batch_task: asyncio.Task[None] | None = None
@@ -225,6 +230,7 @@ class Consumer:
             task.add_done_callback(self._inflight.discard)
             return
         self._buffer.append(msg)
+        self._last_at = time.monotonic()
         if len(self._buffer) == 1:
             self._first_at = time.monotonic()
             self._gathered.set()
@@ -264,7 +270,8 @@ class Consumer:
                 await self._gathered.wait()
                 continue
             if len(self._buffer) < self._batch_size:
-                left_s = self._first_at + self._max_wait_s - time.monotonic()
+                due = min(self._first_at + self._max_wait_s, self._last_at + self._max_wait_s * QUIET_SHARE)
+                left_s = due - time.monotonic()
                 if left_s > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(left_s):

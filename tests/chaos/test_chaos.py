@@ -31,8 +31,9 @@ pytestmark = pytest.mark.chaos
 N = int(os.environ.get("EVALBUS_CHAOS_PROMPTS", "300"))
 SEED = int(os.environ.get("EVALBUS_CHAOS_SEED", str(int(time.time()))))
 ACK_WAIT_S = 4.0
-# Slow enough that the batch is still running while every fault lands (~30 s of model time).
-CONCURRENCY = max(2, N // 150)
+# Slow enough that the batch is still running while every fault lands: ~40 s of model time at
+# 100 ms a call (the faults take 30-45 s with `make chaos`'s 20 s database pause).
+CONCURRENCY = max(2, N // 400)
 MAX_RETRIES = 2
 PG_PAUSE_S = float(os.environ.get("EVALBUS_CHAOS_PG_PAUSE_S", "3"))
 FINISH_BOUND_S = 90.0
