@@ -222,8 +222,8 @@ async def compute_quality(conn: AsyncConnection, batch_id: str) -> QualityReport
     cfg = QualityConfig.model_validate((totals["config"] or {}).get("quality") or {})
     tally = QualityTally(cfg)
     # In chunks: iterating an async result row by row costs a greenlet switch per row.
-    result = await conn.stream(_SAMPLES.execution_options(yield_per=_CHUNK), {"b": batch_id})
-    async for rows in result.partitions():
+    result = await conn.stream(_SAMPLES, {"b": batch_id})
+    async for rows in result.partitions(_CHUNK):
         for answer, tokens, metadata in rows:
             tally.add(answer, tokens, metadata or {})
     judge_averages = {
