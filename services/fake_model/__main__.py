@@ -8,7 +8,6 @@ from pydantic import ValidationError
 
 from services.fake_model.server import serve
 from services.fake_model.settings import FakeModelSettings
-from services.runtime.malloc import fix_mmap_threshold
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +40,6 @@ def parse_settings(argv: Sequence[str] | None = None) -> FakeModelSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    fix_mmap_threshold()
     asyncio.run(serve(parse_settings(argv)))
 
 

@@ -23,6 +23,7 @@ from services.fake_model.answers import (
 )
 from services.fake_model.faults import FaultPlanner, FaultRates, Outcome, body_digest
 from services.fake_model.settings import FakeModelSettings
+from services.runtime.malloc import trim_heap_forever
 
 KINDS = ("chat", "judge")
 _TWO_64 = float(1 << 64)
@@ -294,7 +295,9 @@ async def serve(settings: FakeModelSettings) -> None:
             loop.add_signal_handler(sig, stop.set)
     runner, port = await start_server(settings)
     print(f"fake model listening on http://{settings.host}:{port}/v1", flush=True)
+    trimmer = asyncio.create_task(trim_heap_forever())
     try:
         await stop.wait()
     finally:
+        trimmer.cancel()
         await runner.cleanup()

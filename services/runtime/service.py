@@ -12,7 +12,7 @@ from contracts.topology import ConsumerSpec
 from services.runtime.bus import inbox_prefix, make_broker, mark_stopping
 from services.runtime.consumer import BatchHandler, Consumer, MsgHandler
 from services.runtime.health import Health
-from services.runtime.malloc import fix_mmap_threshold
+from services.runtime.malloc import trim_heap_forever
 from services.runtime.settings import Settings
 
 HEALTH_KEY = "evalbus_health"
@@ -27,7 +27,6 @@ def configure_logging(level: str) -> None:
 
 def new_service(service: str, settings: Settings) -> tuple[NatsBroker, FastStream]:
     configure_logging(settings.log_level)
-    fix_mmap_threshold()
     broker = make_broker(service, settings.require_nats_url(), *settings.nats_credentials())
     logging.getLogger(f"evalbus.{service}.broker").setLevel(logging.WARNING)
     app = FastStream(broker, logger=logging.getLogger(f"evalbus.{service}"))
@@ -41,6 +40,7 @@ def new_service(service: str, settings: Settings) -> tuple[NatsBroker, FastStrea
 
     app.after_startup(serve_status)
     run_in_background(app, lambda: health.beat_forever(settings.heartbeat_dir))
+    run_in_background(app, trim_heap_forever)
     return broker, app
 
 
