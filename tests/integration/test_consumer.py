@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from contracts.events import PromptScored
 from services.runtime import consumer as consumer_module
 from services.runtime.bus import publish_events
-from services.runtime.consumer import Consumer
+from services.runtime.consumer import BatchHandler, Consumer
 from tests.integration.events import scored
 from tests.integration.test_bus import make_consumer
 
@@ -29,6 +29,18 @@ async def wait_until(check: Callable[[], object], timeout_s: float = 10.0) -> No
 
 def index_of(raw: Msg) -> int:
     return PromptScored.model_validate_json(raw.data).index
+
+
+def acking_batches() -> tuple[list[list[int]], BatchHandler]:
+    """A batch handler that acks what it is handed and keeps the indexes, batch by batch."""
+    batches: list[list[int]] = []
+
+    async def on_batch(raws: list[Msg]) -> None:
+        batches.append([index_of(r) for r in raws])
+        for raw in raws:
+            await raw.ack()
+
+    return batches, on_batch
 
 
 async def test_a_lone_message_is_worked_on_without_waiting_for_a_full_batch(nc: Client) -> None:
@@ -55,13 +67,7 @@ async def test_batches_form_by_size_or_by_wait_and_take_every_message_once(nc: C
     batch_id = "b-batches-" + secrets.token_hex(3)
     spec = await make_consumer(nc, batch_id)
     await publish_events(js, [scored(batch_id, i) for i in range(45)])
-    batches: list[list[int]] = []
-
-    async def on_batch(raws: list[Msg]) -> None:
-        batches.append([index_of(r) for r in raws])
-        for raw in raws:
-            await raw.ack()
-
+    batches, on_batch = acking_batches()
     consumer = Consumer(nc, spec, on_batch=on_batch, batch_size=20, max_wait_s=0.2)
     await consumer.start()
     await wait_until(lambda: sum(map(len, batches)) == 45)
@@ -83,13 +89,7 @@ async def test_a_trickle_is_gathered_into_one_batch(nc: Client) -> None:
     js = nc.jetstream()
     batch_id = "b-trickle-" + secrets.token_hex(3)
     spec = await make_consumer(nc, batch_id)
-    batches: list[list[int]] = []
-
-    async def on_batch(raws: list[Msg]) -> None:
-        batches.append([index_of(r) for r in raws])
-        for raw in raws:
-            await raw.ack()
-
+    batches, on_batch = acking_batches()
     consumer = Consumer(nc, spec, on_batch=on_batch, batch_size=100, max_wait_s=1.0)
     await consumer.start()
     await asyncio.sleep(0.2)
@@ -171,15 +171,9 @@ async def test_a_stopping_consumer_gives_back_what_it_had_gathered(nc: Client) -
     await wait_until(lambda: holder.status()["in_flight"] == 5)  # the next batch gathered meanwhile
     await holder.stop(grace_s=0.1)
 
-    second: list[int] = []
-
-    async def on_batch(raws: list[Msg]) -> None:
-        second.extend(index_of(r) for r in raws)
-        for raw in raws:
-            await raw.ack()
-
+    batches, on_batch = acking_batches()
     taker = Consumer(nc, spec, on_batch=on_batch, batch_size=5, max_wait_s=0.05)
     await taker.start()
-    await wait_until(lambda: len(second) == 5, timeout_s=5)
+    await wait_until(lambda: sum(map(len, batches)) == 5, timeout_s=5)
     await taker.stop()
-    assert sorted(first + second) == list(range(10))
+    assert sorted(first + [i for b in batches for i in b]) == list(range(10))
