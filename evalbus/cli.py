@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from nats.aio.client import Client
@@ -209,21 +209,31 @@ def run(
     raise typer.Exit(asyncio.run(_run(start, as_json, wait_timeout)))
 
 
+T = TypeVar("T")
+
+
+async def _call_recorder(call: Callable[[Client], Awaitable[T]]) -> tuple[T | None, int]:
+    """One call that needs the recorder: (its result, 0), or (None, exit code) after saying why."""
+    nc = await connect()
+    try:
+        return await call(nc), 0
+    except client.ApiError as exc:
+        err.print(f"[red]{exc.description}[/red]")
+        return None, 1
+    except TimeoutError:
+        err.print("[red]no answer from the recorder (is it running?)[/red]")
+        return None, EXIT_UNREACHABLE
+    finally:
+        await nc.drain()
+
+
 async def _ask_recorder(
     ask: Callable[[Client], Awaitable[BaseModel]], show: Callable[[Any], None], as_json: bool
 ) -> int:
     """One request to the recorder's API, printed as JSON or for people; errors become exit codes."""
-    nc = await connect()
-    try:
-        answer = await ask(nc)
-    except client.ApiError as exc:
-        err.print(f"[red]{exc.description}[/red]")
-        return 1
-    except TimeoutError:
-        err.print("[red]no answer from the recorder (is it running?)[/red]")
-        return EXIT_UNREACHABLE
-    finally:
-        await nc.drain()
+    answer, code = await _call_recorder(ask)
+    if answer is None:
+        return code
     if as_json:
         sys.stdout.write(answer.model_dump_json(indent=2) + "\n")
     else:
@@ -336,17 +346,9 @@ def export_batch(
         raise typer.Exit(EXIT_REJECTED)
 
     async def go() -> int:
-        nc = await connect()
-        try:
-            rows = await export.export(nc, batch_id, fmt, target, filters)
-        except client.ApiError as exc:
-            err.print(f"[red]{exc.description}[/red]")
-            return 1
-        except TimeoutError:
-            err.print("[red]no answer from the recorder (is it running?)[/red]")
-            return EXIT_UNREACHABLE
-        finally:
-            await nc.drain()
+        rows, code = await _call_recorder(lambda nc: export.export(nc, batch_id, fmt, target, filters))
+        if rows is None:
+            return code
         err.print(f"exported {rows} samples of {batch_id} to {target or 'stdout'}")
         return 0
 
