@@ -1,55 +1,89 @@
-"""`python -m bench.profile [--n 6000] [--duration 20]`: where the CPU goes, per process.
+"""`python -m bench.profile [--n 6000]`: where the CPU goes, per process.
 
-Starts a fresh overhead-bound stack (fake model at 0 ms, judge on), runs one batch, and after a
-short warm-up records every Python process with `py-spy record --format raw --nonblocking` at
-the same time. Writes the collapsed stacks to bench/results/profiles/<process>.txt and a summary
-(self time by package and by function, inclusive time by function) to
-bench/results/profiles/summary.md. Needs py-spy (`pip install py-spy`) and ptrace rights.
+Starts a fresh overhead-bound stack (fake model at 0 ms, judge on) and records every Python
+process with `py-spy record --format raw --nonblocking` for the whole of one batch. Writes the
+collapsed stacks to bench/results/profiles/<process>.txt and a summary (self time by package, by
+function and by line; inclusive time by function) to bench/results/profiles/summary.md. `make
+bench` runs the same recording as its `profile` scenario and splits each process's measured CPU by
+category (bench/attribution.py). Needs py-spy (a dev dependency) and ptrace rights.
 """
 
 import argparse
-import re
 import shutil
+import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from bench.attribution import FRAME, frame_location, package, parse
 from bench.harness import RESULTS_DIR, BatchRun, BenchStack, StackSpec, batch_config, run_batch
 
 PROFILES = RESULTS_DIR / "profiles"
-FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+ATTACH_S = 1.0  # py-spy needs a moment to attach before the batch starts
+
+
+class ProfilerUnavailable(RuntimeError):
+    """py-spy is missing or may not attach (no ptrace rights)."""
 
 
 def py_spy() -> str:
     local = Path(sys.executable).parent / "py-spy"
     found = str(local) if local.exists() else shutil.which("py-spy")
     if not found:
-        raise SystemExit("py-spy not found: pip install py-spy")
+        raise ProfilerUnavailable("py-spy not found: pip install py-spy (make bench installs it)")
     return found
 
 
-def parse(path: Path) -> list[tuple[list[str], int]]:
-    """Collapsed stacks: `frame;frame;... count`, root first."""
-    stacks = []
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            stacks.append((stack.split(";"), int(count)))
-    return stacks
+@dataclass
+class Profiled:
+    run: BatchRun
+    stacks: dict[str, list[tuple[list[str], int]]]  # process -> collapsed stacks
+    user_s: dict[str, float]  # process -> user CPU seconds over the batch
+    system_s: dict[str, float]
 
 
-def _package(frame: str) -> str:
-    m = FRAME.match(frame)
-    file = m.group("file") if m else frame
-    if file.startswith("<"):
-        return file
-    parts = file.replace("\\", "/").split("/")
-    if "site-packages" in parts:
-        parts = parts[parts.index("site-packages") + 1 :]
-    return parts[0].removesuffix(".py") if parts else file
+def profile_batch(bs: BenchStack, n: int, out_dir: Path = PROFILES) -> Profiled:
+    """Run one batch with py-spy on every Python process of the stack from start to end."""
+    spy = py_spy()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suite = bs.suite(n)
+    procs = {name.replace("_", "-"): psutil.Process(proc.pid) for name, proc in bs.stack.procs.items()}
+    spies: dict[str, subprocess.Popen[bytes]] = {}
+    for name, proc in procs.items():
+        argv = [spy, "record", "--pid", str(proc.pid), "--format", "raw", "--nonblocking"]
+        argv += ["--output", str(out_dir / f"{name}.txt")]
+        spies[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(ATTACH_S)
+        failed = {name: sp for name, sp in spies.items() if sp.poll() is not None}
+        if failed:
+            errors = "; ".join(
+                f"{k}: {sp.communicate()[1].decode(errors='replace')[-300:]}" for k, sp in failed.items()
+            )
+            raise ProfilerUnavailable(f"py-spy could not attach: {errors}")
+        before = {name: proc.cpu_times() for name, proc in procs.items()}
+        run = run_batch(bs, suite, batch_config(concurrency=64), n, max(120, n / 20))
+        after = {name: proc.cpu_times() for name, proc in procs.items()}
+    finally:
+        for sp in spies.values():
+            if sp.poll() is None:
+                sp.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+        for sp in spies.values():
+            try:
+                sp.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                sp.kill()
+    return Profiled(
+        run=run,
+        stacks={name: parse((out_dir / f"{name}.txt").read_text()) for name in procs},
+        user_s={name: after[name].user - before[name].user for name in procs},
+        system_s={name: after[name].system - before[name].system for name in procs},
+    )
 
 
 def _function(frame: str) -> str:
@@ -68,7 +102,7 @@ def summarize(name: str, stacks: list[tuple[list[str], int]], top: int = 20) -> 
         if not frames:
             continue
         leaf = frames[-1]
-        self_pkg[_package(leaf)] += count
+        self_pkg[package(frame_location(leaf)[0])] += count
         self_fn[_function(leaf)] += count
         self_line[leaf] += count
         for fn in {_function(f) for f in frames}:
@@ -93,43 +127,19 @@ def summarize(name: str, stacks: list[tuple[list[str], int]], top: int = 20) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=6000, help="prompts in the batch (default 6000)")
-    parser.add_argument("--duration", type=int, default=20, help="seconds py-spy records (default 20)")
-    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before recording starts")
-    parser.add_argument("--native", action="store_true", help="also sample C extension frames (py-spy -n)")
     args = parser.parse_args(argv)
-    spy = py_spy()
-    PROFILES.mkdir(parents=True, exist_ok=True)
-    spec = StackSpec(fake_model={"latency_ms": "0"})
-    with BenchStack(spec, "profile") as bs:
-        suite = bs.suite(args.n)
-        outcome: list[BatchRun] = []
-        batch = threading.Thread(
-            target=lambda: outcome.append(run_batch(bs, suite, batch_config(concurrency=64), args.n, 900)),
-            daemon=True,
-        )
-        batch.start()
-        time.sleep(args.warmup)
-        spies: dict[str, subprocess.Popen[bytes]] = {}
-        for name, proc in bs.stack.procs.items():
-            out = PROFILES / f"{name.replace('_', '-')}.txt"
-            argv = [spy, "record", "--pid", str(proc.pid), "--format", "raw", "--nonblocking"]
-            argv += ["--duration", str(args.duration), "--output", str(out)] + (["--native"] if args.native else [])
-            spies[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for name, sp in spies.items():
-            _, err = sp.communicate(timeout=args.duration + 60)
-            if sp.returncode != 0:
-                print(f"py-spy on {name} failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
-        batch.join(timeout=900)
-    lines = ["# Profiles of the overhead-bound scenario", ""]
-    if outcome:
-        run = outcome[0]
-        lines += [
-            f"Batch of {run.n:,} prompts: {run.rate:,.1f} prompts/s; CPU ms/prompt by process: "
-            + ", ".join(f"{k} {v * 1000 / run.n:.2f}" for k, v in sorted(run.cpu_s.items(), key=lambda kv: -kv[1])),
-            "",
-        ]
-    for path in sorted(PROFILES.glob("*.txt")):
-        lines += summarize(path.stem, parse(path))
+    with BenchStack(StackSpec(fake_model={"latency_ms": "0"}), "profile") as bs:
+        profiled = profile_batch(bs, args.n)
+    run = profiled.run
+    lines = [
+        "# Profiles of the overhead-bound scenario",
+        "",
+        f"Batch of {run.n:,} prompts: {run.rate:,.1f} prompts/s; CPU ms/prompt by process: "
+        + ", ".join(f"{k} {v * 1000 / run.n:.2f}" for k, v in sorted(run.cpu_s.items(), key=lambda kv: -kv[1])),
+        "",
+    ]
+    for name, stacks in sorted(profiled.stacks.items()):
+        lines += summarize(name, stacks)
     summary = PROFILES / "summary.md"
     summary.write_text("\n".join(lines))
     print(summary.read_text())

@@ -16,7 +16,7 @@ import psutil
 
 from bench.harness import RESULTS_DIR
 
-ORDER = ("blocks", "overhead", "latency", "scaleout", "memory")
+ORDER = ("blocks", "overhead", "profile", "latency", "scaleout", "memory")
 
 
 def stats(values: Iterable[float | None]) -> dict[str, Any]:
