@@ -15,6 +15,7 @@ from contracts.enums import DEFAULT_CRITERIA, BatchStatus, FailureCategory, Stag
 from contracts.ids import BATCH_ID_PATTERN, event_id
 from contracts.quality import QualityConfig, QualityReport
 from contracts.references import ComponentScore, Reference
+from contracts.urls import BaseUrl, EndpointName
 
 SCHEMA_VERSION = 1
 CRITERION_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
@@ -67,9 +68,15 @@ class BatchConfig(Model):
     """What a user sets for a batch; carried by every prompt event that needs it."""
 
     model: str = Field(min_length=1, max_length=200)
-    base_url: str | None = Field(default=None, max_length=500)
+    # Where the model is called: an endpoint the operator configured, by name or by its URL (the
+    # services refuse any other, or call it without a key where the operator allows open URLs).
+    endpoint: EndpointName | None = None
+    base_url: BaseUrl | None = None
     judge_model: str | None = Field(default=None, max_length=200)
-    judge_base_url: str | None = Field(default=None, max_length=500)
+    # Neither judge field set: the judge uses the model's endpoint or URL if one is named, else
+    # the operator's `judge` endpoint.
+    judge_endpoint: EndpointName | None = None
+    judge_base_url: BaseUrl | None = None
     judge_enabled: bool = True
     criteria: list[str] = Field(default_factory=lambda: list(DEFAULT_CRITERIA), min_length=1, max_length=20)
     thresholds: dict[str, float] = Field(default_factory=dict)

@@ -2,22 +2,35 @@
 
 from collections.abc import Container
 
-from contracts.enums import Stage
+from contracts.enums import FailureCategory, Stage
 from contracts.events import PromptFailed, PromptQueued, PromptResponded, Usage
 from services.runtime.cancels import cancelled_failure
+from services.runtime.endpoints import EndpointRejected, Endpoints
 from services.runtime.llm import CallOptions, ChatModel, ModelCallError
 from services.runtime.pricing import cost_usd
 
 
 async def run_prompt(
-    model: ChatModel, evt: PromptQueued, default_base_url: str, cancelled: Container[str] = ()
+    model: ChatModel, evt: PromptQueued, endpoints: Endpoints, cancelled: Container[str] = ()
 ) -> PromptResponded | PromptFailed:
     if evt.batch_id in cancelled:
         return cancelled_failure(evt, Stage.CHAT)
     cfg = evt.config
+    try:
+        endpoint = endpoints.for_model(cfg)
+    except EndpointRejected as exc:  # checked at the start too; an event on the subject may say otherwise
+        return PromptFailed(
+            batch_id=evt.batch_id,
+            prompt_id=evt.prompt_id,
+            index=evt.index,
+            stage=Stage.CHAT,
+            category=FailureCategory.INVALID_INPUT,
+            error=f"model endpoint: {exc}"[:4000],
+            attempts=0,
+        )
     opts = CallOptions(
         model=cfg.model,
-        base_url=cfg.base_url or default_base_url,
+        endpoint=endpoint,
         timeout_s=cfg.timeout_s,
         max_retries=cfg.max_retries,
         temperature=cfg.temperature,

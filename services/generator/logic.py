@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from contracts import ids, subjects
 from contracts.events import BatchAccepted, BatchConfig, BatchRejected, PromptQueued, StartBatchRequested
 from services.generator.suite_loader import SuiteError, count_cases, iter_cases
+from services.runtime.endpoints import check_batch_endpoints
 from services.runtime.errors import describe_error
 
 
@@ -44,6 +45,8 @@ def with_defaults(start: StartBatchRequested) -> BatchConfig:
 
 def plan_batch(start: StartBatchRequested) -> Plan | BatchRejected:
     """Accept the batch if its whole suite is usable; otherwise say why."""
+    if (refused := check_batch_endpoints(start.config)) is not None:
+        return BatchRejected(batch_id=start.batch_id, reason=refused, errors=[refused])
     try:
         total = count_cases(start.suite)
     except SuiteError as exc:

@@ -13,6 +13,7 @@ from contracts.enums import Stage
 from contracts.events import PromptFailed, PromptJudged, PromptResponded
 from services.judge.logic import grade_group, not_judged
 from services.runtime.cancels import cancelled_failure
+from services.runtime.endpoints import Endpoints
 from services.runtime.llm import ChatModel
 
 log = logging.getLogger("evalbus.judge")
@@ -27,10 +28,10 @@ class _Group:
 
 class JudgeBatcher:
     def __init__(
-        self, model: ChatModel, default_base_url: str, *, linger_s: float, cancelled: Container[str] = ()
+        self, model: ChatModel, endpoints: Endpoints, *, linger_s: float, cancelled: Container[str] = ()
     ) -> None:
         self._model = model
-        self._default_base_url = default_base_url
+        self._endpoints = endpoints
         self._linger_s = linger_s
         self._cancelled = cancelled
         self._groups: dict[tuple[str, str], _Group] = {}
@@ -72,7 +73,7 @@ class JudgeBatcher:
             if evts[0].batch_id in self._cancelled:  # cancelled while these waited
                 results: list[Result] = [cancelled_failure(e, Stage.JUDGE) for e in evts]
             else:
-                results = await grade_group(self._model, evts, self._default_base_url)
+                results = await grade_group(self._model, evts, self._endpoints)
         except asyncio.CancelledError:
             for _, fut in waiting:
                 fut.cancel()

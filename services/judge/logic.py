@@ -4,17 +4,19 @@ import asyncio
 from collections.abc import Container, Sequence
 from functools import reduce
 
-from contracts.enums import Stage
+from contracts.enums import FailureCategory, Stage
 from contracts.events import BatchConfig, JudgeCalls, PromptFailed, PromptJudged, PromptResponded, Usage
 from services.judge.grading import Failure, Graded, Outcome, Spent, grade_chunk
 from services.runtime.cancels import cancelled_failure
+from services.runtime.endpoints import EndpointRejected, Endpoints
 from services.runtime.llm import CallOptions, ChatModel
 
 
-def call_options(cfg: BatchConfig, default_base_url: str) -> CallOptions:
+def call_options(cfg: BatchConfig, endpoints: Endpoints) -> CallOptions:
+    """The judge's call; raises EndpointRejected if the batch names an endpoint it may not use."""
     return CallOptions(
         model=cfg.effective_judge_model,
-        base_url=cfg.judge_base_url or cfg.base_url or default_base_url,
+        endpoint=endpoints.for_judge(cfg),
         timeout_s=cfg.timeout_s,
         max_retries=cfg.max_retries,
         temperature=0.0,
@@ -91,12 +93,16 @@ def merge(evt: PromptResponded, model: str, parts: Sequence[Outcome]) -> PromptJ
 
 
 async def grade_group(
-    model: ChatModel, evts: Sequence[PromptResponded], default_base_url: str
+    model: ChatModel, evts: Sequence[PromptResponded], endpoints: Endpoints
 ) -> list[PromptJudged | PromptFailed]:
     """Answers of one batch and one judge config, judge enabled, in chunks of the batch's
     `judge_batch_size`; one result per answer, in order."""
     cfg = evts[0].config
-    opts = call_options(cfg, default_base_url)
+    try:
+        opts = call_options(cfg, endpoints)
+    except EndpointRejected as exc:  # no call at all: the endpoint is not one the key may go to
+        refused = Failure(FailureCategory.INVALID_INPUT, f"judge endpoint: {exc}", attempts=0)
+        return [failed(evt, refused) for evt in evts]
     size = cfg.judge_batch_size
     chunks = [evts[i : i + size] for i in range(0, len(evts), size)]
 
@@ -110,12 +116,12 @@ async def grade_group(
 
 
 async def judge_prompt(
-    model: ChatModel, evt: PromptResponded, default_base_url: str, cancelled: Container[str] = ()
+    model: ChatModel, evt: PromptResponded, endpoints: Endpoints, cancelled: Container[str] = ()
 ) -> PromptJudged | PromptFailed:
     """One answer on its own (no batching)."""
     if evt.batch_id in cancelled:
         return cancelled_failure(evt, Stage.JUDGE)
     if not evt.config.judge_enabled:
         return not_judged(evt)
-    [result] = await grade_group(model, [evt], default_base_url)
+    [result] = await grade_group(model, [evt], endpoints)
     return result

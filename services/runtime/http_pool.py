@@ -33,13 +33,12 @@ def env_proxy(url: str) -> str | None:
     return proxies.get(parts.scheme) or proxies.get("all") or None
 
 
-def open_endpoint(base_url: str, api_key: str | None, pool_size: int) -> HttpEndpoint:
-    """A session with up to `pool_size` keep-alive connections; call inside the running loop."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+def open_endpoint(base_url: str, pool_size: int) -> HttpEndpoint:
+    """A session with up to `pool_size` keep-alive connections; call inside the running loop.
+    It carries no key: each request adds its endpoint's own (ChatClient)."""
     connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=0, keepalive_timeout=KEEPALIVE_S)
     session = aiohttp.ClientSession(
         connector=connector,
-        headers=headers,
         # Each attempt runs under its own asyncio.timeout (ChatClient); aiohttp's default 5-minute
         # total would otherwise cut long calls on its own terms.
         timeout=aiohttp.ClientTimeout(total=None),

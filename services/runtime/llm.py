@@ -2,7 +2,9 @@
 
 It owns what every model call needs: pooled keep-alive connections per endpoint, a
 concurrency limit per endpoint and per batch, a per-attempt timeout, and retries with
-exponential backoff and full jitter that honour `Retry-After` on 429.
+exponential backoff and full jitter that honour `Retry-After` on 429. A call goes to the URL of
+the endpoint its options name, with that endpoint's key only (services/runtime/endpoints.py
+decides which endpoint a batch may use); redirects are not followed, so the key goes nowhere else.
 """
 
 import asyncio
@@ -21,6 +23,7 @@ from tenacity.stop import stop_base
 
 from contracts.enums import FailureCategory
 from services.runtime.breaker import ProviderBreaker, StateChange
+from services.runtime.endpoints import Endpoint
 from services.runtime.http_pool import HttpEndpoint, open_endpoint
 from services.runtime.rate_budget import RateBudget
 from services.runtime.tokens import count_chat_tokens, count_tokens
@@ -68,7 +71,7 @@ class Completion:
 @dataclass(frozen=True)
 class CallOptions:
     model: str
-    base_url: str
+    endpoint: Endpoint
     timeout_s: float
     max_retries: int
     temperature: float = 0.0
@@ -160,16 +163,14 @@ class ChatClient:
     def __init__(
         self,
         *,
-        api_key: str | None,
         endpoint_concurrency: int,
         retry_base_s: float,
         retry_max_s: float,
         breaker_fail_max: int = 5,
         breaker_reset_s: float = 30.0,
         on_breaker_change: StateChange | None = None,
-        rate_budget: Callable[[str], RateBudget | None] = lambda _: None,
+        rate_budget: Callable[[Endpoint], RateBudget | None] = lambda _: None,
     ) -> None:
-        self._api_key = api_key
         self._endpoint_concurrency = endpoint_concurrency
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
@@ -182,7 +183,8 @@ class ChatClient:
         self._batch_slots: dict[tuple[str, str], tuple[int, asyncio.Semaphore]] = {}
         self._policies: dict[tuple[int, float | None], tuple[stop_base, Callable[[RetryCallState], float]]] = {}
 
-    def _endpoint(self, base_url: str) -> _Endpoint:
+    def _endpoint(self, target: Endpoint) -> _Endpoint:
+        base_url = target.url
         endpoint = self._endpoints.get(base_url)
         if endpoint is None:
             breaker = ProviderBreaker(
@@ -194,10 +196,10 @@ class ChatClient:
             )
             endpoint = _Endpoint(
                 # As many keep-alive connections as calls may be in flight, so none is opened per call.
-                http=open_endpoint(base_url, self._api_key, self._endpoint_concurrency),
+                http=open_endpoint(base_url, self._endpoint_concurrency),
                 slots=asyncio.Semaphore(self._endpoint_concurrency),
                 breaker=breaker,
-                budget=self._rate_budget_for(base_url),
+                budget=self._rate_budget_for(target),
             )
             self._endpoints[base_url] = endpoint
             self.breakers[base_url] = breaker
@@ -253,7 +255,8 @@ class ChatClient:
         tags: Mapping[str, str],
     ) -> Completion:
         """Call the model until it answers or retries run out; raises ModelCallError with attempts set."""
-        endpoint = self._endpoint(opts.base_url)
+        endpoint = self._endpoint(opts.endpoint)
+        base_url = opts.endpoint.url
         http = endpoint.http
         body: dict[str, Any] = {"model": opts.model, "messages": messages, "temperature": opts.temperature}
         if opts.max_tokens is not None:
@@ -261,7 +264,11 @@ class ChatClient:
         if opts.response_format is not None:
             body["response_format"] = opts.response_format
         payload = orjson.dumps(body)
-        headers = {"Content-Type": "application/json", **tags}
+        headers = {**tags, "Content-Type": "application/json"}
+        # Per request, not per session: connections are per URL, and the key is the endpoint's own.
+        authorization = opts.endpoint.authorization()
+        if authorization is not None:
+            headers["Authorization"] = authorization
         prompt_texts = [m["content"] for m in messages]
         attempts = 0
 
@@ -278,14 +285,18 @@ class ChatClient:
         async def one_call() -> Completion:
             if budget is not None:  # waited for before taking a slot, so waiting holds nothing
                 await budget.acquire(token_estimate)
-            async with self._slot(endpoint, opts.base_url, batch_id, batch_limit):
+            async with self._slot(endpoint, base_url, batch_id, batch_limit):
                 started = time.perf_counter()
                 try:
                     # One deadline for sending, the status and the whole body.
                     async with (
                         asyncio.timeout(opts.timeout_s),
                         http.session.post(
-                            http.completions_url, data=payload, headers=headers, proxy=http.proxy
+                            http.completions_url,
+                            data=payload,
+                            headers=headers,
+                            proxy=http.proxy,
+                            allow_redirects=False,
                         ) as resp,
                     ):
                         status = resp.status

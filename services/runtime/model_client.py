@@ -10,6 +10,7 @@ from contracts import subjects
 from contracts.events import BreakerStateChanged
 from contracts.topology import KV_RATES
 from services.runtime.bus import encode, jetstream
+from services.runtime.endpoints import Endpoint
 from services.runtime.llm import ChatClient
 from services.runtime.rate_budget import Limit, RateBudget
 from services.runtime.settings import Settings
@@ -32,14 +33,15 @@ def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatCli
     async def rates_kv() -> KeyValue:
         return await jetstream(broker).key_value(KV_RATES)
 
-    def budget_for(base_url: str) -> RateBudget | None:
-        limit = settings.rate_limits.get(base_url) or settings.rate_limits.get(base_url.rstrip("/"))
+    def budget_for(endpoint: Endpoint) -> RateBudget | None:
+        url = endpoint.url
+        limits = settings.rate_limits
+        limit = limits.get(url) or limits.get(url.rstrip("/")) or (limits.get(endpoint.name) if endpoint.name else None)
         if not limit:
             return None
-        return RateBudget(rates_kv, base_url, Limit(rpm=limit.get("rpm"), tpm=limit.get("tpm")))
+        return RateBudget(rates_kv, url, Limit(rpm=limit.get("rpm"), tpm=limit.get("tpm")))
 
     return ChatClient(
-        api_key=settings.resolved_api_key(),
         endpoint_concurrency=settings.endpoint_concurrency,
         retry_base_s=settings.retry_base_s,
         retry_max_s=settings.retry_max_s,

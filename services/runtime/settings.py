@@ -7,8 +7,27 @@ the URLs of the servers it started to the processes it starts.
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.urls import BaseUrl, EndpointName
+
+
+class EndpointSetting(BaseModel):
+    """One model endpoint an operator configured: its URL and where its key comes from (if any)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: BaseUrl
+    api_key: SecretStr | None = Field(default=None, description="the key itself (never logged)")
+    api_key_file: Path | None = Field(default=None, description="a file holding the key (e.g. a mounted secret)")
+    api_key_env: str | None = Field(default=None, description="an environment variable holding the key")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "EndpointSetting":
+        if sum(x is not None for x in (self.api_key, self.api_key_file, self.api_key_env)) > 1:
+            raise ValueError("give at most one of api_key, api_key_file, api_key_env")
+        return self
 
 
 class Settings(BaseSettings):
@@ -21,12 +40,32 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".evalbus"), description="where the embedded stack keeps its data")
     log_level: str = "INFO"
 
-    model_base_url: str = Field(
-        default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL when a batch names none"
+    model_base_url: BaseUrl = Field(
+        default="http://127.0.0.1:8089/v1",
+        description="URL of the endpoint named `default` (unless EVALBUS_ENDPOINTS names it): batches that name "
+        "no endpoint use it",
     )
-    judge_base_url: str | None = Field(default=None, description="judge base URL when a batch names none")
-    api_key: str | None = Field(default=None, description="bearer token for the model API (never logged)")
-    api_key_file: Path | None = Field(default=None, description="file holding the model API key")
+    judge_base_url: BaseUrl | None = Field(
+        default=None,
+        description="URL of the endpoint named `judge` (unless EVALBUS_ENDPOINTS names it), which the judge uses "
+        "when a batch names none; unset = the `default` endpoint",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="bearer token of the `default` and `judge` endpoints only (never logged)"
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="file holding the key of the `default` and `judge` endpoints (if no api_key)"
+    )
+    endpoints: dict[EndpointName, EndpointSetting] = Field(
+        default_factory=dict,
+        description='model endpoints batches may use, JSON: {"<name>": {"url": "https://api.openai.com/v1", '
+        '"api_key_file": "/run/secrets/openai"}} (or "api_key", or "api_key_env": a variable holding it); '
+        "a key is sent to its own endpoint's URL only",
+    )
+    allow_unlisted_endpoints: bool = Field(
+        default=False,
+        description="let batches name any other http(s) URL, called without any key (for trusted networks only)",
+    )
 
     endpoint_concurrency: int = Field(default=64, ge=1, description="in-flight model calls per endpoint and process")
     worker_slots: int = Field(default=128, ge=1, description="messages a model-calling service works on at once")
@@ -35,7 +74,8 @@ class Settings(BaseSettings):
 
     rate_limits: dict[str, dict[str, float]] = Field(
         default_factory=dict,
-        description='per-endpoint budgets shared by all replicas, JSON: {"<base url>": {"rpm": 500, "tpm": 200000}}',
+        description="per-endpoint budgets shared by all replicas, JSON: "
+        '{"<base url or endpoint name>": {"rpm": 500, "tpm": 200000}}',
     )
     breaker_fail_max: int = Field(default=5, ge=1, description="consecutive endpoint failures that open its breaker")
     breaker_reset_s: float = Field(default=30.0, gt=0, description="pause before an open breaker lets a probe through")
@@ -61,11 +101,13 @@ class Settings(BaseSettings):
     )
     sql_check_concurrency: int = Field(default=4, ge=1, description="SQL checks running at once per database")
 
-    def resolved_api_key(self) -> str | None:
+    def resolved_api_key(self) -> SecretStr | None:
+        """The key of the implicit `default` and `judge` endpoints; a missing key file means none."""
         if self.api_key:
             return self.api_key
         if self.api_key_file and self.api_key_file.exists():
-            return self.api_key_file.read_text().strip() or None
+            key = self.api_key_file.read_text().strip()
+            return SecretStr(key) if key else None
         return None
 
     def require_nats_url(self) -> str:

@@ -18,6 +18,7 @@ from services.fake_model.answers import chat_answer
 from services.fake_model.server import start_server
 from services.fake_model.settings import FakeModelSettings
 from services.judge.batcher import JudgeBatcher
+from services.runtime.endpoints import Endpoint, Endpoints
 from services.runtime.llm import ChatClient
 
 MARKER = "<<break this batch>>"
@@ -27,7 +28,7 @@ CRITERIA = ["helpfulness", "accuracy", "clarity"]
 @asynccontextmanager
 async def judge_server(**overrides: Any) -> AsyncIterator[tuple[str, ChatClient]]:
     runner, port = await start_server(FakeModelSettings(**{"port": 0, **overrides}))
-    client = ChatClient(api_key=None, endpoint_concurrency=16, retry_base_s=0.0, retry_max_s=0.0)
+    client = ChatClient(endpoint_concurrency=16, retry_base_s=0.0, retry_max_s=0.0)
     try:
         yield f"http://127.0.0.1:{port}/v1", client
     finally:
@@ -57,7 +58,7 @@ def answers(batch_id: str, **cfg: Any) -> list[PromptResponded]:
 
 
 async def grade(base_url: str, client: ChatClient, evts: list[PromptResponded]) -> list[PromptJudged | PromptFailed]:
-    batcher = JudgeBatcher(client, base_url, linger_s=0.05)
+    batcher = JudgeBatcher(client, Endpoints([Endpoint(base_url, name="judge")]), linger_s=0.05)
     return await asyncio.wait_for(asyncio.gather(*(batcher.judge(e) for e in evts)), 30)
 
 

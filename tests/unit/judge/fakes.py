@@ -9,7 +9,13 @@ import orjson
 from contracts.enums import FailureCategory
 from contracts.events import BatchConfig, ChatMessage, PromptResponded, Usage
 from services.fake_model.answers import parse_batch_judge_prompt, parse_judge_prompt
+from services.runtime.endpoints import Endpoint, Endpoints
 from services.runtime.llm import CallOptions, Completion, ModelCallError
+
+# The endpoints the judge under test may call (its fake model stands in for the HTTP call).
+ENDPOINTS = Endpoints(
+    [Endpoint("http://judge.test/v1", name="judge"), Endpoint("http://model.test/v1", name="default")]
+)
 
 
 def score(answer: str, criterion: str) -> int:

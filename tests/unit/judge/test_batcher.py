@@ -11,7 +11,7 @@ from contracts.events import PromptFailed, PromptJudged, PromptResponded
 from services.judge.batcher import JudgeBatcher
 from services.judge.logic import judge_prompt
 from services.runtime.pricing import cost_usd
-from tests.unit.judge.fakes import Call, FakeJudge, responded, score, unavailable
+from tests.unit.judge.fakes import ENDPOINTS, Call, FakeJudge, responded, score, unavailable
 
 LONG = 10.0  # a linger no test waits for: groups in these tests flush because they are full
 
@@ -27,7 +27,7 @@ def judged(results: list[PromptJudged | PromptFailed]) -> list[PromptJudged]:
 
 async def test_a_group_flushes_as_soon_as_it_holds_k_answers() -> None:
     model = FakeJudge()
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=LONG)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=LONG)
     evts = [responded("b-one", i, judge_batch_size=3) for i in range(3)]
     started = time.monotonic()
     out = judged(await judge_all(batcher, evts))
@@ -44,7 +44,7 @@ async def test_a_group_flushes_as_soon_as_it_holds_k_answers() -> None:
 
 async def test_a_group_short_of_k_flushes_when_the_linger_runs_out() -> None:
     model = FakeJudge()
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.15)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.15)
     evts = [responded("b-one", i) for i in range(2)]  # K = 10 by default
     started = time.monotonic()
     task = asyncio.ensure_future(judge_all(batcher, evts))
@@ -58,7 +58,7 @@ async def test_a_group_short_of_k_flushes_when_the_linger_runs_out() -> None:
 
 async def test_more_than_k_answers_make_full_calls_then_a_lingering_rest() -> None:
     model = FakeJudge()
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     evts = [responded("b-one", i, judge_batch_size=4) for i in range(10)]
     out = judged(await judge_all(batcher, evts))
     assert [len(c.answers) for c in model.calls] == [4, 4, 2]
@@ -68,7 +68,7 @@ async def test_more_than_k_answers_make_full_calls_then_a_lingering_rest() -> No
 
 async def test_answers_are_grouped_by_batch_and_by_config() -> None:
     model = FakeJudge()
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     evts = [
         *(responded("b-red", i) for i in range(3)),
         *(responded("b-blue", i) for i in range(2)),
@@ -85,7 +85,7 @@ async def test_answers_are_grouped_by_batch_and_by_config() -> None:
 
 async def test_a_failed_call_fails_its_own_group_only() -> None:
     model = FakeJudge(fail=lambda call: unavailable(call) if call.batch_id == "b-down" else None)
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     down = [responded("b-down", i) for i in range(3)]
     up = [responded("b-up", i) for i in range(3)]
     out = await judge_all(batcher, [*down, *up])
@@ -98,7 +98,7 @@ async def test_a_failed_call_fails_its_own_group_only() -> None:
 
 async def test_an_unexpected_error_reaches_only_the_handlers_of_its_group() -> None:
     model = FakeJudge(fail=lambda call: RuntimeError("bug") if call.batch_id == "b-bug" else None)
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     bug = [asyncio.ensure_future(batcher.judge(responded("b-bug", i))) for i in range(2)]
     fine = [asyncio.ensure_future(batcher.judge(responded("b-fine", i))) for i in range(2)]
     for task in bug:  # the handler raises: its message is negatively acked and redelivered
@@ -109,7 +109,7 @@ async def test_an_unexpected_error_reaches_only_the_handlers_of_its_group() -> N
 
 async def test_an_unusable_batched_reply_falls_back_to_one_by_one_grading_for_that_chunk() -> None:
     model = FakeJudge(broken=lambda call: call.batched and any("MARK" in a for a in call.answers))
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     evts = [responded("b-one", i, judge_batch_size=3) for i in range(6)]
     evts[1] = responded("b-one", 1, "MARK in this answer", judge_batch_size=3)
     out = judged(await judge_all(batcher, evts))
@@ -125,7 +125,7 @@ async def test_an_unusable_batched_reply_falls_back_to_one_by_one_grading_for_th
         assert (r.calls.share, r.calls.batch_size, r.calls.fallback) == (pytest.approx(1 / 3), 3, False)
     # the same scores as grading each answer alone
     for evt, r in zip(evts, out, strict=True):
-        single = await judge_prompt(FakeJudge(), evt, "http://judge.test/v1")
+        single = await judge_prompt(FakeJudge(), evt, ENDPOINTS)
         assert isinstance(single, PromptJudged) and single.judgments == r.judgments
     # every call's tokens are charged in full: 2 batched + 3 single calls of 1000 in, 90 out
     assert sum(r.usage.tokens_in for r in out) == 5 * 1000 and sum(r.usage.tokens_out for r in out) == 5 * 90
@@ -133,7 +133,7 @@ async def test_an_unusable_batched_reply_falls_back_to_one_by_one_grading_for_th
 
 async def test_a_fallback_answer_that_fails_alone_fails_with_its_own_reason() -> None:
     model = FakeJudge(broken=lambda call: True)
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     out = await judge_all(batcher, [responded("b-one", i) for i in range(2)])
     for r in out:
         assert isinstance(r, PromptFailed) and r.category == FailureCategory.JUDGE_PARSE_ERROR
@@ -143,7 +143,7 @@ async def test_a_fallback_answer_that_fails_alone_fails_with_its_own_reason() ->
 
 async def test_batched_token_usage_is_apportioned_in_integers_that_sum_to_the_call() -> None:
     model = FakeJudge(usage=(1001, 91))
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     evts = [responded("b-one", i) for i in range(3)]  # answers of growing length
     out = judged(await judge_all(batcher, evts))
     tin = [r.usage.tokens_in for r in out]
@@ -157,7 +157,7 @@ async def test_batched_token_usage_is_apportioned_in_integers_that_sum_to_the_ca
 
 async def test_per_criterion_mode_makes_one_batched_call_per_criterion_and_merges() -> None:
     model = FakeJudge()
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     criteria = ["accuracy", "clarity", "safety"]
     evts = [responded("b-one", i, criteria=criteria, judge_mode="per_criterion") for i in range(2)]
     out = judged(await judge_all(batcher, evts))
@@ -171,7 +171,7 @@ async def test_per_criterion_mode_makes_one_batched_call_per_criterion_and_merge
 
 async def test_per_criterion_mode_fails_the_answer_when_one_criterions_call_fails() -> None:
     model = FakeJudge(fail=lambda call: unavailable(call) if call.criteria == ["clarity"] else None)
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     evts = [responded("b-one", i, judge_mode="per_criterion") for i in range(2)]
     out = await judge_all(batcher, evts)
     assert all(isinstance(r, PromptFailed) and r.category == FailureCategory.SERVER_ERROR for r in out)
@@ -179,7 +179,7 @@ async def test_per_criterion_mode_fails_the_answer_when_one_criterions_call_fail
 
 async def test_batch_size_one_grades_every_answer_alone_right_away() -> None:
     model = FakeJudge()
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=LONG)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=LONG)
     out = judged(await judge_all(batcher, [responded("b-one", i, judge_batch_size=1) for i in range(3)]))
     assert len(model.calls) == 3 and not any(c.batched for c in model.calls)
     assert all((r.calls.share, r.calls.unbatched, r.calls.batch_size) == (1, 1, 1) for r in out)
@@ -191,7 +191,7 @@ async def test_batch_size_one_grades_every_answer_alone_right_away() -> None:
 async def test_cancelled_batches_and_disabled_judges_make_no_call() -> None:
     model = FakeJudge()
     cancelled: set[str] = {"b-gone"}
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.1, cancelled=cancelled)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.1, cancelled=cancelled)
     [gone] = await judge_all(batcher, [responded("b-gone", 0)])
     assert isinstance(gone, PromptFailed) and gone.category == FailureCategory.CANCELLED
     [off] = judged(await judge_all(batcher, [responded("b-off", 0, judge_enabled=False)]))
@@ -206,10 +206,23 @@ async def test_cancelled_batches_and_disabled_judges_make_no_call() -> None:
 
 async def test_a_cancelled_handler_does_not_break_its_group() -> None:
     model = FakeJudge()
-    batcher = JudgeBatcher(model, "http://judge.test/v1", linger_s=0.05)
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
     first = asyncio.ensure_future(batcher.judge(responded("b-one", 0)))
     second = asyncio.ensure_future(batcher.judge(responded("b-one", 1)))
     await asyncio.sleep(0.01)
     first.cancel()
     assert isinstance(await asyncio.wait_for(second, 5), PromptJudged)
     assert isinstance(model.calls[0], Call) and len(model.calls[0].answers) == 2
+
+
+async def test_an_unlisted_judge_url_fails_its_answers_without_a_call() -> None:
+    model = FakeJudge()
+    batcher = JudgeBatcher(model, ENDPOINTS, linger_s=0.05)
+    evts = [responded("b-url", i, judge_base_url="http://collector.test/v1") for i in range(3)]
+    named = [responded("b-name", i, judge_endpoint="nope") for i in range(2)]
+    results = await judge_all(batcher, evts + named)
+    assert model.calls == []
+    assert all(isinstance(r, PromptFailed) and r.category is FailureCategory.INVALID_INPUT for r in results)
+    assert all(r.attempts == 0 and r.error.startswith("judge endpoint: ") for r in results)  # type: ignore[union-attr]
+    assert "is not a configured endpoint" in results[0].error  # type: ignore[union-attr]
+    assert "no endpoint named 'nope'" in results[-1].error  # type: ignore[union-attr]

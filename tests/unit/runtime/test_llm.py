@@ -4,6 +4,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -11,9 +12,15 @@ from email.utils import format_datetime
 import orjson
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
 from contracts.enums import FailureCategory
+from contracts.events import BatchConfig, ChatMessage, PromptFailed, PromptQueued, PromptResponded
+from contracts.ids import prompt_id
+from services.chat_runner.logic import run_prompt
+from services.runtime.endpoints import Endpoint, Endpoints
 from services.runtime.llm import CallOptions, ChatClient, Completion, ModelCallError, parse_retry_after
+from services.runtime.settings import EndpointSetting, Settings
 
 MSGS = [{"role": "user", "content": "hi there"}]
 
@@ -81,16 +88,17 @@ class ScriptedModel:
             raise ConnectionResetError("dropped on purpose")
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
-    def opts(self, **overrides: object) -> CallOptions:
-        values: dict[str, object] = {"model": "m", "base_url": self.base_url, "timeout_s": 5, "max_retries": 2}
+    def opts(self, url: str | None = None, key: str | None = "sk-test", **overrides: object) -> CallOptions:
+        endpoint = Endpoint(url=url or self.base_url, name="test", api_key=SecretStr(key) if key else None)
+        values: dict[str, object] = {"model": "m", "endpoint": endpoint, "timeout_s": 5, "max_retries": 2}
         return CallOptions(**(values | overrides))  # type: ignore[arg-type]
 
     def peers(self) -> set[tuple[str, int]]:
         return {s.peer for s in self.seen}
 
 
-@pytest.fixture
-async def model() -> AsyncIterator[ScriptedModel]:
+@asynccontextmanager
+async def scripted_server() -> AsyncIterator[ScriptedModel]:
     scripted = ScriptedModel()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", scripted.handle)
@@ -105,8 +113,21 @@ async def model() -> AsyncIterator[ScriptedModel]:
         await runner.cleanup()
 
 
-def new_client(api_key: str | None = "sk-test", concurrency: int = 4) -> ChatClient:
-    return ChatClient(api_key=api_key, endpoint_concurrency=concurrency, retry_base_s=0.01, retry_max_s=0.05)
+@pytest.fixture
+async def model() -> AsyncIterator[ScriptedModel]:
+    async with scripted_server() as scripted:
+        yield scripted
+
+
+@pytest.fixture
+async def other() -> AsyncIterator[ScriptedModel]:
+    """A second server: another endpoint, or a server of a client's own that would collect keys."""
+    async with scripted_server() as scripted:
+        yield scripted
+
+
+def new_client(concurrency: int = 4) -> ChatClient:
+    return ChatClient(endpoint_concurrency=concurrency, retry_base_s=0.01, retry_max_s=0.05)
 
 
 async def call(client: ChatClient, opts: CallOptions, batch_limit: int = 2) -> Completion:
@@ -141,8 +162,8 @@ async def test_success_uses_api_token_counts_and_sends_auth_tags_and_body(model:
 
 async def test_no_api_key_sends_no_authorization(model: ScriptedModel) -> None:
     model.replies = [ok()]
-    client = new_client(api_key=None)
-    await call(client, model.opts(base_url=model.base_url + "/"))  # a trailing slash is fine too
+    client = new_client()
+    await call(client, model.opts(url=model.base_url + "/", key=None))  # a trailing slash is fine too
     await client.aclose()
     assert "authorization" not in model.seen[0].headers
 
@@ -204,7 +225,7 @@ async def test_rate_limit_waits_for_retry_after_capped_by_retry_max(model: Scrip
 
 async def test_rate_limit_retry_after_is_honoured_below_the_cap(model: ScriptedModel) -> None:
     model.replies = [Reply(429, headers={"Retry-After": "0.2"}), ok()]
-    client = ChatClient(api_key=None, endpoint_concurrency=2, retry_base_s=0.0, retry_max_s=5.0)
+    client = ChatClient(endpoint_concurrency=2, retry_base_s=0.0, retry_max_s=5.0)
     started = time.monotonic()
     done = await call(client, model.opts())
     elapsed = time.monotonic() - started
@@ -229,7 +250,7 @@ def free_port() -> int:
 
 async def test_refused_connections_are_retried_and_classified() -> None:
     client = new_client()
-    opts = CallOptions(model="m", base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=5, max_retries=2)
+    opts = CallOptions(model="m", endpoint=Endpoint(f"http://127.0.0.1:{free_port()}/v1"), timeout_s=5, max_retries=2)
     with pytest.raises(ModelCallError) as info:
         await call(client, opts)
     await client.aclose()
@@ -299,7 +320,6 @@ async def test_endpoint_failures_open_its_breaker_and_a_success_closes_it(model:
     changes: list[tuple[str, str, str]] = []
     model.replies = [Reply(503)] * 3 + [ok()]
     client = ChatClient(
-        api_key=None,
         endpoint_concurrency=4,
         retry_base_s=0.01,
         retry_max_s=0.05,
@@ -322,7 +342,7 @@ async def test_endpoint_failures_open_its_breaker_and_a_success_closes_it(model:
 
 async def test_client_errors_do_not_open_the_breaker(model: ScriptedModel) -> None:
     model.replies = [Reply(400)]
-    client = ChatClient(api_key=None, endpoint_concurrency=4, retry_base_s=0.01, retry_max_s=0.05, breaker_fail_max=2)
+    client = ChatClient(endpoint_concurrency=4, retry_base_s=0.01, retry_max_s=0.05, breaker_fail_max=2)
     for _ in range(4):
         with pytest.raises(ModelCallError):
             await call(client, model.opts())
@@ -332,8 +352,82 @@ async def test_client_errors_do_not_open_the_breaker(model: ScriptedModel) -> No
 
 async def test_per_batch_limits_hold_and_are_freed_when_a_batch_goes_idle(model: ScriptedModel) -> None:
     model.replies = [Reply(body=orjson.dumps(ok_body()), delay_s=0.02)]
-    client = ChatClient(api_key=None, endpoint_concurrency=16, retry_base_s=0.01, retry_max_s=0.05)
+    client = ChatClient(endpoint_concurrency=16, retry_base_s=0.01, retry_max_s=0.05)
     await asyncio.gather(*(call(client, model.opts()) for _ in range(10)))  # call() uses batch_limit=2
     await client.aclose()
     assert model.peak == 2
     assert client._batch_slots == {}
+
+
+def authorizations(server: ScriptedModel) -> list[str | None]:
+    return [s.headers.get("authorization") for s in server.seen]
+
+
+async def test_each_endpoint_gets_its_own_key_and_an_unlisted_url_none(
+    model: ScriptedModel, other: ScriptedModel
+) -> None:
+    """Keys travel with the endpoint the operator configured, whatever URL a batch wrote; an
+    unlisted URL (allowed by the operator) is called without any key."""
+    model.replies = other.replies = [ok()]
+    settings = Settings(
+        endpoints={
+            "a": EndpointSetting(url=model.base_url, api_key=SecretStr("key-a")),
+            "b": EndpointSetting(url=model.base_url.replace("127.0.0.1", "localhost"), api_key=SecretStr("key-b")),
+        },
+        api_key=SecretStr("key-default"),
+        allow_unlisted_endpoints=True,
+    )
+    endpoints = Endpoints.from_settings(settings)
+    client = new_client()
+
+    async def call_for(**config: object) -> None:
+        endpoint = endpoints.for_model(BatchConfig(model="m", **config))  # type: ignore[arg-type]
+        await call(client, CallOptions(model="m", endpoint=endpoint, timeout_s=5, max_retries=0))
+
+    await call_for(endpoint="a")
+    await call_for(base_url=model.base_url.upper().replace("/V1", "/v1") + "/")  # a's URL, spelled otherwise
+    await call_for(endpoint="b")
+    await call_for(base_url=other.base_url)  # a server of the client's own: unlisted
+    await client.aclose()
+    assert authorizations(model) == ["Bearer key-a", "Bearer key-a", "Bearer key-b"]
+    assert authorizations(other) == [None]
+    assert len(client.breakers) == 3  # pools and breakers stay per URL
+
+
+async def test_a_redirect_is_not_followed_so_the_key_stays_with_its_endpoint(
+    model: ScriptedModel, other: ScriptedModel
+) -> None:
+    model.replies = [Reply(307, headers={"Location": other.base_url + "/chat/completions"})]
+    other.replies = [ok()]
+    client = new_client()
+    with pytest.raises(ModelCallError) as info:
+        await call(client, model.opts(key="key-a"))
+    await client.aclose()
+    assert info.value.category is FailureCategory.CLIENT_ERROR and "HTTP 307" in str(info.value)
+    assert authorizations(model) == ["Bearer key-a"] and other.seen == []
+
+
+def queued(**config: object) -> PromptQueued:
+    return PromptQueued(
+        batch_id="b",
+        prompt_id=prompt_id("b", 0),
+        index=0,
+        messages=[ChatMessage(role="user", content="hi")],
+        config=BatchConfig(model="m", **config),  # type: ignore[arg-type]
+    )
+
+
+async def test_the_chat_runner_refuses_an_unlisted_url_before_any_call(
+    model: ScriptedModel, other: ScriptedModel
+) -> None:
+    model.replies = other.replies = [ok()]
+    endpoints = Endpoints.from_settings(Settings(model_base_url=model.base_url, api_key=SecretStr("sk-secret")))
+    client = new_client()
+    refused = await run_prompt(client, queued(base_url=other.base_url), endpoints)
+    answered = await run_prompt(client, queued(), endpoints)
+    await client.aclose()
+    assert isinstance(refused, PromptFailed) and refused.category is FailureCategory.INVALID_INPUT
+    assert refused.attempts == 0 and "is not a configured endpoint" in refused.error
+    assert "sk-secret" not in refused.model_dump_json()
+    assert other.seen == []
+    assert isinstance(answered, PromptResponded) and authorizations(model) == ["Bearer sk-secret"]
