@@ -155,8 +155,16 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
 def run(
     suite: Annotated[str, typer.Argument(help="JSONL or YAML suite file, or a bundled suite name")],
     model: Annotated[str, typer.Option(help="model under test")],
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL of the model")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="configured model endpoint (EVALBUS_ENDPOINTS) to call; default: `default`")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="base URL of the model: one of the configured endpoints' URLs")
+    ] = None,
     judge_model: Annotated[str | None, typer.Option(help="judge model (default: the model under test)")] = None,
+    judge_endpoint: Annotated[
+        str | None, typer.Option(help="configured endpoint of the judge (default: the model's, else `judge`)")
+    ] = None,
     judge_base_url: Annotated[str | None, typer.Option(help="judge base URL (default: --base-url)")] = None,
     criteria: Annotated[str, typer.Option(help="comma-separated judge criteria")] = ",".join(DEFAULT_CRITERIA),
     threshold: Annotated[float, typer.Option(help="pass mark for every criterion (1-10)")] = 7.0,
@@ -184,8 +192,10 @@ def run(
     try:
         config = BatchConfig(
             model=model,
+            endpoint=endpoint,
             base_url=base_url,
             judge_model=judge_model,
+            judge_endpoint=judge_endpoint,
             judge_base_url=judge_base_url,
             criteria=[c.strip() for c in criteria.split(",") if c.strip()],
             default_threshold=threshold,

@@ -1,6 +1,7 @@
 """The five services and the fake model as separate processes, on the session's real servers,
 started with the same commands compose.yaml and `evalbus up` use."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,13 +11,22 @@ from pathlib import Path
 import pytest
 
 from evalbus.stack import Stack
+from infra.embedded import free_port
 
 
 @pytest.fixture(scope="module")
-def stack(servers) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def failing_endpoint() -> str:
+    """The URL of a configured endpoint (`failing`) where a test may start a faulty model."""
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+@pytest.fixture(scope="module")
+def stack(servers, failing_endpoint: str) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     st = Stack(servers.data_dir / "e2e", nats_url=servers.nats_url, database_url=servers.database_url)
     st.start_fake_model({"latency_ms": "5", "jitter_ms": "5"})
-    st.start_services(extra_env={"EVALBUS_BREAKER_RESET_S": "0.5"})  # breaker tests need not wait 30 s
+    endpoints = json.dumps({"failing": {"url": failing_endpoint}})
+    # Breaker tests need not wait 30 s.
+    st.start_services(extra_env={"EVALBUS_BREAKER_RESET_S": "0.5", "EVALBUS_ENDPOINTS": endpoints})
     st.wait_healthy()
     try:
         yield st

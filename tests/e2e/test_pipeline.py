@@ -5,6 +5,7 @@ import itertools
 import json
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nats
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from contracts import subjects
 from contracts.events import BatchCompleted, BatchProgress
 from evalbus.stack import Stack
-from infra.embedded import free_port, wait_for_port
+from infra.embedded import wait_for_port
 from infra.processes import fake_model_argv
 
 pytestmark = pytest.mark.e2e
@@ -251,9 +252,10 @@ async def test_every_service_reports_healthy_and_beats(stack: Stack, cli) -> Non
 
 
 async def test_a_failing_endpoint_opens_its_breaker_and_the_batch_still_finishes(
-    stack: Stack, cli, tmp_path: Path
+    stack: Stack, cli, tmp_path: Path, failing_endpoint: str
 ) -> None:
-    port = free_port()
+    port = urlsplit(failing_endpoint).port  # a configured endpoint of the stack, no server on it yet
+    assert port is not None
     stack.spawn("failing-model", [*fake_model_argv(port), "--error-rate-500", "1"])
     await asyncio.to_thread(wait_for_port, port, 30)
     try:
@@ -264,7 +266,7 @@ async def test_a_failing_endpoint_opens_its_breaker_and_the_batch_still_finishes
             "--model",
             "evalbus-fake",
             "--base-url",
-            f"http://127.0.0.1:{port}/v1",
+            failing_endpoint,
             "--retries",
             "0",
             "--concurrency",

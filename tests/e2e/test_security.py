@@ -1,18 +1,24 @@
-"""Secrets stay out of events, rows and logs; injection probes in answers do not buy scores."""
+"""Secrets stay out of events, rows and logs; the key goes to configured endpoints only;
+injection probes in answers do not buy scores."""
 
 import asyncio
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import nats
+import orjson
 import pytest
+from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from contracts import ids, subjects
+from contracts.events import BatchConfig, ChatMessage, PromptQueued, PromptResponded, Usage
 from contracts.topology import STREAMS
+from evalbus.cli import EXIT_REJECTED
 from evalbus.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -117,3 +123,124 @@ async def test_injection_probes_do_not_get_the_scores_they_ask_for(stack: Stack,
     async with httpx.AsyncClient() as http:  # nothing was called without the key
         stats = (await http.get(stack.model_base_url.removesuffix("/v1") + "/stats")).json()
     assert stats["unauthorized"] == 0
+
+
+class Collector:
+    """A server of a client's own that would collect keys: records every request's Authorization
+    header and answers like a model, so a leaked call would succeed and be seen."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append(request.headers.get("Authorization"))
+        body = {"choices": [{"message": {"role": "assistant", "content": "thanks"}, "finish_reason": "stop"}]}
+        return web.json_response(body)
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[Collector]:
+    col = Collector()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", col.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    col.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    try:
+        yield col
+    finally:
+        await runner.cleanup()
+
+
+async def first_event(stack: Stack, subject: str, publish: Callable[[nats.NATS], object]) -> dict[str, object]:
+    """Subscribe to `subject`, publish, and return the first event seen there."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        sub = await nc.subscribe(subject)
+        await publish(nc)  # type: ignore[misc]
+        msg = await sub.next_msg(timeout=60)
+        return orjson.loads(msg.data)  # type: ignore[no-any-return]
+    finally:
+        await nc.close()
+
+
+async def test_a_start_naming_an_unlisted_url_is_rejected_before_any_call(  # type: ignore[no-untyped-def]
+    stack: Stack, cli, tmp_path: Path, collector: Collector
+) -> None:
+    suite = str(write_suite(tmp_path / "unlisted.jsonl", 3))
+    for option, value, reason in [
+        ("--base-url", collector.url, "model endpoint: base URL " + collector.url + " is not a configured endpoint"),
+        ("--judge-base-url", collector.url, "judge endpoint: base URL " + collector.url + " is not a configured"),
+        ("--endpoint", "elsewhere", "model endpoint: no endpoint named 'elsewhere'"),
+        ("--judge-endpoint", "elsewhere", "judge endpoint: no endpoint named 'elsewhere'"),
+    ]:
+        out = await asyncio.to_thread(cli, "run", suite, "--model", "evalbus-fake", option, value, "--json")
+        assert out.returncode == EXIT_REJECTED, (option, out.stdout, out.stderr)
+        assert reason in json.loads(out.stdout)["reason"], (option, out.stdout)
+    # The configured endpoint by its name or its URL (spelled with a trailing slash) still runs.
+    ok = await asyncio.to_thread(
+        cli, "run", suite, "--model", "evalbus-fake", "--base-url", stack.model_base_url + "/", "--json"
+    )
+    assert ok.returncode == 0 and json.loads(ok.stdout)["completed"] == 3, ok.stderr
+    named = await asyncio.to_thread(cli, "run", suite, "--model", "evalbus-fake", "--endpoint", "default", "--json")
+    assert named.returncode == 0 and json.loads(named.stdout)["completed"] == 3, named.stderr
+    assert collector.seen == []
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "javascript:alert(1)", "gopher://127.0.0.1:70/x", "http://a b/v1", "unix:/run/x"]
+)
+async def test_non_http_base_urls_are_refused_by_the_cli_and_the_generator(  # type: ignore[no-untyped-def]
+    stack: Stack, cli, tmp_path: Path, url: str
+) -> None:
+    suite = str(write_suite(tmp_path / "scheme.jsonl", 1))
+    out = await asyncio.to_thread(cli, "run", suite, "--model", "evalbus-fake", "--base-url", url)
+    assert out.returncode == EXIT_REJECTED and "invalid batch" in out.stderr, out.stderr
+    # Published by hand, past the CLI: the generator's parse refuses it.
+    batch_id = "b-url-" + secrets.token_hex(3)
+    start = {
+        "batch_id": batch_id,
+        "config": {"model": "evalbus-fake", "judge_base_url": url},
+        "suite": {"cases": [{"prompt": "hi"}]},
+    }
+
+    async def publish(nc: nats.NATS) -> None:
+        await nc.jetstream().publish(subjects.start_requested(batch_id), json.dumps(start).encode())
+
+    rejected = await first_event(stack, subjects.batch_event(batch_id, "batch", "rejected"), publish)
+    assert "judge_base_url" in str(rejected["reason"]), rejected
+
+
+async def test_forged_prompt_events_naming_an_unlisted_url_fail_without_a_call(  # type: ignore[no-untyped-def]
+    stack: Stack, collector: Collector
+) -> None:
+    """The chat-runner and the judge check again: an internal event that names a URL of the
+    sender's choosing becomes a failure, not a call carrying the key."""
+    batch_id = "b-forged-" + secrets.token_hex(3)
+    config = BatchConfig(model="evalbus-fake", base_url=collector.url, judge_base_url=collector.url)
+    messages = [ChatMessage(role="user", content="hi")]
+    queued = PromptQueued(
+        batch_id=batch_id, prompt_id=ids.prompt_id(batch_id, 0), index=0, messages=messages, config=config
+    )
+    responded = PromptResponded(
+        batch_id=batch_id,
+        prompt_id=ids.prompt_id(batch_id, 1),
+        index=1,
+        messages=messages,
+        answer="an answer",
+        model="evalbus-fake",
+        usage=Usage(),
+        config=config,
+    )
+    for evt, stage in [(queued, "chat"), (responded, "judge")]:
+
+        async def publish(nc: nats.NATS, evt: PromptQueued | PromptResponded = evt) -> None:
+            await nc.jetstream().publish(evt.subject, evt.to_json())
+
+        failed = await first_event(stack, subjects.batch_event(batch_id, "prompt", "failed"), publish)
+        assert (failed["prompt_id"], failed["stage"], failed["category"]) == (evt.prompt_id, stage, "invalid_input")
+        assert "is not a configured endpoint" in str(failed["error"]) and SECRET not in str(failed)
+    assert collector.seen == []
