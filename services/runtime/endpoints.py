@@ -132,32 +132,33 @@ class Endpoints:
     def names(self) -> list[str]:
         return sorted(self._named)
 
+    def _listing(self) -> str:
+        """The configured names for a rejection (bounded; the operator's URLs are not shown)."""
+        names = self.names
+        return ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+
     def named(self, name: str) -> Endpoint:
         ep = self._named.get(name)
         if ep is None:
-            raise EndpointRejected(f"no endpoint named {name!r} is configured (configured: {', '.join(self.names)})")
+            raise EndpointRejected(f"no endpoint named {name!r} is configured (configured: {self._listing()})")
         return ep
 
     def for_url(self, url: str) -> Endpoint:
-        """The configured endpoint at `url`, else (if allowed) `url` itself without a key."""
+        """The configured endpoint at `url` (the first in EVALBUS_ENDPOINTS order, then `default`,
+        then `judge`), else (if allowed) `url` itself without a key."""
         try:
             check_base_url(url)
         except ValueError as exc:
             raise EndpointRejected(f"base URL refused: {exc}") from None
         wanted = normalised(url)
-        matches = [ep for ep in self._named.values() if normalised(ep.url) == wanted]
-        keys = {ep.api_key.get_secret_value() if ep.api_key else None for ep in matches}
-        if len(keys) > 1:
-            names = ", ".join(sorted(str(ep.name) for ep in matches))
-            raise EndpointRejected(
-                f"base URL {url} is the URL of several endpoints with different keys ({names}): name one"
-            )
-        if matches:
-            return matches[0]
+        # Several endpoints at one URL (e.g. two accounts): the first configured. Whichever it is,
+        # its key goes to its own URL; naming the endpoint picks another.
+        match = next((ep for ep in self._named.values() if normalised(ep.url) == wanted), None)
+        if match is not None:
+            return match
         if not self.allow_unlisted:
             raise EndpointRejected(
-                f"base URL {url} is not a configured endpoint; name one ({', '.join(self.names)}) "
-                "or give one of their URLs"
+                f"base URL {url} is not a configured endpoint; name one ({self._listing()}) or give one of their URLs"
             )
         if _is_metadata_host(url):
             raise EndpointRejected(f"base URL {url} is a link-local or metadata address")

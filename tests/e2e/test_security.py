@@ -235,7 +235,8 @@ async def test_forged_prompt_events_naming_an_unlisted_url_fail_without_a_call( 
         usage=Usage(),
         config=config,
     )
-    for evt, stage in [(queued, "chat"), (responded, "judge")]:
+    forged: list[tuple[PromptQueued | PromptResponded, str]] = [(queued, "chat"), (responded, "judge")]
+    for evt, stage in forged:
 
         async def publish(nc: nats.NATS, evt: PromptQueued | PromptResponded = evt) -> None:
             await nc.jetstream().publish(evt.subject, evt.to_json())

@@ -214,18 +214,20 @@ def test_link_local_and_metadata_hosts_are_refused_even_when_open(url: str) -> N
         opened.for_model(BatchConfig(model="m", base_url=url))
 
 
-def test_a_url_shared_by_endpoints_with_different_keys_must_be_named() -> None:
+def test_a_url_shared_by_endpoints_means_the_first_and_a_name_picks_another() -> None:
     eps = Endpoints.from_settings(
         settings(
+            api_key=SecretStr("k-default"),
+            model_base_url=OPENAI,
             endpoints={
                 "team-a": EndpointSetting(url=OPENAI, api_key=SecretStr("ka")),
                 "team-b": EndpointSetting(url=OPENAI + "/", api_key=SecretStr("kb")),
-            }
+            },
         )
     )
-    with pytest.raises(EndpointRejected, match="several endpoints with different keys"):
-        eps.for_model(BatchConfig(model="m", base_url=OPENAI))
+    assert key_of(eps.for_model(BatchConfig(model="m", base_url=OPENAI))) == "ka"
     assert key_of(eps.for_model(BatchConfig(model="m", endpoint="team-b"))) == "kb"
+    assert key_of(eps.for_model(BatchConfig(model="m"))) == "k-default"
 
 
 def test_the_start_check_names_the_refused_endpoint() -> None:
