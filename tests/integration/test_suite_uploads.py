@@ -17,16 +17,13 @@ from evalbus import client as cli
 from services.generator import suite_objects
 from services.generator.app import SuiteAccess, handle_start
 from services.generator.suite_loader import SuiteError, count_cases
-from tests.integration.test_nats_permissions import (  # noqa: F401  (module-scoped fixtures)
-    Connect,
-    auth_server,
-    connect,
-    new_batch_id,
-    provisioned,
-)
+from tests.integration import test_nats_permissions as locked_down
+from tests.integration.test_nats_permissions import Connect, new_batch_id
 from tests.unit.generator.fakes import FakeMsg
 
 pytestmark = pytest.mark.integration
+# The locked-down server of test_nats_permissions, started for this module too.
+auth_server, provisioned, connect = locked_down.auth_server, locked_down.provisioned, locked_down.connect
 
 
 def suite_file(tmp_path: Path, cases: int) -> Path:
