@@ -141,9 +141,27 @@ def _jsonl_cases(suite: SuiteFile) -> Iterator[Case]:
                 raise _case_error(f"{suite.label} line {lineno}", exc) from None
 
 
+class _AliasInSuite(yaml.MarkedYAMLError):
+    pass
+
+
+class _SuiteYamlLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: `*name` repeats a node without copying it, so a few kB of nested
+    aliases ("billion laughs") make validation walk billions of nodes."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasInSuite(problem="alias", problem_mark=self.peek_event().start_mark)
+        return super().compose_node(parent, index)  # type: ignore[no-any-return, arg-type]
+
+
 def _load_yaml(suite: SuiteFile) -> object:
     try:
-        return yaml.safe_load(suite.path.read_text(encoding="utf-8"))
+        return yaml.load(suite.path.read_text(encoding="utf-8"), Loader=_SuiteYamlLoader)  # a SafeLoader
+    except _AliasInSuite as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SuiteError(f"{suite.label}: YAML aliases (*name) are not allowed in a suite{where}") from None
     except yaml.MarkedYAMLError as exc:
         # PyYAML's message quotes the offending line: keep only where it is.
         mark = exc.problem_mark or exc.context_mark

@@ -105,3 +105,11 @@ def test_rejections_never_quote_the_file(tmp_path: Path, name: str, text: str, w
 def test_yaml_errors_say_where(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(f"cases:\n  - prompt: ok\n  - prompt: [{TOKEN}\n")
     assert "bad.yaml: not valid YAML at line 4, column 1" in reason(SuiteRef(path="bad.yaml"), [tmp_path])
+
+
+def test_yaml_aliases_are_refused_before_they_multiply(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 20)]
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\ncases:\n  - prompt: hi\n    metadata: {m: *a19}\n")
+    why = reason(SuiteRef(path="laughs.yaml"), [tmp_path])
+    assert "aliases (*name) are not allowed" in why and "line 2" in why
