@@ -173,3 +173,12 @@ async def test_a_publish_failure_is_retried() -> None:
     js = FakeJS(fail_after=0)
     assert await deliver(js, start_msg()) == "nak"
     assert js.dead_letters == []
+
+
+async def test_a_start_recorded_before_claims_existed_counts_as_used() -> None:
+    js = FakeJS()
+    await (await js.key_value(KV_STARTS)).put(BATCH, b"accepted")  # what earlier versions stored
+    assert await deliver(js, start_msg()) == "ack"
+    [rejection] = js.rejected()
+    assert rejection.repeated_start and "was already started (accepted)" in rejection.reason
+    assert js.accepted() == []
