@@ -48,13 +48,13 @@ async def test_near_simultaneous_starts_of_one_id_accept_exactly_one() -> None:
     js = FakeJS()
     msgs = [start_msg(model="m"), start_msg(model="other"), start_msg(model="third")]
     await asyncio.gather(*(deliver(js, m) for m in msgs))
-    # Exactly one start won the claim; the others wait for it to settle before being answered.
+    # Exactly one start won the claim; the others wait (nak with a delay) while it is unsettled.
     assert len(js.accepted()) == 1
     winner = js.accepted()[0].config.model
-    losers = [m for m in msgs if m.outcome == "nak"]
-    assert len(losers) == 2 and all(delay and delay > 0 for _, delay in (m.settled[-1] for m in losers))
-    for m in losers:
-        await deliver_until_settled(js, m.redelivered())
+    for m in msgs:
+        if m.outcome == "nak":
+            assert (m.settled[-1][1] or 0) > 0
+            await deliver_until_settled(js, m.redelivered())
     assert [a.config.model for a in js.accepted()] == [winner]
     assert len(js.queued()) == 2 and {q.config.model for q in js.queued()} == {winner}
     repeats = js.rejected()
