@@ -74,7 +74,8 @@ class BenchStack:
             self.stack.start_servers()
             self.stack.start_fake_model(dict(self.spec.fake_model))
             for service in SERVICES:
-                env = {**self.spec.env, **self.spec.service_env.get(service, {})}
+                # The suites are written to tmp: the generator reads them by path from there.
+                env = {"EVALBUS_SUITE_DIRS": str(self.tmp), **self.spec.env, **self.spec.service_env.get(service, {})}
                 for i in range(self.spec.replicas.get(service, 1)):
                     name = service if i == 0 else f"{service}-{i + 1}"
                     self.stack.spawn(name, service_argv(service), env)

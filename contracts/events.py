@@ -15,6 +15,7 @@ from contracts.enums import DEFAULT_CRITERIA, BatchStatus, FailureCategory, Stag
 from contracts.ids import BATCH_ID_PATTERN, event_id
 from contracts.quality import QualityConfig, QualityReport
 from contracts.references import ComponentScore, Reference
+from contracts.topology import SUITE_OBJECT_PATTERN
 from contracts.urls import BaseUrl, EndpointName
 
 SCHEMA_VERSION = 1
@@ -144,22 +145,27 @@ _CONFIG_DEFAULTS = {
 
 
 class SuiteRef(Model):
-    """Where the generator finds the cases: inline, a file it can read, or a bundled suite."""
+    """Where the generator finds the cases: inline, a bundled suite, a file in one of the
+    generator's configured suite directories, or an uploaded object (`topology.OBJ_SUITES`,
+    named by `topology.suite_object_name`)."""
 
     name: str | None = Field(default=None, max_length=200)
     cases: list[Case] | None = Field(default=None, max_length=20_000)
     path: str | None = Field(default=None, max_length=4096)
     builtin: str | None = Field(default=None, max_length=100)
+    object: str | None = Field(default=None, max_length=200, pattern=SUITE_OBJECT_PATTERN)
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
-        given = [x for x in (self.cases, self.path, self.builtin) if x is not None]
+        given = [x for x in (self.cases, self.path, self.builtin, self.object) if x is not None]
         if len(given) != 1:
-            raise ValueError("a suite needs exactly one of 'cases', 'path' or 'builtin'")
+            raise ValueError("a suite needs exactly one of 'cases', 'path', 'builtin' or 'object'")
         return self
 
     @property
     def display_name(self) -> str:
+        if self.object is not None:
+            return self.name or "uploaded"
         return self.name or self.builtin or (self.path or "inline").rsplit("/", 1)[-1]
 
 
@@ -228,6 +234,9 @@ class BatchRejected(Event):
     entity, verb = "batch", "rejected"
     reason: str
     errors: list[str] = Field(default_factory=list)
+    # True: this answers a start of a batch id that an earlier start had already used (ids are
+    # single-use). It says nothing about that batch, whose recorded state must not change.
+    repeated_start: bool = False
 
 
 class BatchProgress(Model):

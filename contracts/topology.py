@@ -4,6 +4,7 @@ Consumer settings only take effect when a consumer is created (nats-py binds to 
 durable without re-applying config), so they live here, in one place.
 """
 
+import re
 from dataclasses import dataclass, field
 
 from contracts import subjects
@@ -45,6 +46,29 @@ KV_STARTS = "evalbus_starts"
 KV_CANCELS = "evalbus_cancels"
 # Shared per-endpoint rate budgets (token buckets), one key per model endpoint.
 KV_RATES = "evalbus_rates"
+# Suites too large to travel inline in a start event: the CLI uploads them, the generator reads
+# them once and deletes them when the start is settled. The max age (the events stream's) only
+# cleans up what was never settled: an upload whose start never came, a delete that failed.
+OBJ_SUITES = "evalbus_suites"
+OBJ_SUITES_MAX_AGE_S = 7 * 86_400.0
+# An uploaded suite's object name: `<batch id>.<sha256 of its bytes>.<jsonl|yaml|yml>`. The
+# generator reads only the object named for the batch it starts and checks the digest, so a start
+# cannot use another batch's upload, and an object replaced after upload is refused.
+SUITE_OBJECT_PATTERN = r"^([A-Za-z0-9_-]{1,64})\.([0-9a-f]{64})\.(jsonl|yaml|yml)$"
+_SUITE_OBJECT = re.compile(SUITE_OBJECT_PATTERN)
+
+
+def suite_object_name(batch_id: str, sha256_hex: str, suffix: str) -> str:
+    """The object a suite for `batch_id` is uploaded as; `suffix` is `.yaml`/`.yml`, else JSONL."""
+    ext = suffix.lower().lstrip(".")
+    return f"{batch_id}.{sha256_hex}.{ext if ext in ('yaml', 'yml') else 'jsonl'}"
+
+
+def parse_suite_object_name(name: str) -> tuple[str, str, str] | None:
+    """(batch id, sha256 hex, extension) of a suite object name, or None if it is not one."""
+    found = _SUITE_OBJECT.fullmatch(name)
+    return (found[1], found[2], found[3]) if found else None
+
 
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec(subjects.STREAM_EVENTS, (subjects.EVENTS_SUBJECTS,), max_age_s=7 * DAY),

@@ -35,7 +35,7 @@ from contracts.queries import DEFAULT_MAX_CHARS, MAX_PER_PAGE, HistoryQuery, Sam
 from evalbus import client, export, render, render_queries, stack
 from evalbus.export import ExportFormat
 from infra.processes import SERVICES
-from services.generator.suite_loader import SuiteError, builtin_names, iter_cases
+from services.generator.suite_loader import SuiteFile, builtin_names, file_cases
 from services.runtime.health import heartbeat_path
 from services.runtime.settings import get_settings
 
@@ -74,26 +74,42 @@ async def connect() -> Client:
         raise typer.Exit(EXIT_UNREACHABLE) from exc
 
 
-def suite_ref(suite: str) -> SuiteRef:
-    """Inline cases for a small readable suite (works with remote services); else a path or a bundled name."""
+def suite_source(suite: str) -> SuiteRef | Path:
+    """Inline cases for a small valid suite file, or a bundled suite by name; any other file is
+    returned to be uploaded (`client.upload_suite`): both work with services on other machines."""
     path = Path(suite)
     if not path.exists() and suite in builtin_names():
         return SuiteRef(builtin=suite)
-    if path.is_file() and path.stat().st_size <= INLINE_LIMIT_BYTES:
+    if not path.is_file():
+        raise ValueError(f"suite file {suite!r} does not exist (bundled suites: {', '.join(builtin_names())})")
+    if path.stat().st_size <= INLINE_LIMIT_BYTES:
         try:
-            cases: list[Case] = list(iter_cases(SuiteRef(path=str(path))))
+            cases: list[Case] = list(file_cases(SuiteFile.local(path)))
             return SuiteRef(name=path.name, cases=cases)
-        except SuiteError:
-            pass  # the generator names the problem in its rejection
-    return SuiteRef(name=path.name, path=str(path.resolve()))
+        except ValueError:  # SuiteError, or too many cases to go inline
+            pass  # uploaded as it is: the generator names the problem in its rejection
+    return path
 
 
 def new_batch_id() -> str:
     return ids.new_batch_id(datetime.now(UTC).strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
 
 
-async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | None) -> int:
+async def _start_with(nc: Client, batch_id: str, config: BatchConfig, source: SuiteRef | Path) -> StartBatchRequested:
+    suite = await client.upload_suite(nc, batch_id, source) if isinstance(source, Path) else source
+    return StartBatchRequested(batch_id=batch_id, config=config, suite=suite)
+
+
+async def _run(
+    batch_id: str, config: BatchConfig, source: SuiteRef | Path, as_json: bool, timeout_s: float | None
+) -> int:
     nc = await connect()
+    try:
+        start = await _start_with(nc, batch_id, config, source)
+    except Exception as exc:
+        await nc.drain()
+        err.print(f"[red]could not upload suite {source}: {exc!r}[/red]")
+        return EXIT_UNREACHABLE
     started = time.monotonic()
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -122,7 +138,13 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
     follower = client.Follower(start.batch_id, accepted, progressed)
     try:
         await follower.subscribe(nc)
-        await client.publish_start(nc, start)
+        ack = await client.publish_start(nc, start)
+        if ack.duplicate:
+            err.print(
+                f"[red]batch {start.batch_id} rejected: it was already started (its start is in the stream); "
+                "batch ids are single-use: start it again under a new id[/red]"
+            )
+            return EXIT_REJECTED
         with bar:
             await asyncio.wait_for(follower.done.wait(), timeout_s)
     except TimeoutError:
@@ -212,11 +234,14 @@ def run(
             judge_weight=judge_weight,
             pass_threshold=pass_threshold,
         )
-        start = StartBatchRequested(batch_id=batch_id or new_batch_id(), config=config, suite=suite_ref(suite))
+        source = suite_source(suite)
+        batch_id = batch_id or new_batch_id()
+        if not ids.is_valid_batch_id(batch_id):
+            raise ValueError(f"batch id {batch_id!r} must match {ids.BATCH_ID_PATTERN}")
     except ValueError as exc:
         err.print(f"[red]invalid batch: {exc}[/red]")
         raise typer.Exit(EXIT_REJECTED) from exc
-    raise typer.Exit(asyncio.run(_run(start, as_json, wait_timeout)))
+    raise typer.Exit(asyncio.run(_run(batch_id, config, source, as_json, wait_timeout)))
 
 
 T = TypeVar("T")
@@ -499,12 +524,12 @@ def demo(
             concurrency=concurrency,
             experiment="demo",
         )
-        start = StartBatchRequested(batch_id=new_batch_id(), config=config, suite=suite_ref(suite))
+        source = suite_source(suite)
         import os
 
         os.environ["EVALBUS_NATS_URL"] = st.nats_url
         get_settings.cache_clear()
-        code = asyncio.run(_run(start, False, 600))
+        code = asyncio.run(_run(new_batch_id(), config, source, False, 600))
     finally:
         console.print("[bold]Stopping the stack...[/bold]")
         stack.down(data_dir)

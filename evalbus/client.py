@@ -1,8 +1,10 @@
 """What the CLI does over NATS: publish a start command, follow a batch, ask the query API."""
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -10,6 +12,7 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
+from nats.js.api import PubAck
 
 from contracts import subjects
 from contracts.events import (
@@ -21,9 +24,11 @@ from contracts.events import (
     CancelBatchRequested,
     ResumeResult,
     StartBatchRequested,
+    SuiteRef,
 )
 from contracts.quality import QualityReport
 from contracts.queries import BatchHistory, HistoryQuery, SamplesPage, SamplesQuery
+from contracts.topology import OBJ_SUITES, suite_object_name
 
 
 class ApiError(RuntimeError):
@@ -63,15 +68,35 @@ async def connect(url: str, user: str | None = None, password: str | None = None
         raise ConnectError(f"cannot connect to NATS at {url}: {reason}") from exc
 
 
-async def publish_start(nc: Client, start: StartBatchRequested) -> None:
+async def publish_start(nc: Client, start: StartBatchRequested) -> PubAck:
+    """Publish a start command. `duplicate` on the answer: the stream already holds a start of this
+    batch id (published in its dedup window), so this one was dropped: batch ids are single-use."""
     js = nc.jetstream()
-    await js.publish(
+    return await js.publish(
         subjects.start_requested(start.batch_id),
         start.model_dump_json().encode(),
         headers={"Nats-Msg-Id": start.event_id},
         stream=subjects.STREAM_EVENTS,
         timeout=10,
     )
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+async def upload_suite(nc: Client, batch_id: str, path: Path) -> SuiteRef:
+    """Put a suite file in the object store, named for the batch and its content, for the
+    generator to read: no shared disk needed, wherever the services run."""
+    name = suite_object_name(batch_id, await asyncio.to_thread(_sha256_of, path), path.suffix)
+    store = await nc.jetstream(timeout=30).object_store(OBJ_SUITES)
+    with path.open("rb") as fh:
+        await store.put(name, fh)
+    return SuiteRef(name=path.name[:200], object=name)
 
 
 async def publish_cancel(nc: Client, cancel: CancelBatchRequested) -> None:

@@ -13,13 +13,24 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from contracts.topology import CONSUMERS, KV_CANCELS, KV_RATES, KV_STARTS, STREAMS, ConsumerSpec, StreamSpec
+from contracts.topology import (
+    CONSUMERS,
+    KV_CANCELS,
+    KV_RATES,
+    KV_STARTS,
+    OBJ_SUITES,
+    OBJ_SUITES_MAX_AGE_S,
+    STREAMS,
+    ConsumerSpec,
+    StreamSpec,
+)
 
 log = logging.getLogger("evalbus.topology")
 
@@ -72,6 +83,11 @@ async def apply_topology(
                 await js.key_value(bucket)
             except BucketNotFoundError:
                 await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30 * 86_400))
+        try:
+            await js.object_store(OBJ_SUITES)
+        except BucketNotFoundError:
+            cfg_obj = ObjectStoreConfig(bucket=OBJ_SUITES, ttl=OBJ_SUITES_MAX_AGE_S, storage=StorageType.FILE)
+            await js.create_object_store(OBJ_SUITES, cfg_obj)
         for cspec in CONSUMERS:
             want = consumer_config(cspec, ack_wait_s)
             try:

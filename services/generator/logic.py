@@ -1,26 +1,33 @@
 """Expanding a start command into a batch: validation, defaults, and the prompt events."""
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from contracts import ids, subjects
 from contracts.events import BatchAccepted, BatchConfig, BatchRejected, PromptQueued, StartBatchRequested
-from services.generator.suite_loader import SuiteError, count_cases, iter_cases
+from services.generator.suite_loader import SuiteError, SuiteFile, count_cases, iter_cases, locate
 from services.runtime.endpoints import check_batch_endpoints
 from services.runtime.errors import describe_error
+
+log = logging.getLogger("evalbus.generator")
+# What a start is told when reading its suite failed in a way we did not foresee (the log has why).
+UNEXPECTED = "the generator could not read this suite (an unexpected error; it is not retried)"
 
 
 @dataclass(frozen=True)
 class Plan:
     accepted: BatchAccepted
     start: StartBatchRequested
+    file: SuiteFile | None = None  # where the cases are read from again (None: inline)
 
     def prompts(self) -> Iterator[PromptQueued]:
         """The prompt events, streamed from the suite in order."""
         cfg = self.accepted.config
-        for index, case in enumerate(iter_cases(self.start.suite)):
+        for index, case in enumerate(iter_cases(self.start.suite, file=self.file)):
             yield PromptQueued(
                 batch_id=self.start.batch_id,
                 prompt_id=ids.prompt_id(self.start.batch_id, index),
@@ -43,23 +50,35 @@ def with_defaults(start: StartBatchRequested) -> BatchConfig:
     return cfg.model_copy(update={"session_id": ids.session_tag(cfg.model, stamp)})
 
 
-def plan_batch(start: StartBatchRequested) -> Plan | BatchRejected:
-    """Accept the batch if its whole suite is usable; otherwise say why."""
+def plan_batch(
+    start: StartBatchRequested, dirs: Sequence[Path] = (), file: SuiteFile | None = None
+) -> Plan | BatchRejected:
+    """Accept the batch if its whole suite is usable; otherwise say why. Never raises: a suite
+    that breaks the reader in an unforeseen way is rejected too, since reading it again would
+    break it again. `file` is an upload's download; `dirs` where suites by path may be."""
     if (refused := check_batch_endpoints(start.config)) is not None:
         return BatchRejected(batch_id=start.batch_id, reason=refused, errors=[refused])
     try:
-        total = count_cases(start.suite)
+        source = file if file is not None else locate(start.suite, dirs)
+        total = count_cases(start.suite, dirs, source)
     except SuiteError as exc:
         return BatchRejected(batch_id=start.batch_id, reason=f"unusable suite: {exc}", errors=[str(exc)])
+    except Exception:
+        log.exception("reading the suite of batch %s failed", start.batch_id)
+        return BatchRejected(batch_id=start.batch_id, reason=UNEXPECTED, errors=[UNEXPECTED])
     if total == 0:
         return BatchRejected(batch_id=start.batch_id, reason="the suite has no cases", errors=[])
-    accepted = BatchAccepted(
-        batch_id=start.batch_id,
-        config=with_defaults(start),
-        suite_name=start.suite.display_name,
-        total_prompts=total,
-    )
-    return Plan(accepted=accepted, start=start)
+    try:
+        accepted = BatchAccepted(
+            batch_id=start.batch_id,
+            config=with_defaults(start),
+            suite_name=start.suite.display_name,
+            total_prompts=total,
+        )
+    except ValueError as exc:  # a derived field out of its bounds
+        reason = f"invalid batch: {describe_error(exc)}"
+        return BatchRejected(batch_id=start.batch_id, reason=reason, errors=[reason])
+    return Plan(accepted=accepted, start=start, file=source)
 
 
 @dataclass(frozen=True)

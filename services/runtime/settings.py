@@ -4,11 +4,14 @@ Every setting has a default that works for the embedded stack (`evalbus up`), wh
 the URLs of the servers it started to the processes it starts.
 """
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contracts.urls import BaseUrl, EndpointName
 
@@ -100,6 +103,24 @@ class Settings(BaseSettings):
         "give a read-only role",
     )
     sql_check_concurrency: int = Field(default=4, ge=1, description="SQL checks running at once per database")
+    suite_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="directories the generator may read suites by path from (separated by ':', or a JSON list); "
+        "none by default: the CLI sends small suites inline and uploads large ones to the object store",
+    )
+    suite_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="largest uploaded suite the generator downloads"
+    )
+
+    @field_validator("suite_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part.strip()]
+        return value
 
     def resolved_api_key(self) -> SecretStr | None:
         """The key of the implicit `default` and `judge` endpoints; a missing key file means none."""

@@ -21,8 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchConfig, StartBatchRequested, SuiteRef
-from evalbus.client import publish_start
+from contracts.events import BatchConfig, StartBatchRequested
+from evalbus.client import publish_start, upload_suite
 from evalbus.stack import Stack
 from infra.nats_topology import apply_topology
 from infra.processes import SERVICES
@@ -110,7 +110,7 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
             timeout_s=1.5,
             max_retries=MAX_RETRIES,
         ),
-        suite=SuiteRef(path=str(write_suite(log_path.with_name("suite.jsonl"), N))),
+        suite=await upload_suite(nc, batch_id, write_suite(log_path.with_name("suite.jsonl"), N)),
     )
     await publish_start(nc, start)
     t0 = time.monotonic()

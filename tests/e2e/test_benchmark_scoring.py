@@ -16,8 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchCompleted, BatchConfig, StartBatchRequested, SuiteRef
-from evalbus.client import publish_start
+from contracts.events import BatchCompleted, BatchConfig, StartBatchRequested
+from evalbus.client import publish_start, upload_suite
 from evalbus.stack import Stack
 from services.scorer.sql_equivalence import asyncpg_dsn
 
@@ -124,7 +124,8 @@ async def test_a_benchmark_suite_is_scored_by_references_sql_and_the_judge(
         judge_batch_size=3,
         concurrency=8,
     )
-    await publish_start(nc, StartBatchRequested(batch_id=batch_id, config=config, suite=SuiteRef(path=str(suite))))
+    uploaded = await upload_suite(nc, batch_id, suite)
+    await publish_start(nc, StartBatchRequested(batch_id=batch_id, config=config, suite=uploaded))
     done = await completed(nc, batch_id)
     rep = done.report
     assert (rep.total, rep.completed, rep.failed) == (5, 5, 0)
