@@ -63,6 +63,7 @@ PASSED_BY = {
 # Batches whose prompt count is known, so most writes need no query to check their prompts
 # (an accepted batch's total never changes); cleared when it grows past this.
 TOTALS_CACHED = 10_000
+BIGINT_MAX = 2**63 - 1
 
 
 def parse_event(raw: Msg) -> Event | None:
@@ -202,7 +203,10 @@ class Recorder:
                 self._last_moved[batch_id] = (key, now)
             elif now - seen[1] >= stall_after_s:
                 self._last_moved[batch_id] = (key, now)
-                await self.resume(js, batch_id, f"stall-{int(time.time())}")
+                try:  # one batch whose rows cannot be re-driven must not stop the others'
+                    await self.resume(js, batch_id, f"stall-{int(time.time())}")
+                except Exception as exc:
+                    log.warning("could not re-drive stalled batch %s: %r", batch_id, exc)
         for gone in set(self._last_moved) - set(snapshots):
             del self._last_moved[gone]
 
@@ -297,6 +301,8 @@ def create_app() -> FastStream:
                     letter = await from_advisory(js, raw)
                 else:
                     letter = DeadLetter.model_validate_json(raw.data)
+                if letter is not None and letter.stream_seq is not None and not 0 <= letter.stream_seq <= BIGINT_MAX:
+                    raise ValueError(f"stream_seq {letter.stream_seq} out of range")
             except (ValidationError, ValueError, KeyError, TypeError) as exc:
                 log.warning("unusable message on the dead-letter stream (%s): %r", raw.subject[:300], exc)
                 await settle([raw], ok=True)

@@ -25,6 +25,8 @@ async def from_advisory(js: JetStreamContext, raw: Msg) -> DeadLetter | None:
     """Turn a MAX_DELIVERIES advisory into a dead letter holding the original message."""
     advisory: dict[str, Any] = orjson.loads(raw.data)
     seq = int(advisory["stream_seq"])  # typed as a string by some server versions
+    if not 0 < seq < 2**63:
+        raise ValueError(f"stream_seq {seq} out of range")
     consumer = str(advisory.get("consumer", "unknown"))
     try:
         original = await js.get_msg(subjects.STREAM_EVENTS, seq)

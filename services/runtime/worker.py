@@ -160,6 +160,10 @@ async def work_batch(
         except (ValidationError, ValueError) as exc:
             await dead_letter_and_ack(js, service, raw, describe_error(exc))
             continue
+        except Exception as exc:  # parsing is pure: whatever it raises (RecursionError...) is this message's
+            log.warning("%s could not parse %s: %r", service, raw.subject[:300], exc)
+            await dead_letter_and_ack(js, service, raw, f"could not parse: {type(exc).__name__}")
+            continue
         good.append((raw, evt))
     if good and screen is not None:
         try:

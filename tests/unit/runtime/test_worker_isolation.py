@@ -131,3 +131,23 @@ async def test_a_screen_refuses_or_defers_single_messages() -> None:
     assert [getattr(e, "index", None) for e in worked] == [0]
     assert [m.settled for m in raws] == [[("ack", None)], [("ack", None)], [("nak", 2.0)]]
     assert [d["reason"] for d in js.letters()] == ["not one of the batch's prompts"]
+
+
+async def test_a_parse_that_raises_anything_dead_letters_that_message_alone() -> None:
+    js = FakeJs()
+    raws = messages(3)
+
+    def fragile(raw: Any) -> Event:
+        if raw is raws[1]:
+            raise RecursionError("maximum recursion depth exceeded")
+        return parse(raw)
+
+    worked: list[Event] = []
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        worked.extend(events)
+        return []
+
+    await work_batch(js, "t", raws, fragile, work)  # type: ignore[arg-type]
+    assert len(worked) == 2 and all(m.settled == [("ack", None)] for m in raws)
+    assert [d["reason"] for d in js.letters()] == ["could not parse: RecursionError"]
