@@ -9,6 +9,7 @@
 """
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,7 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ids
 from contracts.enums import BatchStatus
-from contracts.events import BatchAccepted, Event, PromptEvent, PromptFailed, PromptJudged, PromptResponded, Usage
+from contracts.events import (
+    BatchAccepted,
+    Event,
+    PromptEvent,
+    PromptFailed,
+    PromptJudged,
+    PromptResponded,
+    PromptScored,
+    Usage,
+)
 
 INT4_MAX = 2**31 - 1
 INT2_MAX = 2**15 - 1
@@ -56,26 +66,42 @@ def _usage_problem(u: Usage) -> str | None:
     return None
 
 
+def _judged_problem(evt: PromptJudged) -> str | None:
+    c = evt.calls
+    if c.unbatched > INT2_MAX or c.batch_size > INT2_MAX or not math.isfinite(c.share):
+        return f"calls out of range (unbatched and batch_size up to {INT2_MAX}, share finite)"
+    return _usage_problem(evt.usage)
+
+
+def _scored_problem(evt: PromptScored) -> str | None:
+    score = evt.overall_score
+    return None if score is None or math.isfinite(score) else "overall_score must be finite"
+
+
+def _failed_problem(evt: PromptFailed) -> str | None:
+    return f"attempts beyond {INT2_MAX}" if evt.attempts > INT2_MAX else None
+
+
+def _accepted_problem(evt: BatchAccepted) -> str | None:
+    return f"total_prompts beyond {INT4_MAX}" if evt.total_prompts > INT4_MAX else None
+
+
+# By exact type: on the hot path, a dict lookup is cheaper than a chain of isinstance checks.
+_PROBLEMS: dict[type, Callable[[Any], str | None]] = {
+    BatchAccepted: _accepted_problem,
+    PromptResponded: lambda evt: _usage_problem(evt.usage),
+    PromptJudged: _judged_problem,
+    PromptScored: _scored_problem,
+    PromptFailed: _failed_problem,
+}
+
+
 def fits_columns(evt: Event) -> str | None:
     """Why `evt` could not be stored as rows (None when it can). Cheap: fields, no walk."""
-    if isinstance(evt, BatchAccepted) and evt.total_prompts > INT4_MAX:
-        return f"total_prompts beyond {INT4_MAX}"
     if isinstance(evt, PromptEvent) and evt.index > INT4_MAX:
         return f"index beyond {INT4_MAX}"
-    if isinstance(evt, PromptResponded | PromptJudged):
-        problem = _usage_problem(evt.usage)
-        if problem is not None:
-            return problem
-    if isinstance(evt, PromptJudged):
-        c = evt.calls
-        if c.unbatched > INT2_MAX or c.batch_size > INT2_MAX or not math.isfinite(c.share):
-            return f"calls out of range (unbatched and batch_size up to {INT2_MAX}, share finite)"
-    if isinstance(evt, PromptFailed) and evt.attempts > INT2_MAX:
-        return f"attempts beyond {INT2_MAX}"
-    score = getattr(evt, "overall_score", None)
-    if isinstance(score, float) and not math.isfinite(score):
-        return "overall_score must be finite"
-    return None
+    problem = _PROBLEMS.get(type(evt))
+    return None if problem is None else problem(evt)
 
 
 def wrong_prompt_id(evt: PromptEvent) -> str | None:
