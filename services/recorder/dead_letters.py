@@ -19,6 +19,9 @@ from services.recorder.checks import INT4_MAX, batch_totals
 
 # The stage that did not happen when a message of this kind could not be processed.
 STAGE_OF = {"queued": Stage.CHAT, "responded": Stage.JUDGE, "judged": Stage.SCORE}
+# A prompt's own end the recorder could not store (a score, a failure) still ends the prompt, at
+# the stage it names or the score stage, so its batch finishes.
+ENDING = {"scored", "failed"}
 
 
 async def from_advisory(js: JetStreamContext, raw: Msg) -> DeadLetter | None:
@@ -54,12 +57,16 @@ def prompt_failure(letter: DeadLetter) -> dict[str, Any] | None:
     the subject's batch must be the body's and the prompt id its index's (whether the batch has
     that prompt is checked in bulk by the caller)."""
     verb = letter.subject.rsplit(".", 1)[-1]
-    if verb not in STAGE_OF or ".prompt." not in letter.subject:
+    if (verb not in STAGE_OF and verb not in ENDING) or ".prompt." not in letter.subject:
         return None
     try:
         evt = PromptEvent.model_validate_json(letter.payload)
-    except (ValidationError, ValueError):
+        named = orjson.loads(letter.payload).get("stage") if verb == "failed" else None
+    except (ValidationError, ValueError, AttributeError):
         return None  # poison we cannot attribute to a prompt
+    stage = STAGE_OF.get(verb, Stage.SCORE)
+    if named in {s.value for s in Stage}:
+        stage = Stage(named)
     if (
         subjects.batch_id_of(letter.subject) != evt.batch_id
         or evt.index > INT4_MAX
@@ -68,7 +75,7 @@ def prompt_failure(letter: DeadLetter) -> dict[str, Any] | None:
         return None  # not about a prompt of the batch its subject names
     return {
         "prompt_id": evt.prompt_id,
-        "stage": STAGE_OF[verb].value,
+        "stage": stage.value,
         "batch_id": evt.batch_id,
         "category": FailureCategory.DEAD_LETTER.value,
         "error": printable(letter.reason[:4000]),

@@ -9,7 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchConfig, ChatMessage, DeadLetter, PromptQueued
+from contracts.enums import FailureCategory, Stage
+from contracts.events import BatchAccepted, BatchConfig, ChatMessage, DeadLetter, PromptFailed, PromptQueued
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
 from services.recorder.dead_letters import from_advisory, record_dead_letters
@@ -100,15 +101,27 @@ async def test_dead_letters_of_prompts_a_batch_does_not_have_are_kept_but_fail_n
         letter(1, f"{batch_id}-000001", subject_batch="b-elsewhere"),  # the subject names another batch
         letter(1, f"{batch_id}-000001"),  # the one real prompt
     ]
+    # a prompt's failure the recorder could not store still ends that prompt, at the stage it names
+    failed = PromptFailed(
+        batch_id=batch_id,
+        prompt_id=f"{batch_id}-000000",
+        index=0,
+        stage=Stage.JUDGE,
+        category=FailureCategory.TIMEOUT,
+        error="slow",
+    )
+    letters.append(
+        DeadLetter(service="recorder", subject=failed.subject, reason="NUL", payload=failed.to_json().decode())
+    )
     engine = create_async_engine(servers.database_url)
     try:
         async with engine.begin() as conn:
             await record(conn, [BatchAccepted(batch_id=batch_id, config=cfg, suite_name="s", total_prompts=2)])
             assert await record_dead_letters(conn, letters) == {batch_id}
         async with engine.connect() as conn:
-            failed = (
-                await conn.execute(text("SELECT prompt_id FROM failures WHERE batch_id = :b"), {"b": batch_id})
-            ).scalars()
-            assert list(failed) == [f"{batch_id}-000001"]
+            rows = await conn.execute(
+                text("SELECT prompt_id, stage FROM failures WHERE batch_id = :b ORDER BY prompt_id"), {"b": batch_id}
+            )
+            assert [tuple(r) for r in rows] == [(f"{batch_id}-000000", "judge"), (f"{batch_id}-000001", "chat")]
     finally:
         await engine.dispose()

@@ -20,6 +20,7 @@ from contracts import subjects
 from contracts.enums import FailureCategory, Stage
 from contracts.events import (
     BatchAccepted,
+    BatchCompleted,
     BatchConfig,
     ChatMessage,
     DeadLetter,
@@ -140,8 +141,12 @@ async def test_scores_for_prompts_a_batch_does_not_have_do_not_count(rig: Rig) -
     real = [scored(batch_id, i) for i in range(200)]
     # accepted in the same fetch as the scores: the write's own `accepted` counts
     await rig.publish_events([accepted(batch_id, 200), *forged, wrong_id, *real])
+    done = await rig.nc.subscribe(subjects.batch_event(batch_id, "batch", "completed"))
     await rig.handle(252)
     assert await rig.progress(batch_id) == (200, 200, 0, 0)
+    await rig.recorder.flush(rig.js)
+    report = BatchCompleted.model_validate_json((await done.next_msg(timeout=20)).data).report
+    assert (report.total, report.completed, report.failed) == (200, 200, 0)
     letters = await rig.wait_letters(51)
     assert sum("has 200 prompts: no prompt 1000" in dl.reason for dl in letters) == 50
     assert sum("is not prompt 5 of batch" in dl.reason for dl in letters) == 1
