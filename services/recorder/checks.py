@@ -9,6 +9,7 @@
 """
 
 import math
+from datetime import UTC
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from contracts import ids
 from contracts.enums import BatchStatus
 from contracts.events import (
     BatchAccepted,
+    BatchRejected,
     Event,
     PromptEvent,
     PromptFailed,
@@ -82,13 +84,26 @@ def _failed_problem(evt: PromptFailed) -> str | None:
     return f"attempts beyond {INT2_MAX}" if evt.attempts > INT2_MAX else None
 
 
+def _when_problem(evt: Event) -> str | None:
+    """A batch's timestamps are stored in UTC: one that does not convert (year 1 at +14:00) is refused."""
+    try:
+        if evt.occurred_at.tzinfo is not None:
+            evt.occurred_at.astimezone(UTC)
+    except OverflowError:
+        return "occurred_at is out of range"
+    return None
+
+
 def _accepted_problem(evt: BatchAccepted) -> str | None:
-    return f"total_prompts beyond {INT4_MAX}" if evt.total_prompts > INT4_MAX else None
+    if evt.total_prompts > INT4_MAX:
+        return f"total_prompts beyond {INT4_MAX}"
+    return _when_problem(evt)
 
 
 # By exact type: on the hot path, a dict lookup is cheaper than a chain of isinstance checks.
 _PROBLEMS: dict[type, Callable[[Any], str | None]] = {
     BatchAccepted: _accepted_problem,
+    BatchRejected: _when_problem,
     PromptResponded: lambda evt: _usage_problem(evt.usage),
     PromptJudged: _judged_problem,
     PromptScored: _scored_problem,

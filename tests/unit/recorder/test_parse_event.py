@@ -59,6 +59,11 @@ def test_a_completion_on_the_subject_is_passed_by_unread() -> None:
             "total_prompts beyond",
         ),
         (subjects.batch_event("b-1", "batch", "exploded"), b"{}", "no event type"),
+        (
+            subjects.batch_event("b-1", "batch", "rejected"),
+            b'{"batch_id": "b-1", "reason": "r", "occurred_at": "0001-01-01T00:00:00+14:00"}',
+            "occurred_at is out of range",
+        ),
     ],
 )
 def test_refused(subject: str, data: bytes, says: str) -> None:
