@@ -9,8 +9,8 @@
 """
 
 import math
-from datetime import UTC
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
 import orjson
