@@ -24,7 +24,7 @@ from services.runtime.errors import describe_error
 
 log = logging.getLogger("evalbus.worker")
 In = TypeVar("In", bound=BaseModel)
-T = TypeVar("T")
+T = TypeVar("T")  # what a batched consumer parses its messages into (None for those it passes by)
 # Failed attempts one batch may spend on finding its poison (a bisection finds one bad message in
 # 256 with 9): past this the fault is not one message's, and the rest is retried as a whole.
 MAX_FAILED_ATTEMPTS = 48
@@ -143,16 +143,16 @@ async def work_batch(
     js: JetStreamContext,
     service: str,
     raws: list[Msg],
-    parse: Callable[[Msg], In],
-    work: Callable[[list[In]], Awaitable[Sequence[Event]]],
+    parse: Callable[[Msg], T],
+    work: Callable[[list[T]], Awaitable[Sequence[Event]]],
     alive: InProgress | None = None,
-    screen: Callable[[list[In]], Awaitable[Sequence[Refusal | None]]] | None = None,
+    screen: Callable[[list[T]], Awaitable[Sequence[Refusal | None]]] | None = None,
     transient: Callable[[BaseException], bool] = _never_transient,
 ) -> None:
     """Batched form: bad messages are dead-lettered one by one and never fail the others; the
     good ones are worked on together, their results published pipelined, then all acked. `screen`
     (one call for the whole batch, e.g. one query) may refuse some; a failing batch is split."""
-    good: list[tuple[Msg, In]] = []
+    good: list[tuple[Msg, T]] = []
     for raw in raws:
         try:
             evt = parse(raw)
@@ -172,7 +172,7 @@ async def work_batch(
             log.exception("%s could not screen a batch of %d; will be redelivered", service, len(good))
             await settle([raw for raw, _ in good], ok=False)
             return
-        kept: list[tuple[Msg, In]] = []
+        kept: list[tuple[Msg, T]] = []
         for (raw, evt), refusal in zip(good, verdicts, strict=True):
             if refusal is None:
                 kept.append((raw, evt))
@@ -188,7 +188,7 @@ async def work_batch(
         for raw, _ in good:
             alive.add(raw)
 
-    async def attempt(events: list[In]) -> None:
+    async def attempt(events: list[T]) -> None:
         await publish_events(js, await work(events))
 
     try:

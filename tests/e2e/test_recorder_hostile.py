@@ -3,6 +3,7 @@
 import asyncio
 import json
 import secrets
+from typing import Any
 
 import nats
 import orjson
@@ -18,7 +19,7 @@ from evalbus.stack import Stack
 pytestmark = pytest.mark.e2e
 
 
-async def _rows(stack: Stack, sql: str, **params: object) -> list[tuple[object, ...]]:
+async def _rows(stack: Stack, sql: str, **params: object) -> list[Any]:
     engine = create_async_engine(stack.database_url)
     try:
         async with engine.connect() as conn:
@@ -44,6 +45,7 @@ async def test_a_valid_and_a_malformed_start_back_to_back_are_both_recorded(stac
     completed = BatchCompleted.model_validate_json((await done.next_msg(timeout=120)).data)
     await nc.drain()
     assert completed.report.completed == 3
+    rows: dict[object, object] = {}
     for _ in range(100):  # the row is marked finished right after the completion is published
         rows = dict(
             await _rows(stack, "SELECT batch_id, status FROM batches WHERE batch_id IN (:g, :b)", g=good, b=bad)

@@ -93,7 +93,7 @@ async def test_several_poison_messages_each_fail_alone() -> None:
         if poison & set(values):
             raise ValueError("bad")
 
-    await handle_isolated("t", items, attempt)  # type: ignore[arg-type]
+    await handle_isolated("t", items, attempt)  # type: ignore[arg-type, list-item]
     assert {i for m, i in items if m.settled == [("nak", 2.0)]} == poison
     assert all(m.settled == [("ack", None)] for m, i in items if i not in poison)
 
@@ -108,7 +108,7 @@ async def test_an_event_on_another_batchs_subject_is_dead_lettered_never_worked_
         worked.extend(events)
         return []
 
-    await work_batch(js, "t", [raw], parse, work)  # type: ignore[arg-type]
+    await work_batch(js, "t", [raw], parse, work)  # type: ignore[arg-type, list-item]
     assert worked == [] and raw.settled == [("ack", None)]
     [letter] = js.letters()
     assert "does not match the event" in letter["reason"] and "b-other" in letter["reason"]
