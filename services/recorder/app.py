@@ -105,9 +105,10 @@ class Recorder:
     async def screen(self, events: Sequence[Event | None]) -> list[Refusal | None]:
         """Prompt events are taken only for prompts their batch has (one query for the batches
         not seen yet). A prompt event whose batch has no row yet is deferred, not refused: the
-        batch's `accepted` may still be on its way (in this write, or behind in the stream); it
-        comes back with a growing delay and, if its batch never appears, ends as a dead letter
-        when the consumer's max deliveries run out."""
+        batch's `accepted` precedes it in the stream but may be in another replica's write still
+        being committed (or in a write being retried); it comes back with a growing delay and, if
+        its batch still has no row after a few deliveries (worker.DEFERRED_DELIVERIES, ~30 s),
+        ends as a dead letter."""
         wanted = {e.batch_id for e in events if isinstance(e, PromptEvent)} - self._totals.keys()
         if wanted:
             async with self.engine.connect() as conn:

@@ -28,6 +28,10 @@ T = TypeVar("T")  # what a batched consumer parses its messages into (None for t
 # Failed attempts one batch may spend on finding its poison (a bisection finds one bad message in
 # 256 with 9): past this the fault is not one message's, and the rest is retried as a whole.
 MAX_FAILED_ATTEMPTS = 48
+# Deliveries a deferred message gets (retry delays 2+4+8+16 s) before it is dead-lettered: a
+# deferred message still holds a slot of the consumer's max ack pending, so a flood of them must
+# not hold the consumer for the whole max-deliveries horizon (~30 min).
+DEFERRED_DELIVERIES = 5
 
 
 class SubjectMismatch(ValueError):
@@ -47,10 +51,18 @@ def check_subject(subject: str, evt: object) -> None:
 @dataclass(frozen=True)
 class Refusal:
     """A parsed message a screen does not take: dead-lettered with `reason`, or with `retry`
-    negatively acked to come back later (what it depends on may not be recorded yet)."""
+    negatively acked to come back later (what it depends on may not be recorded yet), up to
+    DEFERRED_DELIVERIES deliveries, then dead-lettered."""
 
     reason: str
     retry: bool = False
+
+
+def _delivered(raw: Msg) -> int:
+    try:
+        return int(raw.metadata.num_delivered or 1)
+    except Exception:  # not a JetStream message
+        return 1
 
 
 def _never_transient(exc: BaseException) -> bool:
@@ -176,9 +188,11 @@ async def work_batch(
         for (raw, evt), refusal in zip(good, verdicts, strict=True):
             if refusal is None:
                 kept.append((raw, evt))
-            elif refusal.retry:
+            elif refusal.retry and _delivered(raw) < DEFERRED_DELIVERIES:
                 log.info("%s: %s not taken yet (%s); will be redelivered", service, raw.subject, refusal.reason)
                 await settle([raw], ok=False)
+            elif refusal.retry:
+                await dead_letter_and_ack(js, service, raw, f"{refusal.reason} after {_delivered(raw)} deliveries")
             else:
                 await dead_letter_and_ack(js, service, raw, refusal.reason)
         good = kept

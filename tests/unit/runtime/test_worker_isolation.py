@@ -151,3 +151,19 @@ async def test_a_parse_that_raises_anything_dead_letters_that_message_alone() ->
     await work_batch(js, "t", raws, fragile, work)  # type: ignore[arg-type]
     assert len(worked) == 2 and all(m.settled == [("ack", None)] for m in raws)
     assert [d["reason"] for d in js.letters()] == ["could not parse: RecursionError"]
+
+
+async def test_a_deferred_message_is_dead_lettered_after_a_few_deliveries() -> None:
+    js = FakeJs()
+    [raw] = messages(1)
+    raw.metadata.num_delivered = 5
+
+    async def screen(events: list[Event]) -> list[Refusal | None]:
+        return [Refusal("batch not recorded yet", retry=True)]
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        raise AssertionError("not worked on")
+
+    await work_batch(js, "t", [raw], parse, work, screen=screen)  # type: ignore[arg-type, list-item]
+    assert raw.settled == [("ack", None)]
+    assert [d["reason"] for d in js.letters()] == ["batch not recorded yet after 5 deliveries"]
