@@ -5,6 +5,7 @@ the database, and the CLI commands run as processes against both."""
 import asyncio
 import csv
 import io
+import json
 import os
 import secrets
 import subprocess
@@ -18,6 +19,8 @@ import nats
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -658,3 +661,24 @@ async def test_a_sample_too_big_for_any_reply_comes_without_its_bulk(recorded: R
         got = await queries.samples_page(conn, SamplesQuery(batch_id=batch_id, after_index=-1), 4000)
     assert got is not None and [s.index for s in got.items] == [0] and got.truncated and got.next_after_index == 0
     assert got.items[0].metadata == {} and got.items[0].clipped["metadata"] == len(orjson.dumps(bulky))
+
+
+_fuzz_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=10,
+)
+_fuzz_keys = st.sampled_from(["batch_id", "filters", "after_index", "page", "token", "session", "sort", "limit"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    endpoint=st.sampled_from(["batch.status", "batch.samples", "batch.resume", "batch.quality", "batches.history"]),
+    body=st.dictionaries(_fuzz_keys, _fuzz_values, max_size=4) | st.binary(max_size=60).map(lambda b: {"raw": b.hex()}),
+)
+async def test_any_request_gets_an_answer_or_a_bounded_error(api: Api, endpoint: str, body: dict[str, Any]) -> None:
+    try:
+        await client.request(api.nc, subjects.api(endpoint), json.dumps(body).encode(), timeout_s=10)
+    except client.ApiError as exc:
+        assert exc.code in ("400", "404") and len(exc.description) <= 1000, exc
+        assert "Traceback" not in exc.description and "SELECT" not in exc.description
