@@ -3,7 +3,10 @@
 `nats req evalbus.v1.api.batch.status '{"batch_id": "..."}'` answers from the database, so it
 works whenever the recorder runs, also after every other service has been restarted.
 Endpoints: batch.{status,report,quality,samples,resume} and batches.history (contracts/queries.py).
-Errors are NATS micro service errors: 400 bad request, 404 no such batch, 503 database down.
+Errors are NATS micro service errors: 400 bad request (naming the field), 404 no such batch,
+503 database down, 500 anything else. A description is at most MAX_ERROR_CHARS on one line and
+never quotes the request at length, SQL, parameters, driver names or tracebacks (those go to the
+log); no reply exceeds the connection's max payload.
 """
 
 import logging
