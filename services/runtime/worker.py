@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
@@ -46,6 +47,11 @@ def check_subject(subject: str, evt: object) -> None:
             f"subject {subject[:300]!r} does not match the event (batch {evt.batch_id!r}, "
             f"{evt.entity}.{evt.verb}: expected {evt.subject!r})"
         )
+
+
+class PublishFailed(Exception):
+    """The broker did not take a batch's results: no message's fault, so the batch is not split
+    (splitting would wait out a publish timeout per half while the broker is away)."""
 
 
 @dataclass(frozen=True)
@@ -203,10 +209,19 @@ async def work_batch(
             alive.add(raw)
 
     async def attempt(events: list[T]) -> None:
-        await publish_events(js, await work(events))
+        results = await work(events)
+        try:
+            await publish_events(js, results)
+        except MaxPayloadError:
+            raise  # a result too large to publish is that message's fault: split
+        except Exception as exc:
+            raise PublishFailed(f"{len(results)} results not published: {exc!r}") from exc
+
+    def not_ours(exc: BaseException) -> bool:
+        return isinstance(exc, PublishFailed) or transient(exc)
 
     try:
-        await handle_isolated(service, good, attempt, transient, alive)
+        await handle_isolated(service, good, attempt, not_ours, alive)
     finally:
         if alive is not None:  # also when cancelled
             for raw, _ in good:

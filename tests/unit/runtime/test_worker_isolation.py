@@ -167,3 +167,19 @@ async def test_a_deferred_message_is_dead_lettered_after_a_few_deliveries() -> N
     await work_batch(js, "t", [raw], parse, work, screen=screen)  # type: ignore[arg-type, list-item]
     assert raw.settled == [("ack", None)]
     assert [d["reason"] for d in js.letters()] == ["batch not recorded yet after 5 deliveries"]
+
+
+async def test_results_the_broker_does_not_take_retry_the_batch_without_splitting() -> None:
+    class DownJs(FakeJs):
+        async def publish_async(self, subject: str, payload: bytes, **kw: Any) -> "asyncio.Future[object]":
+            raise TimeoutError("nats: timeout")
+
+    raws = messages(8)
+    calls: list[int] = []
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        calls.append(len(events))
+        return list(events)
+
+    await work_batch(DownJs(), "t", raws, parse, work)  # type: ignore[arg-type, list-item]
+    assert calls == [8] and all(m.settled == [("nak", 2.0)] for m in raws)
