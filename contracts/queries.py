@@ -8,7 +8,7 @@ Subjects: `evalbus.v1.api.batch.samples` (SamplesQuery -> SamplesPage),
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,9 +16,14 @@ from contracts.enums import BatchStatus, FailureCategory, Stage
 from contracts.events import CRITERION_PATTERN, MAX_TEXT, ChatMessage
 from contracts.ids import BATCH_ID_PATTERN
 from contracts.references import ComponentScore
+from contracts.text import StoredStr, storable
 
 MAX_PER_PAGE = 500
 MAX_FILTERS = 20
+MAX_FILTER_CHARS = 300  # one `field=value` filter
+MAX_TOKEN_CHARS = 100  # a resume token
+# The largest value an `integer` column (prompt indexes) holds.
+INT4_MAX = 2**31 - 1
 DEFAULT_MAX_CHARS = 2000
 MAX_HISTORY = 500
 # A metadata key path: dot-separated JSON object keys, e.g. `metadata.source.doc`.
@@ -55,7 +60,20 @@ class Reply(BaseModel):
 class BatchRef(Reply):
     """A request that names one batch (status, report, quality); other keys are ignored."""
 
-    batch_id: str = Field(min_length=1, max_length=200)
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
+
+
+class ResumeRequest(Reply):
+    """Re-drive a running batch's unfinished prompts; `token` makes the re-driven events' ids
+    distinct from earlier ones (the same token again re-sends nothing the stream still holds)."""
+
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
+    token: str = Field(default="manual", pattern=r"^[A-Za-z0-9_.:-]+$", min_length=1, max_length=MAX_TOKEN_CHARS)
+
+
+def _quoted(raw: str) -> str:
+    """A user's filter as an error message quotes it: clipped, so a reply stays small."""
+    return repr(raw if len(raw) <= 60 else raw[:60] + "...")
 
 
 class SampleFilter(Reply):
@@ -77,40 +95,42 @@ class SampleFilter(Reply):
 
     @classmethod
     def parse(cls, raw: str) -> "SampleFilter":
+        storable(raw)
         name, sep, value = raw.partition("=")
         name = name.strip()
+        raw = _quoted(raw)  # from here on only quoted in messages
         if not sep or not name:
-            raise ValueError(f"filter {raw!r} must be field=value; fields: {', '.join(FILTER_FIELDS)}")
+            raise ValueError(f"filter {raw} must be field=value; fields: {', '.join(FILTER_FIELDS)}")
         if name in ("passed",) or name.startswith("criterion."):
             flag = _BOOLEANS.get(value.strip().lower())
             if flag is None:
-                raise ValueError(f"filter {raw!r}: {name} takes true or false")
+                raise ValueError(f"filter {raw}: {name} takes true or false")
             if name == "passed":
                 return cls(field="passed", value=flag)
             criterion = name.removeprefix("criterion.")
             if not re.match(CRITERION_PATTERN, criterion):
-                raise ValueError(f"filter {raw!r}: criterion must match {CRITERION_PATTERN}")
+                raise ValueError(f"filter {raw}: criterion must match {CRITERION_PATTERN}")
             return cls(field="criterion", key=criterion, value=flag)
         if name == "status":
             if value not in ("scored", "failed", "pending"):
-                raise ValueError(f"filter {raw!r}: status is scored, failed or pending")
+                raise ValueError(f"filter {raw}: status is scored, failed or pending")
             return cls(field="status", value=value)
         if name == "stage":
             if value not in {s.value for s in Stage}:
-                raise ValueError(f"filter {raw!r}: stage is one of {', '.join(s.value for s in Stage)}")
+                raise ValueError(f"filter {raw}: stage is one of {', '.join(s.value for s in Stage)}")
             return cls(field="stage", value=value)
         if name == "category":
             if value not in {c.value for c in FailureCategory}:
-                raise ValueError(f"filter {raw!r}: category is one of {', '.join(c.value for c in FailureCategory)}")
+                raise ValueError(f"filter {raw}: category is one of {', '.join(c.value for c in FailureCategory)}")
             return cls(field="category", value=value)
         if name in ("case_id", "model"):
             return cls(field=name, value=value)
         if name.startswith("metadata."):
             path = name.removeprefix("metadata.")
             if not re.match(METADATA_KEY_PATTERN, path):
-                raise ValueError(f"filter {raw!r}: metadata key path must match {METADATA_KEY_PATTERN}")
+                raise ValueError(f"filter {raw}: metadata key path must match {METADATA_KEY_PATTERN}")
             return cls(field="metadata", key=path, value=value)
-        raise ValueError(f"filter {raw!r}: unknown field {name!r}; fields: {', '.join(FILTER_FIELDS)}")
+        raise ValueError(f"filter {raw}: unknown field {_quoted(name)}; fields: {', '.join(FILTER_FIELDS)}")
 
 
 class SamplesQuery(Strict):
@@ -131,13 +151,15 @@ class SamplesQuery(Strict):
     """
 
     batch_id: str = Field(pattern=BATCH_ID_PATTERN)
-    filters: list[str] = Field(default_factory=list, max_length=MAX_FILTERS)
+    filters: list[Annotated[str, Field(max_length=MAX_FILTER_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_FILTERS
+    )
     min_score: float | None = Field(default=None, ge=1, le=10)
     min_verdict: float | None = Field(default=None, ge=0, le=1)
     sort: SampleSort = "index"
     page: int = Field(default=1, ge=1, le=1_000_000)
     per_page: int = Field(default=50, ge=1, le=MAX_PER_PAGE)
-    after_index: int | None = Field(default=None, ge=-1)
+    after_index: int | None = Field(default=None, ge=-1, le=INT4_MAX)
     with_total: bool = True
     max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=50, le=MAX_TEXT)
 
@@ -223,10 +245,10 @@ class HistoryQuery(Strict):
     """Recent batches, newest first; every filter given must hold."""
 
     limit: int = Field(default=20, ge=1, le=MAX_HISTORY)
-    session: str | None = Field(default=None, max_length=200)
-    experiment: str | None = Field(default=None, max_length=200)
+    session: StoredStr | None = Field(default=None, max_length=200)
+    experiment: StoredStr | None = Field(default=None, max_length=200)
     status: BatchStatus | None = None
-    model: str | None = Field(default=None, max_length=200)
+    model: StoredStr | None = Field(default=None, max_length=200)
 
 
 class BatchSummary(Reply):

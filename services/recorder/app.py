@@ -23,12 +23,14 @@ from contracts import subjects
 from contracts.enums import BatchStatus
 from contracts.events import (
     EVENT_TYPES,
+    BatchAccepted,
     BatchCompleted,
     BatchReport,
     BreakerStateChanged,
     CancelBatchRequested,
     DeadLetter,
     Event,
+    PromptEvent,
     PromptFailed,
     PromptScored,
     ResumeResult,
@@ -36,7 +38,7 @@ from contracts.events import (
 )
 from contracts.quality import QualityReport
 from contracts.topology import RECORDER_BREAKERS, RECORDER_DEAD_LETTERS, RECORDER_EVENTS
-from services.recorder import quality, reporting, tables
+from services.recorder import checks, quality, reporting, tables
 from services.recorder.api import start_api
 from services.recorder.dead_letters import from_advisory, record_dead_letters
 from services.recorder.redrive import redrive_events, summary
@@ -44,28 +46,47 @@ from services.recorder.repository import record
 from services.runtime.bus import encode, jetstream, publish_events, settle, stream_seq
 from services.runtime.service import consume, new_service
 from services.runtime.settings import get_settings
-from services.runtime.worker import work_batch
+from services.runtime.worker import Refusal, check_subject, handle_isolated, work_batch
 
 log = logging.getLogger("evalbus.recorder")
 SERVICE = "recorder"
 BREAKERS_SETTLE_S = 2.0
 BREAKER_FIELDS = {"service", "endpoint", "old_state", "new_state", "occurred_at"}
-# Commands are the generator's to validate; the recorder does not store them.
+# Commands are the generator's to validate; the recorder does not store them. A completion is
+# the recorder's own output, read back on its consumer: it stores nothing from it (a forged one
+# on the subject changes no row), so it is passed by unread.
 PASSED_BY = {
     (StartBatchRequested.entity, StartBatchRequested.verb),
     (CancelBatchRequested.entity, CancelBatchRequested.verb),
+    (BatchCompleted.entity, BatchCompleted.verb),
 }
+# Batches whose prompt count is known, so most writes need no query to check their prompts
+# (an accepted batch's total never changes); cleared when it grows past this.
+TOTALS_CACHED = 10_000
+BIGINT_MAX = 2**63 - 1
 
 
 def parse_event(raw: Msg) -> Event | None:
+    """The event of a message on the events stream, None for those the recorder passes by.
+    ValueError (a dead letter) for anything it could not store or that is not what its subject
+    says: the subject's batch and type must be the body's, a prompt's id its index's."""
     parts = raw.subject.split(".")
     key = (parts[4], parts[5]) if len(parts) == 6 else ("", "")
     if key in PASSED_BY:
         return None
     cls = EVENT_TYPES.get(key)
     if cls is None:
-        raise ValueError(f"no event type for subject {raw.subject!r}")
-    return cls.model_validate_json(raw.data)
+        raise ValueError(f"no event type for subject {raw.subject[:300]!r}")
+    if checks.has_nul(raw.data):
+        raise ValueError("NUL characters (\\u0000) cannot be stored")
+    evt = cls.model_validate_json(raw.data)
+    check_subject(raw.subject, evt)
+    problem = checks.fits_columns(evt)
+    if problem is None and isinstance(evt, PromptEvent):
+        problem = checks.wrong_prompt_id(evt)
+    if problem is not None:
+        raise ValueError(problem)
+    return evt
 
 
 class Recorder:
@@ -79,6 +100,41 @@ class Recorder:
         self._left: dict[str, int] = {}
         self.may_have_finished: set[str] = set()
         self.finishing = asyncio.Event()
+        self._totals: dict[str, int | None] = {}
+
+    async def screen(self, events: Sequence[Event | None]) -> list[Refusal | None]:
+        """Prompt events are taken only for prompts their batch has (one query for the batches
+        not seen yet). A prompt event whose batch has no row yet is deferred, not refused: the
+        batch's `accepted` precedes it in the stream but may be in another replica's write still
+        being committed (or in a write being retried); it comes back with a growing delay and, if
+        its batch still has no row after a few deliveries (worker.DEFERRED_DELIVERIES, ~30 s),
+        ends as a dead letter."""
+        wanted = {e.batch_id for e in events if isinstance(e, PromptEvent)} - self._totals.keys()
+        if wanted:
+            async with self.engine.connect() as conn:
+                found = await checks.batch_totals(conn, wanted)
+            if len(self._totals) + len(found) > TOTALS_CACHED:
+                self._totals.clear()
+            # A rejected id may be accepted later: only accepted totals are kept.
+            self._totals.update({b: n for b, n in found.items() if n is not None})
+        else:
+            found = {}
+        here = {e.batch_id: e.total_prompts for e in events if isinstance(e, BatchAccepted)}
+        verdicts: list[Refusal | None] = []
+        for evt in events:
+            if not isinstance(evt, PromptEvent):
+                verdicts.append(None)
+                continue
+            known = evt.batch_id in self._totals or evt.batch_id in found
+            total = self._totals.get(evt.batch_id, found.get(evt.batch_id))
+            if total is None and evt.batch_id in here:  # accepted in this very write
+                known, total = True, here[evt.batch_id]
+            if not known:
+                verdicts.append(Refusal(f"batch {evt.batch_id!r} not recorded yet", retry=True))
+                continue
+            reason = checks.prompt_refusal(evt, total, known)
+            verdicts.append(None if reason is None else Refusal(reason))
+        return verdicts
 
     async def write(self, events: list[Event | None]) -> Sequence[Event]:
         mine = [e for e in events if e is not None]
@@ -120,10 +176,13 @@ class Recorder:
                 log.warning("progress for %s failed (%r); will retry", batch_id, exc)
                 self.dirty.add(batch_id)
 
-    async def resume(self, js: JetStreamContext, batch_id: str, token: str) -> ResumeResult:
-        """Send every unfinished prompt of a running batch on again, rebuilt from its rows."""
+    async def resume(self, js: JetStreamContext, batch_id: str, token: str) -> ResumeResult | None:
+        """Send every unfinished prompt of a running batch on again, rebuilt from its rows
+        (None: no such batch)."""
         async with self.engine.connect() as conn:
             events = await redrive_events(conn, batch_id, token)
+        if events is None:
+            return None
         for start in range(0, len(events), 1000):
             await publish_events(js, events[start : start + 1000])
         if events:
@@ -145,7 +204,10 @@ class Recorder:
                 self._last_moved[batch_id] = (key, now)
             elif now - seen[1] >= stall_after_s:
                 self._last_moved[batch_id] = (key, now)
-                await self.resume(js, batch_id, f"stall-{int(time.time())}")
+                try:  # one batch whose rows cannot be re-driven must not stop the others'
+                    await self.resume(js, batch_id, f"stall-{int(time.time())}")
+                except Exception as exc:
+                    log.warning("could not re-drive stalled batch %s: %r", batch_id, exc)
         for gone in set(self._last_moved) - set(snapshots):
             del self._last_moved[gone]
 
@@ -221,30 +283,45 @@ def create_app() -> FastStream:
     tasks: list[asyncio.Task[None]] = []
 
     async def on_events(raws: list[Msg]) -> None:
-        await work_batch(jetstream(broker), SERVICE, raws, parse_event, recorder.write)
+        await work_batch(
+            jetstream(broker),
+            SERVICE,
+            raws,
+            parse_event,
+            recorder.write,
+            screen=recorder.screen,
+            transient=checks.database_down,
+        )
 
     async def on_dead_letters(raws: list[Msg]) -> None:
         js = jetstream(broker)
-        letters: list[DeadLetter] = []
+        letters: list[tuple[Msg, DeadLetter]] = []
         for raw in raws:
             try:
                 if raw.subject.startswith("$JS.EVENT.ADVISORY."):
                     letter = await from_advisory(js, raw)
                 else:
                     letter = DeadLetter.model_validate_json(raw.data)
-            except (ValidationError, ValueError, KeyError) as exc:
-                log.warning("unusable message on the dead-letter stream (%s): %r", raw.subject, exc)
+                if letter is not None and letter.stream_seq is not None and not 0 <= letter.stream_seq <= BIGINT_MAX:
+                    raise ValueError(f"stream_seq {letter.stream_seq} out of range")
+            except (ValidationError, ValueError, KeyError, TypeError) as exc:
+                log.warning("unusable message on the dead-letter stream (%s): %r", raw.subject[:300], exc)
+                await settle([raw], ok=True)
                 continue
-            if letter is not None:
-                letters.append(letter)
-        try:
+            except Exception as exc:  # the original could not be read now (the broker): later
+                log.warning("could not read the message behind %s (%r); will retry", raw.subject[:300], exc)
+                await settle([raw], ok=False)
+                continue
+            if letter is None:
+                await settle([raw], ok=True)
+            else:
+                letters.append((raw, letter))
+
+        async def store(batch: list[DeadLetter]) -> None:
             async with engine.begin() as conn:
-                recorder.dirty |= await record_dead_letters(conn, letters)
-        except Exception:
-            log.exception("could not store %d dead letters; will retry", len(letters))
-            await settle(raws, ok=False)
-            return
-        await settle(raws, ok=True)
+                recorder.dirty |= await record_dead_letters(conn, batch)
+
+        await handle_isolated(SERVICE, letters, store, checks.database_down)
 
     consume(
         app,
@@ -257,23 +334,23 @@ def create_app() -> FastStream:
     )
 
     async def on_breaker_events(raws: list[Msg]) -> None:
-        rows = []
+        rows: list[tuple[Msg, dict[str, object]]] = []
         for raw in raws:
             try:
+                if checks.has_nul(raw.data):
+                    raise ValueError("NUL characters cannot be stored")
                 evt = BreakerStateChanged.model_validate_json(raw.data)
             except (ValidationError, ValueError) as exc:
-                log.warning("unusable breaker event (%s): %r", raw.subject, exc)
+                log.warning("unusable breaker event (%s): %r", raw.subject[:300], exc)
+                await settle([raw], ok=True)
                 continue
-            rows.append({"stream_seq": stream_seq(raw), **evt.model_dump(include=BREAKER_FIELDS)})
-        try:
-            if rows:
-                async with engine.begin() as conn:
-                    await conn.execute(insert(tables.breaker_events).on_conflict_do_nothing(), rows)
-        except Exception:
-            log.exception("could not store %d breaker events; will retry", len(rows))
-            await settle(raws, ok=False)
-            return
-        await settle(raws, ok=True)
+            rows.append((raw, {"stream_seq": stream_seq(raw), **evt.model_dump(include=BREAKER_FIELDS)}))
+
+        async def store(batch: list[dict[str, object]]) -> None:
+            async with engine.begin() as conn:
+                await conn.execute(insert(tables.breaker_events).on_conflict_do_nothing(), batch)
+
+        await handle_isolated(SERVICE, rows, store, checks.database_down)
 
     consume(
         app,

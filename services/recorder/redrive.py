@@ -88,12 +88,15 @@ def _next_event(row: Any, cfg: BatchConfig, judgments: list[CriterionJudgment], 
     return cls(event_id=eid, **common, **fields)
 
 
-async def redrive_events(conn: AsyncConnection, batch_id: str, token: str) -> Sequence[Event]:
-    """The events that move every unfinished prompt of a running batch one step on."""
+async def redrive_events(conn: AsyncConnection, batch_id: str, token: str) -> Sequence[Event] | None:
+    """The events that move every unfinished prompt of a running batch one step on (none for a
+    batch that is not running; None when there is no such batch)."""
     batch = (
         await conn.execute(text("SELECT status, config FROM batches WHERE batch_id = :b"), {"b": batch_id})
     ).first()
-    if batch is None or batch.status != "running" or batch.config is None:
+    if batch is None:
+        return None
+    if batch.status != "running" or batch.config is None:
         return []
     cfg = BatchConfig.model_validate(batch.config)
     rows = (await conn.execute(_UNFINISHED, {"b": batch_id})).mappings().all()

@@ -176,6 +176,38 @@ def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
     return []
 
 
+def _shapes(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by their key set, in order of first appearance. insertmanyvalues needs one
+    shape per statement, and padding a row with None would overrule a column's default (a
+    rejected batch has no total_prompts: NULL, not 0, would fail the NOT NULL column)."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(frozenset(row), []).append(row)
+    return list(groups.values())
+
+
+def _accepted_once(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One accepted row per batch: an ON CONFLICT DO UPDATE may not touch a row twice."""
+    seen: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        seen.setdefault(row["batch_id"], row)
+    return list(seen.values())
+
+
+def _insert(table: Table, shape: frozenset[str]) -> Any:
+    stmt = insert(table)
+    if table is t.batches and "total_prompts" in shape:
+        # An accepted batch replaces an earlier rejection of its id (a rejected id may be started
+        # again); any other existing row wins: a repeated or late `accepted` changes nothing.
+        return stmt.on_conflict_do_update(
+            index_elements=[t.batches.c.batch_id],
+            set_={k: stmt.excluded[k] for k in shape if k != "batch_id"}
+            | {"rejected_reason": None, "finished_at": None},
+            where=t.batches.c.status == BatchStatus.REJECTED.value,
+        )
+    return stmt.on_conflict_do_nothing()
+
+
 async def record(conn: AsyncConnection, events: Sequence[Event]) -> set[str]:
     """Upsert every event's rows; returns the batch ids whose state may have changed."""
     by_table: dict[Table, list[dict[str, Any]]] = defaultdict(list)
@@ -187,10 +219,9 @@ async def record(conn: AsyncConnection, events: Sequence[Event]) -> set[str]:
         for table, row in rows:
             by_table[table].append(row)
     for table in ORDER:
-        rows = by_table.get(table)
-        if rows:
-            # insertmanyvalues needs every dict to have the same keys
-            keys = set().union(*(r.keys() for r in rows))
-            uniform = [{k: r.get(k) for k in keys} for r in rows]
-            await conn.execute(insert(table).on_conflict_do_nothing(), uniform)
+        for shaped in _shapes(by_table.get(table, [])):
+            shape = frozenset(shaped[0])
+            if table is t.batches and "total_prompts" in shape:
+                shaped = _accepted_once(shaped)
+            await conn.execute(_insert(table, shape), shaped)
     return touched

@@ -121,11 +121,16 @@ def stream_seq(msg: "Msg") -> int | None:
 async def dead_letter(js: "JetStreamContext", service: str, msg: "Msg", reason: str) -> None:
     """Keep a message we cannot use on the DLQ stream, with the reason; the caller then acks it."""
     seq = stream_seq(msg)
+
+    def storable(text: str) -> str:  # PostgreSQL stores no NUL and no lone surrogate: escape them
+        text = text.replace("\x00", "\\x00")
+        return text if text.isascii() else text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
     letter = DeadLetter(
         service=service,
-        subject=msg.subject,
-        reason=reason[:4000],
-        payload=msg.data[:65_536].decode("utf-8", errors="replace"),
+        subject=storable(msg.subject),
+        reason=storable(reason[:4000]),
+        payload=storable(msg.data[:65_536].decode("utf-8", errors="backslashreplace")),
         stream_seq=seq,
     )
     msg_id = f"dlq-{service}-{seq}" if seq is not None else None

@@ -9,10 +9,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchConfig, ChatMessage, DeadLetter, PromptQueued
+from contracts.enums import FailureCategory, Stage
+from contracts.events import BatchAccepted, BatchConfig, ChatMessage, DeadLetter, PromptFailed, PromptQueued
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
 from services.recorder.dead_letters import from_advisory, record_dead_letters
+from services.recorder.repository import record
 from services.runtime.bus import publish_events
 
 pytestmark = pytest.mark.integration
@@ -56,6 +58,8 @@ async def test_max_deliveries_advisory_becomes_a_dead_letter_and_a_failure(serve
 
     engine = create_async_engine(servers.database_url)
     try:
+        async with engine.begin() as conn:  # only prompts a recorded batch has become failures
+            await record(conn, [BatchAccepted(batch_id=batch_id, config=evt.config, suite_name="s", total_prompts=1)])
         for _ in range(2):  # redelivered letters change nothing
             async with engine.begin() as conn:
                 assert await record_dead_letters(conn, [letter]) == {batch_id}
@@ -67,5 +71,57 @@ async def test_max_deliveries_advisory_becomes_a_dead_letter_and_a_failure(serve
                 await conn.execute(text("SELECT count(*) FROM dead_letters WHERE subject = :s"), {"s": evt.subject})
             ).scalar_one()
         assert [tuple(r) for r in rows] == [("chat", "dead_letter")] and letters == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_dead_letters_of_prompts_a_batch_does_not_have_are_kept_but_fail_nothing(servers) -> None:  # type: ignore[no-untyped-def]
+    batch_id = "b-dlx-" + secrets.token_hex(3)
+    cfg = BatchConfig(model="m")
+
+    def letter(index: int, prompt_id: str, subject_batch: str = batch_id, seq: int = 0) -> DeadLetter:
+        evt = PromptQueued(
+            batch_id=batch_id,
+            prompt_id=prompt_id,
+            index=index,
+            messages=[ChatMessage(role="user", content="q")],
+            config=cfg,
+        )
+        return DeadLetter(
+            service="chat-runner",
+            subject=subjects.batch_event(subject_batch, "prompt", "queued"),
+            reason="invalid",
+            payload=evt.to_json().decode(),
+            stream_seq=seq or None,
+        )
+
+    letters = [
+        letter(5, f"{batch_id}-000005"),  # beyond the batch's 2 prompts
+        letter(1, "another-id"),  # not the id of index 1
+        letter(1, f"{batch_id}-000001", subject_batch="b-elsewhere"),  # the subject names another batch
+        letter(1, f"{batch_id}-000001"),  # the one real prompt
+    ]
+    # a prompt's failure the recorder could not store still ends that prompt, at the stage it names
+    failed = PromptFailed(
+        batch_id=batch_id,
+        prompt_id=f"{batch_id}-000000",
+        index=0,
+        stage=Stage.JUDGE,
+        category=FailureCategory.TIMEOUT,
+        error="slow",
+    )
+    letters.append(
+        DeadLetter(service="recorder", subject=failed.subject, reason="NUL", payload=failed.to_json().decode())
+    )
+    engine = create_async_engine(servers.database_url)
+    try:
+        async with engine.begin() as conn:
+            await record(conn, [BatchAccepted(batch_id=batch_id, config=cfg, suite_name="s", total_prompts=2)])
+            assert await record_dead_letters(conn, letters) == {batch_id}
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT prompt_id, stage FROM failures WHERE batch_id = :b ORDER BY prompt_id"), {"b": batch_id}
+            )
+            assert [tuple(r) for r in rows] == [(f"{batch_id}-000000", "judge"), (f"{batch_id}-000001", "chat")]
     finally:
         await engine.dispose()

@@ -12,6 +12,7 @@ from contracts.events import (
     BatchAccepted,
     BatchCompleted,
     BatchConfig,
+    BatchRejected,
     ChatMessage,
     CriterionJudgment,
     Event,
@@ -228,5 +229,48 @@ async def test_the_write_that_may_finish_a_batch_gets_it_checked_before_the_next
         await recorder.flush(js, only_finishing=True)
         done = BatchCompleted.model_validate_json((await completed.next_msg(timeout=10)).data)
         assert done.status is BatchStatus.PARTIAL_FAILURE and done.report.completed == 6
+    finally:
+        await engine.dispose()
+
+
+async def test_an_accepted_and_a_rejected_batch_in_one_write_are_both_recorded(servers) -> None:  # type: ignore[no-untyped-def]
+    engine = create_async_engine(servers.database_url)
+    good, bad = "b-shape-" + secrets.token_hex(3), "b-shape-" + secrets.token_hex(3)
+    events: list[Event] = [
+        BatchAccepted(batch_id=good, config=CFG, suite_name="s", total_prompts=3),
+        BatchRejected(batch_id=bad, reason="no cases"),
+    ]
+    try:
+        async with engine.begin() as conn:
+            assert await record(conn, events) == {good, bad}
+        async with engine.connect() as conn:
+            rows = {
+                r.batch_id: (r.status, r.total_prompts, r.rejected_reason)
+                for r in await conn.execute(
+                    text(
+                        "SELECT batch_id, status, total_prompts, rejected_reason FROM batches WHERE batch_id IN (:g, :b)"
+                    ),
+                    {"g": good, "b": bad},
+                )
+            }
+        assert rows == {good: ("running", 3, None), bad: ("rejected", 0, "no cases")}
+        # a rejected id started again is accepted; a late accepted of a running batch changes nothing
+        again = [
+            BatchAccepted(batch_id=bad, config=CFG, suite_name="s2", total_prompts=2),
+            BatchAccepted(batch_id=good, config=CFG, suite_name="s", total_prompts=9),
+        ]
+        async with engine.begin() as conn:
+            await record(conn, again)
+        async with engine.connect() as conn:
+            after = {
+                r.batch_id: (r.status, r.total_prompts, r.rejected_reason)
+                for r in await conn.execute(
+                    text(
+                        "SELECT batch_id, status, total_prompts, rejected_reason FROM batches WHERE batch_id IN (:g, :b)"
+                    ),
+                    {"g": good, "b": bad},
+                )
+            }
+        assert after == {good: ("running", 3, None), bad: ("running", 2, None)}
     finally:
         await engine.dispose()

@@ -1,0 +1,89 @@
+"""What the recorder's parse step refuses (a dead letter) before anything reaches the database."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from contracts import subjects
+from contracts.events import BatchAccepted, BatchConfig, ChatMessage, PromptJudged, PromptResponded, Usage
+from services.recorder.app import parse_event
+from tests.integration.events import scored
+
+CFG = BatchConfig(model="m")
+
+
+def msg(subject: str, data: bytes) -> object:
+    return SimpleNamespace(subject=subject, data=data)
+
+
+def responded(**usage: object) -> PromptResponded:
+    return PromptResponded(
+        batch_id="b-1",
+        prompt_id="b-1-000000",
+        index=0,
+        messages=[ChatMessage(role="user", content="q")],
+        answer="a",
+        model="m",
+        usage=Usage(**usage),  # type: ignore[arg-type]
+        config=CFG,
+    )
+
+
+def test_a_good_event_parses() -> None:
+    evt = scored("b-1", 3)
+    assert parse_event(msg(evt.subject, evt.to_json())) == evt  # type: ignore[arg-type]
+
+
+def test_a_completion_on_the_subject_is_passed_by_unread() -> None:
+    # The recorder makes completions itself; a forged one (even garbage) is neither stored nor parsed.
+    assert parse_event(msg(subjects.batch_event("b-1", "batch", "completed"), b"FORGED")) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("subject", "data", "says"),
+    [
+        (subjects.batch_event("b-2", "prompt", "scored"), scored("b-1", 0).to_json(), "does not match"),
+        (subjects.batch_event("b-1", "prompt", "failed"), scored("b-1", 0).to_json(), "validation error"),
+        (
+            scored("b-1", 0).subject,
+            scored("b-1", 0).model_copy(update={"prompt_id": "b-1-7"}).to_json(),
+            "is not prompt 0",
+        ),
+        (scored("b-1", 0).subject, scored("b-1", 0).to_json().replace(b"[]", b'["\\u0000"]'), "NUL"),
+        (scored("b-1", 0).subject, scored("b-1", 2**31).to_json(), "index beyond"),
+        (responded().subject, responded(tokens_in=2**31).to_json(), "tokens beyond"),
+        (responded().subject, responded(attempts=2**15).to_json(), "attempts beyond"),
+        (
+            subjects.batch_event("b-1", "batch", "accepted"),
+            BatchAccepted(batch_id="b-1", config=CFG, suite_name="s", total_prompts=2**31).to_json(),
+            "total_prompts beyond",
+        ),
+        (subjects.batch_event("b-1", "batch", "exploded"), b"{}", "no event type"),
+        (
+            subjects.batch_event("b-1", "batch", "rejected"),
+            b'{"batch_id": "b-1", "reason": "r", "occurred_at": "0001-01-01T00:00:00+14:00"}',
+            "occurred_at is out of range",
+        ),
+    ],
+)
+def test_refused(subject: str, data: bytes, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_event(msg(subject, data))  # type: ignore[arg-type]
+
+
+def test_judge_calls_beyond_smallint_are_refused() -> None:
+    judged = PromptJudged.model_validate(
+        {
+            "batch_id": "b-1",
+            "prompt_id": "b-1-000000",
+            "index": 0,
+            "judge_model": "j",
+            "judgments": [],
+            "usage": {},
+            "answer": "a",
+            "config": CFG.model_dump(),
+            "calls": {"unbatched": 40_000},
+        }
+    )
+    with pytest.raises(ValueError, match="calls out of range"):
+        parse_event(msg(judged.subject, judged.to_json()))  # type: ignore[arg-type]

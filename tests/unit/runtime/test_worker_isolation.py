@@ -1,0 +1,185 @@
+"""The batched worker isolates a poison message: with fakes for the broker side."""
+
+import asyncio
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+
+from contracts.events import Event
+from services.runtime.worker import Refusal, handle_isolated, work_batch
+from tests.integration.events import scored
+
+BATCH = "b-iso"
+
+
+class FakeMsg:
+    def __init__(self, subject: str, data: bytes, seq: int) -> None:
+        self.subject, self.data = subject, data
+        self.metadata = SimpleNamespace(num_delivered=1, sequence=SimpleNamespace(stream=seq))
+        self.settled: list[tuple[str, float | None]] = []
+
+    async def ack(self) -> None:
+        self.settled.append(("ack", None))
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.settled.append(("nak", delay))
+
+
+class FakeJs:
+    """Publishes succeed at once; dead letters are kept."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, payload: bytes, **kw: Any) -> object:
+        self.published.append((subject, payload))
+        return SimpleNamespace(seq=len(self.published))
+
+    async def publish_async(self, subject: str, payload: bytes, **kw: Any) -> "asyncio.Future[object]":
+        self.published.append((subject, payload))
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(seq=len(self.published)))
+        return fut
+
+    def letters(self) -> list[dict[str, Any]]:
+        return [orjson.loads(p) for s, p in self.published if s.startswith("evalbus.v1.dlq.")]
+
+
+def messages(n: int) -> list[FakeMsg]:
+    return [FakeMsg(scored(BATCH, i).subject, scored(BATCH, i).to_json(), i + 1) for i in range(n)]
+
+
+def parse(raw: Any) -> Event:
+    from contracts.events import PromptScored
+
+    return PromptScored.model_validate_json(raw.data)
+
+
+async def test_one_poison_message_in_100_fails_alone_and_the_99_are_acked_on_their_first_delivery() -> None:
+    raws = messages(100)
+    calls: list[int] = []
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        calls.append(len(events))
+        if any(getattr(e, "index", None) == 37 for e in events):
+            raise RuntimeError("poison")
+        return []
+
+    await work_batch(FakeJs(), "t", raws, parse, work)  # type: ignore[arg-type]
+    assert [m.settled for i, m in enumerate(raws) if i != 37] == [[("ack", None)]] * 99
+    assert raws[37].settled == [("nak", 2.0)]  # retried alone, with the first retry delay
+    assert len(calls) <= 2 * 7 + 1  # a bisection, not one call per message
+
+
+async def test_a_transient_fault_retries_the_batch_as_a_whole_without_splitting() -> None:
+    raws = messages(50)
+    calls: list[int] = []
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        calls.append(len(events))
+        raise ConnectionRefusedError("database down")
+
+    await work_batch(FakeJs(), "t", raws, parse, work, transient=lambda e: isinstance(e, OSError))  # type: ignore[arg-type]
+    assert calls == [50] and all(m.settled == [("nak", 2.0)] for m in raws)
+
+
+async def test_several_poison_messages_each_fail_alone() -> None:
+    items = [(FakeMsg("s", b"", i), i) for i in range(256)]
+    poison = {3, 100, 101, 255}
+
+    async def attempt(values: list[int]) -> None:
+        if poison & set(values):
+            raise ValueError("bad")
+
+    await handle_isolated("t", items, attempt)  # type: ignore[arg-type, list-item]
+    assert {i for m, i in items if m.settled == [("nak", 2.0)]} == poison
+    assert all(m.settled == [("ack", None)] for m, i in items if i not in poison)
+
+
+async def test_an_event_on_another_batchs_subject_is_dead_lettered_never_worked_on() -> None:
+    js = FakeJs()
+    forged = scored("b-other", 0)
+    raw = FakeMsg(scored(BATCH, 0).subject, forged.to_json(), 9)  # b-other's event on b-iso's subject
+    worked: list[Event] = []
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        worked.extend(events)
+        return []
+
+    await work_batch(js, "t", [raw], parse, work)  # type: ignore[arg-type, list-item]
+    assert worked == [] and raw.settled == [("ack", None)]
+    [letter] = js.letters()
+    assert "does not match the event" in letter["reason"] and "b-other" in letter["reason"]
+
+
+async def test_a_screen_refuses_or_defers_single_messages() -> None:
+    js = FakeJs()
+    raws = messages(3)
+
+    async def screen(events: list[Event]) -> list[Refusal | None]:
+        return [None, Refusal("not one of the batch's prompts"), Refusal("batch not recorded yet", retry=True)]
+
+    worked: list[Event] = []
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        worked.extend(events)
+        return []
+
+    await work_batch(js, "t", raws, parse, work, screen=screen)  # type: ignore[arg-type]
+    assert [getattr(e, "index", None) for e in worked] == [0]
+    assert [m.settled for m in raws] == [[("ack", None)], [("ack", None)], [("nak", 2.0)]]
+    assert [d["reason"] for d in js.letters()] == ["not one of the batch's prompts"]
+
+
+async def test_a_parse_that_raises_anything_dead_letters_that_message_alone() -> None:
+    js = FakeJs()
+    raws = messages(3)
+
+    def fragile(raw: Any) -> Event:
+        if raw is raws[1]:
+            raise RecursionError("maximum recursion depth exceeded")
+        return parse(raw)
+
+    worked: list[Event] = []
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        worked.extend(events)
+        return []
+
+    await work_batch(js, "t", raws, fragile, work)  # type: ignore[arg-type]
+    assert len(worked) == 2 and all(m.settled == [("ack", None)] for m in raws)
+    assert [d["reason"] for d in js.letters()] == ["could not parse: RecursionError"]
+
+
+async def test_a_deferred_message_is_dead_lettered_after_a_few_deliveries() -> None:
+    js = FakeJs()
+    [raw] = messages(1)
+    raw.metadata.num_delivered = 5
+
+    async def screen(events: list[Event]) -> list[Refusal | None]:
+        return [Refusal("batch not recorded yet", retry=True)]
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        raise AssertionError("not worked on")
+
+    await work_batch(js, "t", [raw], parse, work, screen=screen)  # type: ignore[arg-type, list-item]
+    assert raw.settled == [("ack", None)]
+    assert [d["reason"] for d in js.letters()] == ["batch not recorded yet after 5 deliveries"]
+
+
+async def test_results_the_broker_does_not_take_retry_the_batch_without_splitting() -> None:
+    class DownJs(FakeJs):
+        async def publish_async(self, subject: str, payload: bytes, **kw: Any) -> "asyncio.Future[object]":
+            raise TimeoutError("nats: timeout")
+
+    raws = messages(8)
+    calls: list[int] = []
+
+    async def work(events: list[Event]) -> Sequence[Event]:
+        calls.append(len(events))
+        return list(events)
+
+    await work_batch(DownJs(), "t", raws, parse, work)  # type: ignore[arg-type, list-item]
+    assert calls == [8] and all(m.settled == [("nak", 2.0)] for m in raws)
