@@ -59,6 +59,8 @@ def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
             )
         ]
     if isinstance(evt, BatchRejected):
+        if evt.repeated_start:
+            return []  # answers whoever sent the repeat; the batch it names stays as it is
         return [
             (
                 t.batches,
@@ -186,28 +188,6 @@ def _shapes(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
-def _accepted_once(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One accepted row per batch: an ON CONFLICT DO UPDATE may not touch a row twice."""
-    seen: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        seen.setdefault(row["batch_id"], row)
-    return list(seen.values())
-
-
-def _insert(table: Table, shape: frozenset[str]) -> Any:
-    stmt = insert(table)
-    if table is t.batches and "total_prompts" in shape:
-        # An accepted batch replaces an earlier rejection of its id (a rejected id may be started
-        # again); any other existing row wins: a repeated or late `accepted` changes nothing.
-        return stmt.on_conflict_do_update(
-            index_elements=[t.batches.c.batch_id],
-            set_={k: stmt.excluded[k] for k in shape if k != "batch_id"}
-            | {"rejected_reason": None, "finished_at": None},
-            where=t.batches.c.status == BatchStatus.REJECTED.value,
-        )
-    return stmt.on_conflict_do_nothing()
-
-
 async def record(conn: AsyncConnection, events: Sequence[Event]) -> set[str]:
     """Upsert every event's rows; returns the batch ids whose state may have changed."""
     by_table: dict[Table, list[dict[str, Any]]] = defaultdict(list)
@@ -220,8 +200,7 @@ async def record(conn: AsyncConnection, events: Sequence[Event]) -> set[str]:
             by_table[table].append(row)
     for table in ORDER:
         for shaped in _shapes(by_table.get(table, [])):
-            shape = frozenset(shaped[0])
-            if table is t.batches and "total_prompts" in shape:
-                shaped = _accepted_once(shaped)
-            await conn.execute(_insert(table, shape), shaped)
+            # Every row is keyed by natural ids: the first writer wins. Batch ids are single-use, so
+            # neither a late `accepted` nor a `rejected` changes a batch that is already recorded.
+            await conn.execute(insert(table).on_conflict_do_nothing(), shaped)
     return touched

@@ -254,10 +254,12 @@ async def test_an_accepted_and_a_rejected_batch_in_one_write_are_both_recorded(s
                 )
             }
         assert rows == {good: ("running", 3, None), bad: ("rejected", 0, "no cases")}
-        # a rejected id started again is accepted; a late accepted of a running batch changes nothing
+        # batch ids are single-use: a late accepted changes neither a rejected nor a running batch,
+        # and a repeated start's rejection changes nothing
         again = [
             BatchAccepted(batch_id=bad, config=CFG, suite_name="s2", total_prompts=2),
             BatchAccepted(batch_id=good, config=CFG, suite_name="s", total_prompts=9),
+            BatchRejected(batch_id=good, reason="already started", repeated_start=True),
         ]
         async with engine.begin() as conn:
             await record(conn, again)
@@ -271,6 +273,6 @@ async def test_an_accepted_and_a_rejected_batch_in_one_write_are_both_recorded(s
                     {"g": good, "b": bad},
                 )
             }
-        assert after == {good: ("running", 3, None), bad: ("running", 2, None)}
+        assert after == {good: ("running", 3, None), bad: ("rejected", 0, "no cases")}
     finally:
         await engine.dispose()
