@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         "give a read-only role",
     )
     sql_check_concurrency: int = Field(default=4, ge=1, description="SQL checks running at once per database")
+    pattern_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="time the scorer gives the user patterns (regex checks, schema `pattern`s) of one answer "
+        "together; a check still matching then gets the verdict `timeout`",
+    )
 
     def resolved_api_key(self) -> str | None:
         if self.api_key:
