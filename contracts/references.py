@@ -21,11 +21,12 @@ import re._parser as _sre_parser
 from typing import Annotated, Any, Final, Literal, Self
 
 import regex
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from contracts.text import JsonObject, StoredStr
 
 MAX_VALUE = 200_000
+MAX_REFERENCES = 20  # checks in one list: a case's, a suite's shared ones, a batch's
 MAX_SQL = 100_000
 MAX_PATTERN = 5_000
 # Groups nested deeper than this are refused before any parser recurses into them.
@@ -105,19 +106,21 @@ class Regex(ReferenceCheck):
     pattern: StoredStr = Field(min_length=1, max_length=MAX_PATTERN)
     flags: list[RegexFlag] = Field(default_factory=list, max_length=5)
     mode: Literal["search", "fullmatch"] = "search"
-    _compiled: "regex.Pattern[str]" = PrivateAttr()
 
     @model_validator(mode="after")
     def _compiles(self) -> Self:
         try:
-            self._compiled = compile_pattern(self.pattern, tuple(self.flags))
+            compile_pattern(self.pattern, tuple(self.flags))
         except ValueError as exc:
             raise ValueError(f"pattern {exc}") from None
         return self
 
     def compiled(self) -> "regex.Pattern[str]":
-        """The pattern compiled at validation (match it with a `timeout=`: it may backtrack)."""
-        return self._compiled
+        """The pattern compiled at validation (match it with a `timeout=`: it may backtrack).
+
+        From `compile_pattern`'s cache; were it evicted, compiling the validated pattern again
+        gives the same result (the bounds make compiling deterministic), so this never raises."""
+        return compile_pattern(self.pattern, tuple(self.flags))
 
 
 class JsonValid(ReferenceCheck):
@@ -130,7 +133,6 @@ class JsonSchema(ReferenceCheck):
     kind: Literal["json_schema"] = "json_schema"
     schema_: JsonObject = Field(alias="schema")
     allow_fence: bool = True
-    _patterns: "dict[str, regex.Pattern[str]]" = PrivateAttr(default_factory=dict)
 
     @field_validator("schema_")
     @classmethod
@@ -142,15 +144,9 @@ class JsonSchema(ReferenceCheck):
             raise ValueError("; ".join(problems[:5]))
         return value
 
-    @model_validator(mode="after")
-    def _compile_patterns(self) -> Self:
-        # Valid by now (schema_problems compiled each one); cached, so this costs a lookup.
-        self._patterns = {p: compile_pattern(p) for p in _schema_patterns(self.schema_)}
-        return self
-
     def pattern(self, source: str) -> "regex.Pattern[str]":
-        """A `pattern` keyword of this schema, compiled at validation."""
-        return self._patterns[source]
+        """A `pattern` keyword of this schema, compiled at validation (by `schema_problems`)."""
+        return compile_pattern(source)
 
 
 class NumericTolerance(ReferenceCheck):
@@ -179,7 +175,10 @@ Reference = Annotated[
     ExactMatch | NormalizedMatch | Contains | Regex | JsonValid | JsonSchema | NumericTolerance | SqlEquivalence,
     Field(discriminator="kind"),
 ]
-REFERENCES: Final[TypeAdapter[list[Reference]]] = TypeAdapter(list[Reference])
+# A list of checks as a suite gives it (a case's, or a YAML suite's shared list).
+REFERENCES: Final[TypeAdapter[list[Reference]]] = TypeAdapter(
+    Annotated[list[Reference], Field(max_length=MAX_REFERENCES)]
+)
 
 
 def parse_references(data: object) -> list[Reference]:
@@ -263,19 +262,6 @@ def _pattern_problems(value: object, path: str) -> list[str]:
     return []
 
 
-def _schema_patterns(schema: object) -> set[str]:
-    """Every `pattern` keyword of a schema that `schema_problems` accepted."""
-    if not isinstance(schema, dict):
-        return set()
-    found = {schema["pattern"]} if isinstance(schema.get("pattern"), str) else set()
-    props = schema.get("properties")
-    for sub in props.values() if isinstance(props, dict) else ():
-        found |= _schema_patterns(sub)
-    for key in ("items", "additionalProperties"):
-        found |= _schema_patterns(schema.get(key))
-    return found
-
-
 def _schema_size(value: object) -> int:
     """Keys of every object in the tree (depth is already bounded by JsonObject)."""
     if isinstance(value, dict):
@@ -288,7 +274,7 @@ def _schema_size(value: object) -> int:
 # ---- patterns ------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=4096)
 def compile_pattern(source: str, flag_names: tuple[RegexFlag, ...] = ()) -> "regex.Pattern[str]":
     """`source` compiled by `regex` (re-compatible VERSION0), or ValueError saying why it cannot be.
 
