@@ -13,6 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts import subjects
@@ -34,7 +35,7 @@ MAX_RAW_OUTPUT = 8000
 MAX_PROMPT_REFERENCES = 3 * MAX_REFERENCES
 MAX_MESSAGES = 200
 MAX_CRITERIA = 20
-# Case metadata: keys at the top level, and keys plus string characters in the whole tree.
+# Case metadata: keys at the top level, and bytes as JSON.
 MAX_METADATA_KEYS = 100
 MAX_METADATA_SIZE = 100_000
 # PostgreSQL column ranges: `integer` (indexes, token counts), `smallint` (attempts, batch sizes).
@@ -45,24 +46,19 @@ EVENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{0,100}$"
 JudgeMode = Literal["combined", "per_criterion"]
 
 
-def _json_size(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(len(k) + _json_size(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_json_size(v) for v in value)
-    return 1
-
-
 def _bounded_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    if value and _json_size(value) > MAX_METADATA_SIZE:
-        raise ValueError(f"metadata larger than {MAX_METADATA_SIZE} characters in keys and strings")
+    # Measured as the recorder will store it (orjson, as its JSONB serializer): C speed, one pass.
+    try:
+        size = len(orjson.dumps(value)) if value else 0
+    except TypeError as exc:  # (JsonObject has refused what orjson cannot write; kept a ValueError anyway)
+        raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    if size > MAX_METADATA_SIZE:
+        raise ValueError(f"metadata larger than {MAX_METADATA_SIZE} bytes as JSON")
     return value
 
 
 Metadata = Annotated[JsonObject, Field(max_length=MAX_METADATA_KEYS), AfterValidator(_bounded_metadata)]
-"""A case's free-form metadata: storable, at most 32 levels, 100 keys, 100k characters."""
+"""A case's free-form metadata: storable, at most 32 levels, 100 keys, 100 kB as JSON."""
 Name = Annotated[StoredStr, Field(min_length=1, max_length=MAX_NAME)]
 Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 Usd = Annotated[float, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
