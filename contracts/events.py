@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts import subjects
 from contracts.enums import DEFAULT_CRITERIA, BatchStatus, FailureCategory, Stage
@@ -57,6 +57,15 @@ def _bounded_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _sane_time(value: datetime) -> datetime:
+    # Stored as timestamptz; far years with an offset would overflow converting to UTC.
+    if not 1970 <= value.year <= 9000:
+        raise ValueError("a time between the years 1970 and 9000 is expected")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_sane_time)]
+"""A time with its zone (a naive one would be read in whatever zone the reader runs in)."""
 Metadata = Annotated[JsonObject, Field(max_length=MAX_METADATA_KEYS), AfterValidator(_bounded_metadata)]
 """A case's free-form metadata: storable, at most 32 levels, 100 keys, 100 kB as JSON."""
 Name = Annotated[StoredStr, Field(min_length=1, max_length=MAX_NAME)]
@@ -143,7 +152,7 @@ class BatchConfig(Model):
     @classmethod
     def _criteria(cls, value: list[str]) -> list[str]:
         for c in value:
-            if not _CRITERION.match(c):
+            if not _CRITERION.fullmatch(c):
                 raise ValueError(f"criterion {c!r} must match {CRITERION_PATTERN}")
         if len(set(value)) != len(value):
             raise ValueError("criteria must be unique")
@@ -205,7 +214,7 @@ class Event(Model):
 
     event_id: str = Field(default="", pattern=EVENT_ID_PATTERN)
     batch_id: str = Field(pattern=BATCH_ID_PATTERN)
-    occurred_at: datetime = Field(default_factory=utcnow)
+    occurred_at: Timestamp = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
     def id_keys(self) -> tuple[object, ...]:
@@ -475,7 +484,7 @@ class BreakerStateChanged(Model):
     endpoint: StoredStr = Field(max_length=1000)
     old_state: Literal["closed", "open", "half_open"]
     new_state: Literal["closed", "open", "half_open"]
-    occurred_at: datetime = Field(default_factory=utcnow)
+    occurred_at: Timestamp = Field(default_factory=utcnow)
 
 
 EVENT_TYPES: dict[tuple[str, str], type[Event]] = {

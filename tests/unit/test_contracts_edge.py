@@ -216,3 +216,24 @@ def test_a_system_prompt_before_the_most_messages_a_case_may_have_still_fits() -
 def test_a_suite_list_of_references_is_bounded() -> None:
     with pytest.raises(ValidationError, match="at most 20"):
         parse_references([{"kind": "json_valid"}] * (MAX_REFERENCES + 1))
+
+
+def test_metadata_a_yaml_suite_gives_is_refused_unless_the_recorder_can_store_it() -> None:
+    import datetime as dt
+
+    assert Case.model_validate({"prompt": "q", "metadata": {"day": dt.date(2026, 1, 2)}}).metadata
+    for bad in (b"bytes", {1, 2}, float("inf"), 10**30):
+        with pytest.raises(ValidationError):
+            Case.model_validate({"prompt": "q", "metadata": {"x": bad}})
+
+
+def test_criteria_are_whole_names() -> None:
+    with pytest.raises(ValidationError):
+        BatchConfig(model="m", criteria=["accuracy\n"])
+
+
+@pytest.mark.parametrize("when", ["2026-01-02T03:04:05", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59"])
+def test_event_times_carry_a_zone_and_a_sane_year(when: str) -> None:
+    wire = json.loads(SAMPLES[PromptQueued].to_json()) | {"occurred_at": when}
+    with pytest.raises(ValidationError):
+        PromptQueued.model_validate_json(json.dumps(wire))
