@@ -18,6 +18,7 @@ import operator
 import re
 import re._constants as _sre_constants
 import re._parser as _sre_parser
+from collections.abc import Iterator
 from typing import Annotated, Any, Final, Literal, Self
 
 import regex
@@ -28,7 +29,10 @@ from contracts.text import JsonObject, StoredStr
 MAX_VALUE = 200_000
 MAX_REFERENCES = 20  # checks in one list: a case's, a suite's shared ones, a batch's
 MAX_SQL = 100_000
-MAX_PATTERN = 5_000
+# Compiling costs a few microseconds per character on the loop of every service that parses
+# the event (once per distinct pattern, then cached): bounded so that one event stays cheap.
+MAX_PATTERN = 500
+MAX_SCHEMA_PATTERN_CHARS = 1_000  # all the `pattern` keywords of one JSON schema together
 # Groups nested deeper than this are refused before any parser recurses into them.
 MAX_PATTERN_NESTING = 50
 # The compiled program's size, counting each repeat's minimum as that many copies (the `regex`
@@ -139,6 +143,8 @@ class JsonSchema(ReferenceCheck):
     def _supported(cls, value: dict[str, Any]) -> dict[str, Any]:
         if _schema_size(value) > MAX_SCHEMA_KEYS:
             raise ValueError(f"more than {MAX_SCHEMA_KEYS} keywords and properties")
+        if sum(len(p) for p in _schema_patterns(value)) > MAX_SCHEMA_PATTERN_CHARS:
+            raise ValueError(f"its patterns have more than {MAX_SCHEMA_PATTERN_CHARS} characters together")
         problems = schema_problems(value, "$")
         if problems:
             raise ValueError("; ".join(problems[:5]))
@@ -262,6 +268,18 @@ def _pattern_problems(value: object, path: str) -> list[str]:
     return []
 
 
+def _schema_patterns(value: object) -> Iterator[str]:
+    """Every string `pattern` keyword anywhere in the tree (checked before any is compiled)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("pattern"), str):
+            yield value["pattern"]
+        for item in value.values():
+            yield from _schema_patterns(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _schema_patterns(item)
+
+
 def _schema_size(value: object) -> int:
     """Keys of every object in the tree (depth is already bounded by JsonObject)."""
     if isinstance(value, dict):
@@ -274,7 +292,7 @@ def _schema_size(value: object) -> int:
 # ---- patterns ------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=128)  # a pattern at the size bound takes ~1 MB compiled
 def compile_pattern(source: str, flag_names: tuple[RegexFlag, ...] = ()) -> "regex.Pattern[str]":
     """`source` compiled by `regex` (re-compatible VERSION0), or ValueError saying why it cannot be.
 
@@ -297,7 +315,7 @@ def compile_pattern(source: str, flag_names: tuple[RegexFlag, ...] = ()) -> "reg
     if _program_size(tree) > MAX_PATTERN_SIZE:
         raise ValueError(f"is too large once its repeats are expanded (more than {MAX_PATTERN_SIZE} elements)")
     try:
-        return regex.compile(source, regex_flags | regex.VERSION0)
+        return regex.compile(source, regex_flags | regex.VERSION0, cache_pattern=False)  # cached above
     except regex.error as exc:
         raise ValueError(f"does not compile: {exc}") from None
     except Exception as exc:  # RecursionError, OverflowError, MemoryError...: refused, never raised later
