@@ -2,19 +2,26 @@
 
 Events are frozen pydantic models, JSON on the wire. Readers ignore unknown fields so that
 additive changes inside `v1` need no coordinated deploy.
+
+Every event is untrusted input and most of it reaches PostgreSQL: every string is a StoredStr
+(no NUL, no lone surrogate), every free-form dict a bounded JsonObject, and every field has a
+bound — strings and lists a length, integers the range of the column they land in, floats a
+finite range — so a bad event is refused on arrival with a reason, not by the database later.
 """
 
 import re
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import orjson
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts import subjects
 from contracts.enums import DEFAULT_CRITERIA, BatchStatus, FailureCategory, Stage
 from contracts.ids import BATCH_ID_PATTERN, event_id
 from contracts.quality import QualityConfig, QualityReport
-from contracts.references import ComponentScore, Reference
+from contracts.references import MAX_DETAIL, MAX_REFERENCES, ComponentScore, Reference
+from contracts.text import JsonObject, StoredStr, storable_text
 from contracts.topology import SUITE_OBJECT_PATTERN
 from contracts.urls import BaseUrl, EndpointName
 
@@ -22,8 +29,51 @@ SCHEMA_VERSION = 1
 CRITERION_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 _CRITERION = re.compile(CRITERION_PATTERN)
 MAX_TEXT = 200_000
-MAX_REFERENCES = 20
+MAX_ANSWER = 1_000_000  # a model's answer: max_tokens goes up to 131k tokens
+MAX_NAME = 200  # model names, session and experiment tags, ids
+MAX_ERROR = 4000
+MAX_RAW_OUTPUT = 8000
+# A prompt's checks: its case's, its suite's shared ones, then its batch's.
+MAX_PROMPT_REFERENCES = 3 * MAX_REFERENCES
+MAX_MESSAGES = 200
+MAX_CRITERIA = 20
+# Case metadata: keys at the top level, and bytes as JSON.
+MAX_METADATA_KEYS = 100
+MAX_METADATA_SIZE = 100_000
+# PostgreSQL column ranges: `integer` (indexes, token counts), `smallint` (attempts, batch sizes).
+INT_MAX: Final = 2**31 - 1
+SMALLINT_MAX: Final = 2**15 - 1
+MAX_USD = 1e15
+EVENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{0,100}$"
 JudgeMode = Literal["combined", "per_criterion"]
+
+
+def _bounded_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    # Measured as the recorder will store it (orjson, as its JSONB serializer): C speed, one pass.
+    try:
+        size = len(orjson.dumps(value)) if value else 0
+    except TypeError as exc:  # (JsonObject has refused what orjson cannot write; kept a ValueError anyway)
+        raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    if size > MAX_METADATA_SIZE:
+        raise ValueError(f"metadata larger than {MAX_METADATA_SIZE} bytes as JSON")
+    return value
+
+
+def _sane_time(value: datetime) -> datetime:
+    # Stored as timestamptz; far years with an offset would overflow converting to UTC.
+    if not 1970 <= value.year <= 9000:
+        raise ValueError("a time between the years 1970 and 9000 is expected")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_sane_time)]
+"""A time with its zone (a naive one would be read in whatever zone the reader runs in)."""
+Metadata = Annotated[JsonObject, Field(max_length=MAX_METADATA_KEYS), AfterValidator(_bounded_metadata)]
+"""A case's free-form metadata: storable, at most 32 levels, 100 keys, 100 kB as JSON."""
+Name = Annotated[StoredStr, Field(min_length=1, max_length=MAX_NAME)]
+Count = Annotated[int, Field(ge=0, le=INT_MAX)]
+Usd = Annotated[float, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 def utcnow() -> datetime:
@@ -36,18 +86,18 @@ class Model(BaseModel):
 
 class ChatMessage(Model):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=MAX_TEXT)
+    content: StoredStr = Field(max_length=MAX_TEXT)
 
 
 class Case(Model):
     """One test case of a suite: a prompt or a chat, with optional reference and metadata."""
 
-    id: str | None = Field(default=None, max_length=200)
-    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=200)
-    expected: str | None = Field(default=None, max_length=MAX_TEXT)
+    id: StoredStr | None = Field(default=None, max_length=MAX_NAME)
+    prompt: StoredStr | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
+    expected: StoredStr | None = Field(default=None, max_length=MAX_TEXT)
     references: list[Reference] = Field(default_factory=list, max_length=MAX_REFERENCES)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_input(self) -> Self:
@@ -68,19 +118,19 @@ class Case(Model):
 class BatchConfig(Model):
     """What a user sets for a batch; carried by every prompt event that needs it."""
 
-    model: str = Field(min_length=1, max_length=200)
+    model: StoredStr = Field(min_length=1, max_length=MAX_NAME)
     # Where the model is called: an endpoint the operator configured, by name or by its URL (the
     # services refuse any other, or call it without a key where the operator allows open URLs).
     endpoint: EndpointName | None = None
     base_url: BaseUrl | None = None
-    judge_model: str | None = Field(default=None, max_length=200)
+    judge_model: StoredStr | None = Field(default=None, max_length=MAX_NAME)
     # Neither judge field set: the judge uses the model's endpoint or URL if one is named, else
     # the operator's `judge` endpoint.
     judge_endpoint: EndpointName | None = None
     judge_base_url: BaseUrl | None = None
     judge_enabled: bool = True
-    criteria: list[str] = Field(default_factory=lambda: list(DEFAULT_CRITERIA), min_length=1, max_length=20)
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    criteria: list[str] = Field(default_factory=lambda: list(DEFAULT_CRITERIA), min_length=1, max_length=MAX_CRITERIA)
+    thresholds: dict[str, float] = Field(default_factory=dict, max_length=MAX_CRITERIA)
     default_threshold: float = Field(default=7.0, ge=1, le=10)
     # Checks applied to every case of the suite, after the case's own `references`.
     references: list[Reference] = Field(default_factory=list, max_length=MAX_REFERENCES)
@@ -94,23 +144,23 @@ class BatchConfig(Model):
     judge_batch_size: int = Field(default=10, ge=1, le=50)
     judge_mode: JudgeMode = "combined"
     quality: QualityConfig = Field(default_factory=QualityConfig)
-    session_id: str | None = Field(default=None, max_length=200)
-    experiment: str | None = Field(default=None, max_length=200)
+    session_id: StoredStr | None = Field(default=None, max_length=MAX_NAME)
+    experiment: StoredStr | None = Field(default=None, max_length=MAX_NAME)
     concurrency: int = Field(default=3, ge=1, le=1024)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     max_retries: int = Field(default=2, ge=0, le=10)
     retry_base_s: float | None = Field(default=None, ge=0, le=600)  # None: the service's setting
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=131_072)
-    system_prompt: str | None = Field(default=None, max_length=MAX_TEXT)
-    input_cost_per_mtok: float | None = Field(default=None, ge=0)
-    output_cost_per_mtok: float | None = Field(default=None, ge=0)
+    system_prompt: StoredStr | None = Field(default=None, max_length=MAX_TEXT)
+    input_cost_per_mtok: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
+    output_cost_per_mtok: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
 
     @field_validator("criteria")
     @classmethod
     def _criteria(cls, value: list[str]) -> list[str]:
         for c in value:
-            if not _CRITERION.match(c):
+            if not _CRITERION.fullmatch(c):
                 raise ValueError(f"criterion {c!r} must match {CRITERION_PATTERN}")
         if len(set(value)) != len(value):
             raise ValueError("criteria must be unique")
@@ -149,10 +199,10 @@ class SuiteRef(Model):
     generator's configured suite directories, or an uploaded object (`topology.OBJ_SUITES`,
     named by `topology.suite_object_name`)."""
 
-    name: str | None = Field(default=None, max_length=200)
+    name: StoredStr | None = Field(default=None, max_length=200)
     cases: list[Case] | None = Field(default=None, max_length=20_000)
-    path: str | None = Field(default=None, max_length=4096)
-    builtin: str | None = Field(default=None, max_length=100)
+    path: StoredStr | None = Field(default=None, max_length=4096)
+    builtin: StoredStr | None = Field(default=None, max_length=100)
     object: str | None = Field(default=None, max_length=200, pattern=SUITE_OBJECT_PATTERN)
 
     @model_validator(mode="after")
@@ -175,9 +225,9 @@ class Event(Model):
     entity: ClassVar[str]
     verb: ClassVar[str]
 
-    event_id: str = ""
+    event_id: str = Field(default="", pattern=EVENT_ID_PATTERN)
     batch_id: str = Field(pattern=BATCH_ID_PATTERN)
-    occurred_at: datetime = Field(default_factory=utcnow)
+    occurred_at: Timestamp = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
     def id_keys(self) -> tuple[object, ...]:
@@ -220,20 +270,20 @@ class StartBatchRequested(Event):
 
 class CancelBatchRequested(Event):
     entity, verb = "cancel", "requested"
-    reason: str = Field(default="cancelled by user", max_length=2000)
+    reason: StoredStr = Field(default="cancelled by user", max_length=2000)
 
 
 class BatchAccepted(Event):
     entity, verb = "batch", "accepted"
     config: BatchConfig
-    suite_name: str
-    total_prompts: int = Field(ge=1)
+    suite_name: StoredStr = Field(max_length=MAX_NAME)
+    total_prompts: int = Field(ge=1, le=INT_MAX)
 
 
 class BatchRejected(Event):
     entity, verb = "batch", "rejected"
-    reason: str
-    errors: list[str] = Field(default_factory=list)
+    reason: StoredStr = Field(max_length=MAX_ERROR)
+    errors: list[Annotated[StoredStr, Field(max_length=MAX_ERROR)]] = Field(default_factory=list, max_length=50)
     # True: this answers a start of a batch id that an earlier start had already used (ids are
     # single-use). It says nothing about that batch, whose recorded state must not change.
     repeated_start: bool = False
@@ -242,16 +292,17 @@ class BatchRejected(Event):
 class BatchProgress(Model):
     """A snapshot of committed state, on `evalbus.v1.progress.<batch_id>`."""
 
-    batch_id: str
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
     status: BatchStatus
-    total: int
-    responded: int
-    judged: int
-    scored: int
-    failed: int
+    total: Count
+    responded: Count
+    judged: Count
+    scored: Count
+    failed: Count
     cancelled: bool = False
-    breakers_open: list[str] = Field(default_factory=list)  # model endpoints not closed right now
-    elapsed_s: float
+    # Model endpoints not closed right now.
+    breakers_open: list[Annotated[StoredStr, Field(max_length=500)]] = Field(default_factory=list, max_length=100)
+    elapsed_s: Finite
     occurred_at: datetime = Field(default_factory=utcnow)
 
     @property
@@ -260,54 +311,56 @@ class BatchProgress(Model):
 
 
 class CriterionSummary(Model):
-    criterion: str
-    mean_score: float | None
-    pass_rate: float | None
-    judged: int
+    criterion: StoredStr = Field(max_length=MAX_NAME)
+    mean_score: Finite | None
+    pass_rate: Finite | None
+    judged: Count
 
 
 class ComponentSummary(Model):
     """One reference check (or the judge) over a batch."""
 
-    name: str
-    kind: str
-    evaluated: int
-    passed: int
-    mean_score: float | None
-    verdicts: dict[str, int] = Field(default_factory=dict)  # SQL checks: equal/different/invalid_sql/...
+    name: StoredStr = Field(max_length=MAX_NAME)
+    kind: StoredStr = Field(max_length=MAX_NAME)
+    evaluated: Count
+    passed: Count
+    mean_score: Finite | None
+    # By verdict (equal/different/invalid_sql/timeout/...), for checks that give one.
+    verdicts: dict[Annotated[StoredStr, Field(max_length=MAX_NAME)], Count] = Field(default_factory=dict)
 
 
 class BatchReport(Model):
     """The final (or current) figures of a batch, computed from committed rows."""
 
-    batch_id: str
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
     status: BatchStatus
-    model: str
-    judge_model: str
-    session_id: str | None
-    experiment: str | None
-    suite_name: str
-    total: int
-    completed: int
-    failed: int
-    passed: int
-    pass_rate: float | None
-    mean_score: float | None
+    model: StoredStr = Field(max_length=MAX_NAME)
+    judge_model: StoredStr = Field(max_length=MAX_NAME)
+    session_id: StoredStr | None = Field(max_length=MAX_NAME)
+    experiment: StoredStr | None = Field(max_length=MAX_NAME)
+    suite_name: StoredStr = Field(max_length=MAX_NAME)
+    total: Count
+    completed: Count
+    failed: Count
+    passed: Count
+    pass_rate: Finite | None
+    mean_score: Finite | None
     criteria: list[CriterionSummary]
-    failures_by_category: dict[str, int]
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-    tokens_in: int
-    tokens_out: int
-    judge_tokens_in: int
-    judge_tokens_out: int
-    cost_usd: float
-    breaker_openings: int = 0  # times a model endpoint's breaker opened while the batch ran
-    judge_calls: float = 0.0  # model calls the judge made
-    judge_calls_saved: float = 0.0  # calls that grading one answer at a time would have added
-    judge_fallbacks: int = 0  # answers graded alone because their batched call was unusable
+    failures_by_category: dict[Annotated[StoredStr, Field(max_length=MAX_NAME)], Count]
+    latency_p50_ms: Finite | None
+    latency_p95_ms: Finite | None
+    # Sums over a batch: PostgreSQL bigint.
+    tokens_in: int = Field(ge=0, le=2**63 - 1)
+    tokens_out: int = Field(ge=0, le=2**63 - 1)
+    judge_tokens_in: int = Field(ge=0, le=2**63 - 1)
+    judge_tokens_out: int = Field(ge=0, le=2**63 - 1)
+    cost_usd: Finite
+    breaker_openings: Count = 0  # times a model endpoint's breaker opened while the batch ran
+    judge_calls: Finite = 0.0  # model calls the judge made
+    judge_calls_saved: Finite = 0.0  # calls that grading one answer at a time would have added
+    judge_fallbacks: Count = 0  # answers graded alone because their batched call was unusable
     components: list[ComponentSummary] = Field(default_factory=list)
-    wall_time_s: float | None
+    wall_time_s: Finite | None
     created_at: datetime
     finished_at: datetime | None
 
@@ -323,8 +376,8 @@ class BatchCompleted(Event):
 
 
 class PromptEvent(Event):
-    prompt_id: str = Field(min_length=1, max_length=200)
-    index: int = Field(ge=0)
+    prompt_id: StoredStr = Field(min_length=1, max_length=MAX_NAME)
+    index: int = Field(ge=0, le=INT_MAX)
 
     def id_keys(self) -> tuple[object, ...]:
         return (self.batch_id, self.prompt_id)
@@ -332,41 +385,42 @@ class PromptEvent(Event):
 
 class PromptQueued(PromptEvent):
     entity, verb = "prompt", "queued"
-    case_id: str | None = None
-    messages: list[ChatMessage]
-    expected: str | None = None
-    references: list[Reference] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    case_id: StoredStr | None = Field(default=None, max_length=MAX_NAME)
+    # A case's messages and the batch's system prompt put before them.
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES + 1)
+    expected: StoredStr | None = Field(default=None, max_length=MAX_TEXT)
+    references: list[Reference] = Field(default_factory=list, max_length=MAX_PROMPT_REFERENCES)
+    metadata: Metadata = Field(default_factory=dict)
     config: BatchConfig
 
 
 class Usage(Model):
-    tokens_in: int = Field(default=0, ge=0)
-    tokens_out: int = Field(default=0, ge=0)
-    latency_ms: float = Field(default=0.0, ge=0)
-    attempts: int = Field(default=1, ge=1)
-    cost_usd: float = Field(default=0.0, ge=0)
+    tokens_in: Count = 0
+    tokens_out: Count = 0
+    latency_ms: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
+    attempts: int = Field(default=1, ge=1, le=SMALLINT_MAX)
+    cost_usd: Usd = 0.0
 
 
 class PromptResponded(PromptEvent):
     entity, verb = "prompt", "responded"
-    messages: list[ChatMessage]
-    answer: str
-    finish_reason: str | None = None
-    model: str
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES + 1)
+    answer: StoredStr = Field(max_length=MAX_ANSWER)
+    finish_reason: StoredStr | None = Field(default=None, max_length=100)
+    model: StoredStr = Field(max_length=MAX_NAME)
     usage: Usage
-    expected: str | None = None
-    references: list[Reference] = Field(default_factory=list)
+    expected: StoredStr | None = Field(default=None, max_length=MAX_TEXT)
+    references: list[Reference] = Field(default_factory=list, max_length=MAX_PROMPT_REFERENCES)
     config: BatchConfig
 
 
 class CriterionJudgment(Model):
-    criterion: str
+    criterion: str = Field(pattern=CRITERION_PATTERN)
     score: int = Field(ge=1, le=10)
     passed: bool
-    reasoning: str
-    confidence: float = Field(ge=0, le=1)
-    suggestions: list[str] = Field(default_factory=list)
+    reasoning: StoredStr = Field(max_length=20_000)
+    confidence: float = Field(ge=0, le=1, allow_inf_nan=False)
+    suggestions: list[Annotated[StoredStr, Field(max_length=5000)]] = Field(default_factory=list, max_length=20)
 
 
 class JudgeCalls(Model):
@@ -374,70 +428,79 @@ class JudgeCalls(Model):
 
     # This answer's share of the model calls made (a call grading K answers counts 1/K to each,
     # a failed batched call included), and the calls it would have needed one answer at a time.
-    share: float = Field(default=1.0, ge=0)
-    unbatched: int = Field(default=1, ge=0)
-    batch_size: int = Field(default=1, ge=1)  # answers in the call that produced the judgment
+    share: float = Field(default=1.0, ge=0, le=1000, allow_inf_nan=False)
+    unbatched: int = Field(default=1, ge=0, le=SMALLINT_MAX)
+    batch_size: int = Field(default=1, ge=1, le=SMALLINT_MAX)  # answers in the call that produced the judgment
     fallback: bool = False  # graded alone after its batched call came back unusable
 
 
 class PromptJudged(PromptEvent):
     entity, verb = "prompt", "judged"
-    judge_model: str | None
-    judgments: list[CriterionJudgment]
+    judge_model: StoredStr | None = Field(max_length=MAX_NAME)
+    judgments: list[CriterionJudgment] = Field(max_length=MAX_CRITERIA)
     usage: Usage
-    answer: str
-    expected: str | None = None
-    references: list[Reference] = Field(default_factory=list)
+    answer: StoredStr = Field(max_length=MAX_ANSWER)
+    expected: StoredStr | None = Field(default=None, max_length=MAX_TEXT)
+    references: list[Reference] = Field(default_factory=list, max_length=MAX_PROMPT_REFERENCES)
     calls: JudgeCalls = Field(default_factory=JudgeCalls)
     config: BatchConfig
 
 
 class PromptScored(PromptEvent):
     entity, verb = "prompt", "scored"
-    overall_score: float | None  # the judge's mean score, 1-10 (None when not judged)
+    # The judge's mean score, 1-10 (None when not judged).
+    overall_score: float | None = Field(ge=1, le=10, allow_inf_nan=False)
     passed: bool
-    criteria_passed: dict[str, bool]
-    reasons: list[str] = Field(default_factory=list)
+    criteria_passed: dict[Annotated[str, Field(pattern=CRITERION_PATTERN)], bool] = Field(max_length=MAX_CRITERIA)
+    reasons: list[Annotated[StoredStr, Field(max_length=2 * MAX_DETAIL)]] = Field(default_factory=list, max_length=100)
     verdict_score: float | None = Field(default=None, ge=0, le=1)  # weighted mean of the components
-    components: list[ComponentScore] = Field(default_factory=list)
+    # The judge, then one per reference check.
+    components: list[ComponentScore] = Field(default_factory=list, max_length=MAX_PROMPT_REFERENCES + 1)
 
 
 class PromptFailed(PromptEvent):
     entity, verb = "prompt", "failed"
     stage: Stage
     category: FailureCategory
-    error: str = Field(max_length=4000)
-    attempts: int = Field(default=1, ge=0)
-    raw_output: str | None = Field(default=None, max_length=8000)
+    error: StoredStr = Field(max_length=MAX_ERROR)
+    attempts: int = Field(default=1, ge=0, le=SMALLINT_MAX)
+    raw_output: StoredStr | None = Field(default=None, max_length=MAX_RAW_OUTPUT)
+
+
+def _kept(limit: int) -> AfterValidator:
+    return AfterValidator(lambda value: storable_text(value, limit))
 
 
 class DeadLetter(Model):
-    """A message a service could not use, kept with the reason, on `evalbus.v1.dlq.<service>`."""
+    """A message a service could not use, kept with the reason, on `evalbus.v1.dlq.<service>`.
 
-    service: str
-    subject: str
-    reason: str
-    payload: str
-    stream_seq: int | None = None
+    Its text is made storable (NUL and lone surrogates become U+FFFD) and clipped rather than
+    refused: a dead letter is where unusable input goes, so building one must not fail on it."""
+
+    service: Annotated[str, _kept(200)]
+    subject: Annotated[str, _kept(1000)]
+    reason: Annotated[str, _kept(MAX_ERROR)]
+    payload: Annotated[str, _kept(65_536)]
+    stream_seq: int | None = Field(default=None, ge=0, le=2**63 - 1)
     occurred_at: datetime = Field(default_factory=utcnow)
 
 
 class ResumeResult(Model):
     """The answer to a resume request: how many prompts were sent on again, by event."""
 
-    batch_id: str
-    redriven: int
-    by_event: dict[str, int]
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
+    redriven: Count
+    by_event: dict[Annotated[StoredStr, Field(max_length=MAX_NAME)], Count]
 
 
 class BreakerStateChanged(Model):
     """A model endpoint's circuit breaker changed state, on `evalbus.v1.breaker.<endpoint>`."""
 
-    service: str
-    endpoint: str
+    service: StoredStr = Field(max_length=MAX_NAME)
+    endpoint: StoredStr = Field(max_length=1000)
     old_state: Literal["closed", "open", "half_open"]
     new_state: Literal["closed", "open", "half_open"]
-    occurred_at: datetime = Field(default_factory=utcnow)
+    occurred_at: Timestamp = Field(default_factory=utcnow)
 
 
 EVENT_TYPES: dict[tuple[str, str], type[Event]] = {

@@ -32,7 +32,12 @@ def event_id(kind: str, *keys: object) -> str:
     return str(uuid.uuid5(_NAMESPACE, name))
 
 
-def session_tag(model: str, stamp: str) -> str:
-    """Default session tag: ``batch-<model>-<UTC timestamp>`` with the model made tag-safe."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-") or "model"
-    return f"batch-{safe}-{stamp}"
+SESSION_TAG_MAX = 200  # the length of BatchConfig.session_id (events.MAX_NAME), which the tag fills
+
+
+def session_tag(model: str, stamp: str, max_length: int = SESSION_TAG_MAX) -> str:
+    """Default session tag: ``batch-<model>-<UTC timestamp>`` with the model made tag-safe and
+    cut so that the whole tag fits `max_length` (the timestamp is kept: it tells runs apart)."""
+    room = max_length - len("batch-") - len("-") - len(stamp)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")[: max(room, 1)].rstrip("-") or "model"
+    return f"batch-{safe}-{stamp}"[:max_length]

@@ -1,22 +1,50 @@
 """Reference checks a test case (or a whole suite) may carry, and the score each one yields.
 
-Pure: pydantic and the standard library only. A check is chosen by its `kind`; unknown fields
-are rejected so that a typo in a suite fails when the suite loads, not silently at scoring time.
+Pure: pydantic, the standard library and the `regex` engine only. A check is chosen by its
+`kind`; unknown fields are rejected so that a typo in a suite fails when the suite loads, not
+silently at scoring time.
+
+Patterns (a `regex` check's, and a JSON schema's `pattern` keywords) are user input that every
+service parses: each is compiled once, here, and whatever goes wrong in compiling it (a syntax
+error, groups nested deep enough to exhaust the parser's recursion, repeat counts that would take
+the compiler seconds or gigabytes) is a validation error with a reason, never an exception later.
+They must be valid Python `re` syntax and are compiled by `regex` (its re-compatible VERSION0),
+whose matching takes a timeout and releases the GIL: the scorer bounds every match in time.
 """
 
+import functools
 import math
+import operator
 import re
+import re._constants as _sre_constants
+import re._parser as _sre_parser
+from collections.abc import Iterator
 from typing import Annotated, Any, Final, Literal, Self
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from contracts.text import JsonObject, StoredStr
+
 MAX_VALUE = 200_000
+MAX_REFERENCES = 20  # checks in one list: a case's, a suite's shared ones, a batch's
 MAX_SQL = 100_000
+# Compiling costs a few microseconds per character on the loop of every service that parses
+# the event (once per distinct pattern, then cached): bounded so that one event stays cheap.
+MAX_PATTERN = 500
+MAX_SCHEMA_PATTERN_CHARS = 1_000  # all the `pattern` keywords of one JSON schema together
+# Groups nested deeper than this are refused before any parser recurses into them.
+MAX_PATTERN_NESTING = 50
+# The compiled program's size, counting each repeat's minimum as that many copies (the `regex`
+# compiler unrolls them: `(?:a{1000}){1000}` takes it half a second, `{10000}` minutes).
+MAX_PATTERN_SIZE = 10_000
+MAX_SCHEMA_KEYS = 2_000  # keywords and properties in one JSON schema, all levels together
 DATABASE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 
 RegexFlag = Literal["IGNORECASE", "MULTILINE", "DOTALL", "VERBOSE", "ASCII"]
 SqlVerdict = Literal["equal", "different", "invalid_sql", "timeout", "write_attempt", "too_many_rows", "error"]
 HARD_FAILURES: Final[frozenset[str]] = frozenset({"invalid_sql", "write_attempt"})
+MAX_DETAIL = 1_000  # a component's detail (the scorer clips its own at 500)
 
 # The JSON Schema subset the scorer implements; a schema using anything else is refused when
 # the suite loads rather than half-checked.
@@ -51,8 +79,8 @@ class ReferenceCheck(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True)
 
-    weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    name: str | None = Field(default=None, min_length=1, max_length=100)
+    weight: float = Field(default=1.0, ge=0, le=1_000_000, allow_inf_nan=False)
+    name: StoredStr | None = Field(default=None, min_length=1, max_length=100)
 
     @property
     def label(self) -> str:
@@ -61,41 +89,42 @@ class ReferenceCheck(BaseModel):
 
 class ExactMatch(ReferenceCheck):
     kind: Literal["exact"] = "exact"
-    value: str = Field(max_length=MAX_VALUE)
+    value: StoredStr = Field(max_length=MAX_VALUE)
 
 
 class NormalizedMatch(ReferenceCheck):
     """Equal after casefolding, trimming, collapsing whitespace, dropping end punctuation and quotes."""
 
     kind: Literal["normalized"] = "normalized"
-    value: str = Field(max_length=MAX_VALUE)
+    value: StoredStr = Field(max_length=MAX_VALUE)
 
 
 class Contains(ReferenceCheck):
     kind: Literal["contains"] = "contains"
-    value: str = Field(min_length=1, max_length=MAX_VALUE)
+    value: StoredStr = Field(min_length=1, max_length=MAX_VALUE)
     case_sensitive: bool = False
 
 
 class Regex(ReferenceCheck):
     kind: Literal["regex"] = "regex"
-    pattern: str = Field(min_length=1, max_length=10_000)
+    pattern: StoredStr = Field(min_length=1, max_length=MAX_PATTERN)
     flags: list[RegexFlag] = Field(default_factory=list, max_length=5)
     mode: Literal["search", "fullmatch"] = "search"
 
     @model_validator(mode="after")
     def _compiles(self) -> Self:
         try:
-            self.compiled()
-        except re.error as exc:
-            raise ValueError(f"pattern does not compile: {exc}") from None
+            compile_pattern(self.pattern, tuple(self.flags))
+        except ValueError as exc:
+            raise ValueError(f"pattern {exc}") from None
         return self
 
-    def compiled(self) -> re.Pattern[str]:
-        flags = re.NOFLAG
-        for name in self.flags:
-            flags |= re.RegexFlag[name]
-        return re.compile(self.pattern, flags)
+    def compiled(self) -> "regex.Pattern[str]":
+        """The pattern compiled at validation (match it with a `timeout=`: it may backtrack).
+
+        From `compile_pattern`'s cache; were it evicted, compiling the validated pattern again
+        gives the same result (the bounds make compiling deterministic), so this never raises."""
+        return compile_pattern(self.pattern, tuple(self.flags))
 
 
 class JsonValid(ReferenceCheck):
@@ -106,16 +135,24 @@ class JsonValid(ReferenceCheck):
 
 class JsonSchema(ReferenceCheck):
     kind: Literal["json_schema"] = "json_schema"
-    schema_: dict[str, Any] = Field(alias="schema")
+    schema_: JsonObject = Field(alias="schema")
     allow_fence: bool = True
 
     @field_validator("schema_")
     @classmethod
     def _supported(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _schema_size(value) > MAX_SCHEMA_KEYS:
+            raise ValueError(f"more than {MAX_SCHEMA_KEYS} keywords and properties")
+        if sum(len(p) for p in _schema_patterns(value)) > MAX_SCHEMA_PATTERN_CHARS:
+            raise ValueError(f"its patterns have more than {MAX_SCHEMA_PATTERN_CHARS} characters together")
         problems = schema_problems(value, "$")
         if problems:
             raise ValueError("; ".join(problems[:5]))
         return value
+
+    def pattern(self, source: str) -> "regex.Pattern[str]":
+        """A `pattern` keyword of this schema, compiled at validation (by `schema_problems`)."""
+        return compile_pattern(source)
 
 
 class NumericTolerance(ReferenceCheck):
@@ -124,14 +161,14 @@ class NumericTolerance(ReferenceCheck):
     kind: Literal["numeric"] = "numeric"
     value: float = Field(allow_inf_nan=False)
     abs_tol: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    rel_tol: float = Field(default=1e-9, ge=0, allow_inf_nan=False)
+    rel_tol: float = Field(default=1e-9, ge=0, le=1e9, allow_inf_nan=False)
 
 
 class SqlEquivalence(ReferenceCheck):
     """The answer's SQL returns the same result as `expected_sql` on the database settings call `database`."""
 
     kind: Literal["sql"] = "sql"
-    expected_sql: str = Field(min_length=1, max_length=MAX_SQL)
+    expected_sql: StoredStr = Field(min_length=1, max_length=MAX_SQL)
     # A name, resolved to a URL by the scorer's settings, so that no credential travels in an event.
     database: str = Field(pattern=DATABASE_NAME_PATTERN)
     ordered: bool | None = None  # None: ordered iff the expected query has a top-level ORDER BY
@@ -144,7 +181,10 @@ Reference = Annotated[
     ExactMatch | NormalizedMatch | Contains | Regex | JsonValid | JsonSchema | NumericTolerance | SqlEquivalence,
     Field(discriminator="kind"),
 ]
-REFERENCES: Final[TypeAdapter[list[Reference]]] = TypeAdapter(list[Reference])
+# A list of checks as a suite gives it (a case's, or a YAML suite's shared list).
+REFERENCES: Final[TypeAdapter[list[Reference]]] = TypeAdapter(
+    Annotated[list[Reference], Field(max_length=MAX_REFERENCES)]
+)
 
 
 def parse_references(data: object) -> list[Reference]:
@@ -157,12 +197,12 @@ class ComponentScore(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    name: str
-    kind: str
+    name: StoredStr = Field(max_length=100)
+    kind: StoredStr = Field(max_length=40)
     score: float = Field(ge=0, le=1, allow_inf_nan=False)
     passed: bool
-    weight: float = Field(ge=0, allow_inf_nan=False)
-    detail: str
+    weight: float = Field(ge=0, le=1_000_000, allow_inf_nan=False)
+    detail: StoredStr = Field(max_length=MAX_DETAIL)
     verdict: SqlVerdict | None = None
 
     @property
@@ -222,9 +262,110 @@ def _pattern_problems(value: object, path: str) -> list[str]:
     if not isinstance(value, str):
         return [f"{path}.pattern: must be a string"]
     try:
-        re.compile(value)
+        compile_pattern(value)
+    except ValueError as exc:
+        return [f"{path}.pattern: {exc}"]
+    return []
+
+
+def _schema_patterns(value: object) -> Iterator[str]:
+    """Every string `pattern` keyword anywhere in the tree (checked before any is compiled)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("pattern"), str):
+            yield value["pattern"]
+        for item in value.values():
+            yield from _schema_patterns(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _schema_patterns(item)
+
+
+def _schema_size(value: object) -> int:
+    """Keys of every object in the tree (depth is already bounded by JsonObject)."""
+    if isinstance(value, dict):
+        return len(value) + sum(_schema_size(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_schema_size(v) for v in value)
+    return 0
+
+
+# ---- patterns ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=128)  # a pattern at the size bound takes ~1 MB compiled
+def compile_pattern(source: str, flag_names: tuple[RegexFlag, ...] = ()) -> "regex.Pattern[str]":
+    """`source` compiled by `regex` (re-compatible VERSION0), or ValueError saying why it cannot be.
+
+    Cached: the same patterns arrive in every event of a batch. Patterns are immutable and safe
+    to share between threads.
+    """
+    # By name: the two engines give ASCII different bits.
+    flags = functools.reduce(operator.or_, (int(re.RegexFlag[name]) for name in flag_names), 0)
+    regex_flags = functools.reduce(operator.or_, (int(getattr(regex, name)) for name in flag_names), 0)
+    if len(source) > MAX_PATTERN:
+        raise ValueError(f"is longer than {MAX_PATTERN} characters")
+    if source.count("(") > MAX_PATTERN_NESTING and _nesting(source) > MAX_PATTERN_NESTING:
+        raise ValueError(f"nests groups deeper than {MAX_PATTERN_NESTING} levels")
+    try:
+        tree = _sre_parser.parse(source, flags)
     except re.error as exc:
-        return [f"{path}.pattern: does not compile: {exc}"]
+        raise ValueError(f"does not compile: {exc}") from None
+    except Exception as exc:  # the stdlib parser failing in any other way is still a bad pattern
+        raise ValueError(f"does not compile ({type(exc).__name__})") from None
+    if _program_size(tree) > MAX_PATTERN_SIZE:
+        raise ValueError(f"is too large once its repeats are expanded (more than {MAX_PATTERN_SIZE} elements)")
+    try:
+        return regex.compile(source, regex_flags | regex.VERSION0, cache_pattern=False)  # cached above
+    except regex.error as exc:
+        raise ValueError(f"does not compile: {exc}") from None
+    except Exception as exc:  # RecursionError, OverflowError, MemoryError...: refused, never raised later
+        raise ValueError(f"does not compile ({type(exc).__name__})") from None
+
+
+def _nesting(source: str) -> int:
+    """How deep `(` nest outside character classes and escapes (an upper bound is enough)."""
+    depth = deepest = 0
+    i, n, in_class = 0, len(source), False
+    while i < n:
+        c = source[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if source.startswith("]", i + 1) or source.startswith("^]", i + 1):
+                i += 2 if source[i + 1] == "]" else 3
+                continue
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth = max(0, depth - 1)
+        i += 1
+    return deepest
+
+
+def _program_size(tree: object) -> int:
+    """Elements of the parsed pattern, each repeat counted as its minimum number of copies."""
+    size = 0
+    for op, av in tree:  # type: ignore[attr-defined]
+        if op in (_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT, _sre_constants.POSSESSIVE_REPEAT):
+            low, _, sub = av
+            size += max(1, low) * _program_size(sub)
+        else:
+            size += 1 + sum(_program_size(sub) for sub in _subpatterns(av))
+        if size > MAX_PATTERN_SIZE:
+            return size  # enough to refuse it; products can grow past any bound
+    return size
+
+
+def _subpatterns(av: object) -> list[object]:
+    if isinstance(av, _sre_parser.SubPattern):
+        return [av]
+    if isinstance(av, list | tuple):
+        return [sub for item in av for sub in _subpatterns(item)]
     return []
 
 

@@ -3,7 +3,8 @@
 from collections.abc import Container
 
 from contracts.enums import FailureCategory, Stage
-from contracts.events import PromptFailed, PromptQueued, PromptResponded, Usage
+from contracts.events import INT_MAX, MAX_ANSWER, MAX_ERROR, PromptFailed, PromptQueued, PromptResponded, Usage
+from contracts.text import storable_text
 from services.runtime.cancels import cancelled_failure
 from services.runtime.endpoints import EndpointRejected, Endpoints
 from services.runtime.llm import CallOptions, ChatModel, ModelCallError
@@ -48,23 +49,26 @@ async def run_prompt(
             index=evt.index,
             stage=Stage.CHAT,
             category=exc.category,
-            error=str(exc)[:4000],
+            error=storable_text(str(exc), MAX_ERROR),
             attempts=exc.attempts,
         )
+    # The model's output is kept as it came, made storable (NUL and lone surrogates become
+    # U+FFFD) and bounded, so that the event can be built whatever the endpoint sent.
+    tokens_in, tokens_out = (min(max(n, 0), INT_MAX) for n in (done.tokens_in, done.tokens_out))
     return PromptResponded(
         batch_id=evt.batch_id,
         prompt_id=evt.prompt_id,
         index=evt.index,
         messages=evt.messages,
-        answer=done.text,
-        finish_reason=done.finish_reason,
+        answer=storable_text(done.text, MAX_ANSWER),
+        finish_reason=storable_text(str(done.finish_reason), 100) if done.finish_reason is not None else None,
         model=cfg.model,
         usage=Usage(
-            tokens_in=done.tokens_in,
-            tokens_out=done.tokens_out,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
             latency_ms=done.latency_ms,
             attempts=done.attempts,
-            cost_usd=cost_usd(cfg.model, cfg, done.tokens_in, done.tokens_out),
+            cost_usd=cost_usd(cfg.model, cfg, tokens_in, tokens_out),
         ),
         expected=evt.expected,
         references=evt.references,

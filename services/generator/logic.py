@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from contracts import ids, subjects
-from contracts.events import BatchAccepted, BatchConfig, BatchRejected, PromptQueued, StartBatchRequested
+from contracts.events import MAX_NAME, BatchAccepted, BatchConfig, BatchRejected, PromptQueued, StartBatchRequested
 from services.generator.suite_loader import SuiteError, SuiteFile, count_cases, iter_cases, locate
 from services.runtime.endpoints import check_batch_endpoints
 from services.runtime.errors import describe_error
@@ -47,7 +47,9 @@ def with_defaults(start: StartBatchRequested) -> BatchConfig:
     if cfg.session_id:
         return cfg
     stamp = start.occurred_at.strftime("%Y%m%dT%H%M%SZ")
-    return cfg.model_copy(update={"session_id": ids.session_tag(cfg.model, stamp)})
+    tag = ids.session_tag(cfg.model, stamp, max_length=MAX_NAME)
+    # Validated, not model_copy'd: a derived value must respect the bound of the field it fills.
+    return BatchConfig.model_validate({**cfg.model_dump(), "session_id": tag})
 
 
 def plan_batch(

@@ -5,7 +5,17 @@ from collections.abc import Container, Sequence
 from functools import reduce
 
 from contracts.enums import FailureCategory, Stage
-from contracts.events import BatchConfig, JudgeCalls, PromptFailed, PromptJudged, PromptResponded, Usage
+from contracts.events import (
+    MAX_ERROR,
+    MAX_RAW_OUTPUT,
+    BatchConfig,
+    JudgeCalls,
+    PromptFailed,
+    PromptJudged,
+    PromptResponded,
+    Usage,
+)
+from contracts.text import storable_text
 from services.judge.grading import Failure, Graded, Outcome, Spent, grade_chunk
 from services.runtime.cancels import cancelled_failure
 from services.runtime.endpoints import EndpointRejected, Endpoints
@@ -36,9 +46,9 @@ def failed(evt: PromptResponded, failure: Failure) -> PromptFailed:
         index=evt.index,
         stage=Stage.JUDGE,
         category=failure.category,
-        error=failure.error[:4000],
+        error=storable_text(failure.error, MAX_ERROR),
         attempts=failure.attempts,
-        raw_output=failure.raw[:8000] if failure.raw is not None else None,
+        raw_output=storable_text(failure.raw, MAX_RAW_OUTPUT) if failure.raw is not None else None,
     )
 
 

@@ -2,12 +2,13 @@
 never a score: no 'first JSON object anywhere', no defaults for missing fields."""
 
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from contracts.events import BatchConfig, CriterionJudgment
+from contracts.text import StoredStr
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n(.*)\n```$", re.DOTALL)
 M = TypeVar("M", bound=BaseModel)
@@ -22,9 +23,10 @@ class _Item(BaseModel):
     criterion: str
     score: StrictInt = Field(ge=1, le=10)
     passed: StrictBool
-    reasoning: str = Field(min_length=1, max_length=5000)
-    confidence: float = Field(ge=0, le=1)
-    suggestions: list[str] = Field(max_length=20)
+    # Bounds and storable text as CriterionJudgment's: output outside them is a parse failure.
+    reasoning: StoredStr = Field(min_length=1, max_length=5000)
+    confidence: float = Field(ge=0, le=1, allow_inf_nan=False)
+    suggestions: list[Annotated[StoredStr, Field(max_length=5000)]] = Field(max_length=20)
 
 
 class _Output(BaseModel):

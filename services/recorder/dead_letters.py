@@ -15,7 +15,7 @@ from contracts import ids, subjects
 from contracts.enums import FailureCategory, Stage
 from contracts.events import DeadLetter, PromptEvent
 from services.recorder import tables as t
-from services.recorder.checks import INT4_MAX, batch_totals
+from services.recorder.checks import batch_totals
 
 # The stage that did not happen when a message of this kind could not be processed.
 STAGE_OF = {"queued": Stage.CHAT, "responded": Stage.JUDGE, "judged": Stage.SCORE}
@@ -67,11 +67,7 @@ def prompt_failure(letter: DeadLetter) -> dict[str, Any] | None:
     stage = STAGE_OF.get(verb, Stage.SCORE)
     if named in {s.value for s in Stage}:
         stage = Stage(named)
-    if (
-        subjects.batch_id_of(letter.subject) != evt.batch_id
-        or evt.index > INT4_MAX
-        or evt.prompt_id != ids.prompt_id(evt.batch_id, evt.index)
-    ):
+    if subjects.batch_id_of(letter.subject) != evt.batch_id or evt.prompt_id != ids.prompt_id(evt.batch_id, evt.index):
         return None  # not about a prompt of the batch its subject names
     return {
         "prompt_id": evt.prompt_id,

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     suite_max_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1, description="largest uploaded suite the generator downloads"
     )
+    pattern_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="time the scorer gives the user patterns (regex checks, schema `pattern`s) of one answer "
+        "together; a check still matching then gets the verdict `timeout`",
+    )
 
     @field_validator("suite_dirs", mode="before")
     @classmethod

@@ -2,15 +2,23 @@
 and the suite carry, combined with weights into one score and a pass/fail."""
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from statistics import fmean
 
 from contracts.events import BatchConfig, CriterionJudgment, PromptJudged, PromptScored
-from contracts.references import ComponentScore, SqlEquivalence
-from services.scorer.references import check, clip, combine
+from contracts.references import ComponentScore, Reference, SqlEquivalence
+from services.scorer.references import PATTERN_TIMEOUT_S, Deadline, check, clip, combine, result
 from services.scorer.sql_equivalence import sql_equivalence, sql_verdict
 
+log = logging.getLogger("evalbus.scorer")
 SqlCheck = Callable[[SqlEquivalence, str], Awaitable[ComponentScore]]
+# The checks of one answer run in one of these threads, never on the event loop: a user pattern
+# may match for up to its time limit. Bounded so that a batch of slow patterns cannot take every
+# thread of the loop's default executor.
+CHECK_THREADS = 4
+_checks = ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="evalbus-checks")
 
 
 class ReferenceDatabases:
@@ -60,18 +68,46 @@ def verdict(components: list[ComponentScore], pass_threshold: float | None) -> t
     return score, passed
 
 
-async def score_prompt(evt: PromptJudged, sql: SqlCheck | None = None) -> PromptScored:
+def plain_checks(refs: Sequence[Reference], answer: str, timeout_s: float) -> list[ComponentScore]:
+    """Every non-SQL check of one answer, its patterns sharing one deadline. Blocking; never raises:
+    a check that fails in an unforeseen way is a failed component saying so."""
+    deadline = Deadline(timeout_s)
+    out = []
+    for ref in refs:
+        try:
+            out.append(check(ref, answer, deadline))
+        except Exception as exc:
+            log.exception("check %r failed", ref.label)
+            out.append(result(ref, False, f"the check failed: {type(exc).__name__}", verdict="error"))
+    return out
+
+
+async def _sql_check(ref: SqlEquivalence, answer: str, sql: SqlCheck | None) -> ComponentScore:
+    if sql is None:
+        return sql_verdict(ref, "error", "this scorer has no SQL databases")
+    try:
+        return await sql(ref, answer)
+    except Exception as exc:
+        log.exception("sql check %r failed", ref.label)
+        return sql_verdict(ref, "error", f"the check failed: {type(exc).__name__}")
+
+
+async def score_prompt(
+    evt: PromptJudged, sql: SqlCheck | None = None, *, pattern_timeout_s: float = PATTERN_TIMEOUT_S
+) -> PromptScored:
     cfg = evt.config
     # Pass/fail per criterion is re-derived from the batch's thresholds, not taken from the judge.
+    # (model_copy skips validation: fine for a bool, which has no bound to respect.)
     judgments = [j.model_copy(update={"passed": j.score >= cfg.threshold(j.criterion)}) for j in evt.judgments]
     components = [judge_component(judgments, cfg)] if judgments else []
+    plain = [ref for ref in evt.references if not isinstance(ref, SqlEquivalence)]
+    done = iter(
+        await asyncio.get_running_loop().run_in_executor(_checks, plain_checks, plain, evt.answer, pattern_timeout_s)
+        if plain
+        else []
+    )
     for ref in evt.references:
-        if isinstance(ref, SqlEquivalence):
-            components.append(
-                await sql(ref, evt.answer) if sql else sql_verdict(ref, "error", "this scorer has no SQL databases")
-            )
-        else:
-            components.append(check(ref, evt.answer))
+        components.append(await _sql_check(ref, evt.answer, sql) if isinstance(ref, SqlEquivalence) else next(done))
     score, passed = verdict(components, cfg.pass_threshold)
     # Why the case failed (or would have): only components that count.
     reasons = [f"{j.criterion} {j.score} < {cfg.threshold(j.criterion):g}" for j in judgments if not j.passed]

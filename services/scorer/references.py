@@ -1,6 +1,9 @@
 """Score an answer against a reference check, and combine the checks into one verdict.
 
-Every check here is pure and fast; the SQL check needs a database and lives in
+Every check here is pure and linear in the answer, except user patterns (a `regex` check, a
+schema's `pattern`), which may backtrack: they match under a `Deadline` shared by one answer's
+checks and, past it, yield a `timeout` verdict. The caller runs `check` off the event loop (the
+`regex` engine releases the GIL while it matches). The SQL check needs a database and lives in
 `services.scorer.sql_equivalence`. JSON Schema is checked by a small validator for the subset
 `contracts.references` accepts, because the `jsonschema` package is not a dependency.
 """
@@ -8,9 +11,12 @@ Every check here is pure and fast; the SQL check needs a database and lives in
 import json
 import math
 import re
+import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, assert_never
+
+import regex
 
 from contracts.references import (
     ComponentScore,
@@ -23,13 +29,16 @@ from contracts.references import (
     Reference,
     Regex,
     SqlEquivalence,
+    SqlVerdict,
 )
 
 MAX_DETAIL = 500
+# Time for the pattern matching of one answer's checks together (EVALBUS_PATTERN_TIMEOUT_S).
+PATTERN_TIMEOUT_S = 1.0
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb\u201e\u201a\u2039\u203a\u300c\u300d\u300e\u300f"
 # Applied after NFKC, which turns full-width marks and "…" into ASCII but leaves "。" and "、".
 _TRAILING_PUNCTUATION = ".,;:!?\u3002\u3001"
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE_OPENER = re.compile(r"```[ \t]*([\w+-]*)")
 # A sign only counts when it does not follow a word ("COVID-19" is 19), and thousands are
 # grouped by commas only when every group has three digits ("1,5" is 1, not 15).
 _NUMBER = re.compile(
@@ -38,8 +47,51 @@ _NUMBER = re.compile(
 _NON_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
 
 
-def check(ref: Reference, answer: str) -> ComponentScore:
-    """Score `answer` against one check; SQL checks go through `sql_equivalence` instead."""
+class PatternTimeout(Exception):
+    """A user pattern did not finish matching within the answer's time limit."""
+
+
+class Deadline:
+    """The time left for one answer's pattern matching."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left, or PatternTimeout when none are."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise PatternTimeout
+        return left
+
+
+def match_pattern(pattern: "regex.Pattern[str]", text: str, mode: str, deadline: Deadline) -> "regex.Match[str] | None":
+    """`pattern` on `text` within the deadline (PatternTimeout past it), GIL released meanwhile."""
+    run = pattern.fullmatch if mode == "fullmatch" else pattern.search
+    try:
+        return run(text, timeout=deadline.left(), concurrent=True)
+    except TimeoutError:
+        raise PatternTimeout from None
+
+
+def check(ref: Reference, answer: str, deadline: Deadline | None = None) -> ComponentScore:
+    """Score `answer` against one check; SQL checks go through `sql_equivalence` instead.
+
+    Blocking (up to the deadline, `PATTERN_TIMEOUT_S` when none is given): call it off the loop."""
+    deadline = deadline or Deadline(PATTERN_TIMEOUT_S)
+    try:
+        return _check(ref, answer, deadline)
+    except PatternTimeout:
+        return result(
+            ref,
+            False,
+            f"the pattern did not finish within the {deadline.seconds:g}s limit for this answer's patterns",
+            verdict="timeout",
+        )
+
+
+def _check(ref: Reference, answer: str, deadline: Deadline) -> ComponentScore:
     match ref:
         case ExactMatch():
             return _exact(ref, answer)
@@ -48,11 +100,11 @@ def check(ref: Reference, answer: str) -> ComponentScore:
         case Contains():
             return _contains(ref, answer)
         case Regex():
-            return _regex(ref, answer)
+            return _regex(ref, answer, deadline)
         case JsonValid():
             return _json_valid(ref, answer)
         case JsonSchema():
-            return _json_schema(ref, answer)
+            return _json_schema(ref, answer, deadline)
         case NumericTolerance():
             return _numeric(ref, answer)
         case SqlEquivalence():
@@ -79,7 +131,9 @@ def combine(components: list[ComponentScore], pass_threshold: float) -> tuple[fl
     return score, score >= pass_threshold and not any(c.hard_failure for c in counted)
 
 
-def result(ref: Reference, passed: bool, detail: str, score: float | None = None) -> ComponentScore:
+def result(
+    ref: Reference, passed: bool, detail: str, score: float | None = None, verdict: SqlVerdict | None = None
+) -> ComponentScore:
     return ComponentScore(
         name=ref.label,
         kind=ref.kind,
@@ -87,6 +141,7 @@ def result(ref: Reference, passed: bool, detail: str, score: float | None = None
         passed=passed,
         weight=ref.weight,
         detail=clip(detail),
+        verdict=verdict,
     )
 
 
@@ -95,7 +150,14 @@ def clip(text: str, limit: int = MAX_DETAIL) -> str:
 
 
 def short(value: object, limit: int = 80) -> str:
-    return clip(repr(value), limit)
+    # A string is clipped before repr so that a 200 kB answer is not copied whole into a detail.
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a JSON value nested ~1000 deep; an int too long to print
+        text = f"<{json_type(value)}>"
+    return clip(text, limit)
 
 
 # ---- text ------------------------------------------------------------------------------------
@@ -120,13 +182,39 @@ def extract_fenced(answer: str, languages: Iterable[str]) -> str | None:
     """The content of the first fenced block tagged with one of `languages`, or of an untagged
     fence that is the whole answer; None when there is neither."""
     wanted = {lang.casefold() for lang in languages}
-    for match in _FENCE.finditer(answer):
-        if match.group(1).casefold() in wanted:
-            return match.group(2)
-    whole = _FENCE.fullmatch(answer.strip())
-    if whole and not whole.group(1):
-        return whole.group(2)
+    for language, content in _fences(answer):
+        if language.casefold() in wanted:
+            return content
+    whole = answer.strip()
+    if whole.startswith("```"):
+        language, start = _fence_opening(whole, 0)
+        if start >= 0 and not language:
+            end = len(whole) - 3 if whole.endswith("```") and len(whole) - 3 >= start else len(whole)
+            return whole[start:end]
     return None
+
+
+def _fence_opening(text: str, at: int) -> tuple[str, int]:
+    """The language tag of the fence opening at `at` and where its content starts (-1: no newline)."""
+    opener = _FENCE_OPENER.match(text, at)
+    assert opener is not None
+    newline = text.find("\n", opener.end())
+    return opener.group(1), (newline + 1 if newline >= 0 else -1)
+
+
+def _fences(text: str) -> Iterable[tuple[str, str]]:
+    """(language, content) of each fenced block, in order; linear in the text (plain `str.find`
+    scans: a backtracking regex took seconds on an answer made of ``` marks)."""
+    at = text.find("```")
+    while at >= 0:
+        language, start = _fence_opening(text, at)
+        if start < 0:
+            return  # no newline after this opening, so none after any later one either
+        close = text.find("```", start)
+        yield language, text[start : len(text) if close < 0 else close]
+        if close < 0:
+            return
+        at = text.find("```", close + 3)
 
 
 def _exact(ref: ExactMatch, answer: str) -> ComponentScore:
@@ -153,9 +241,8 @@ def _contains(ref: Contains, answer: str) -> ComponentScore:
     return result(ref, False, f"{short(ref.value)} not found{how}")
 
 
-def _regex(ref: Regex, answer: str) -> ComponentScore:
-    pattern = ref.compiled()
-    found = pattern.fullmatch(answer) if ref.mode == "fullmatch" else pattern.search(answer)
+def _regex(ref: Regex, answer: str, deadline: Deadline) -> ComponentScore:
+    found = match_pattern(ref.compiled(), answer, ref.mode, deadline)
     if found:
         return result(ref, True, f"matched {short(found.group(0))} at character {found.start()}")
     return result(ref, False, f"no {ref.mode} for /{clip(ref.pattern, 80)}/")
@@ -222,11 +309,15 @@ def _json_valid(ref: JsonValid, answer: str) -> ComponentScore:
     return result(ref, True, f"valid JSON {json_type(parsed.value)}")
 
 
-def _json_schema(ref: JsonSchema, answer: str) -> ComponentScore:
+def _json_schema(ref: JsonSchema, answer: str, deadline: Deadline) -> ComponentScore:
     parsed = parse_json(answer, ref.allow_fence)
     if not parsed.ok:
         return result(ref, False, parsed.error)
-    errors = schema_errors(parsed.value, ref.schema_)
+
+    def matches(source: str, text: str) -> bool:
+        return match_pattern(ref.pattern(source), text, "search", deadline) is not None
+
+    errors = schema_errors(parsed.value, ref.schema_, matches=matches)
     if not errors:
         return result(ref, True, "matches the schema")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -271,8 +362,13 @@ def _json_equal(a: object, b: object) -> bool:
     return a == b
 
 
-def schema_errors(value: Any, schema: Any, path: str = "$") -> list[str]:
-    """Where `value` breaks `schema` (the subset `contracts.references.schema_problems` allows)."""
+PatternSearch = Callable[[str, str], bool]
+
+
+def schema_errors(value: Any, schema: Any, path: str = "$", *, matches: PatternSearch) -> list[str]:
+    """Where `value` breaks `schema` (the subset `contracts.references.schema_problems` allows).
+
+    `matches(pattern, text)` decides the `pattern` keyword: the scorer passes one with a deadline."""
     if schema is True:
         return []
     if schema is False:
@@ -291,39 +387,39 @@ def schema_errors(value: Any, schema: Any, path: str = "$") -> list[str]:
         case "integer" | "number":
             errors += _number_errors(value, schema, path)
         case "string":
-            errors += _string_errors(value, schema, path)
+            errors += _string_errors(value, schema, path, matches)
         case "array":
-            errors += _array_errors(value, schema, path)
+            errors += _array_errors(value, schema, path, matches)
         case "object":
-            errors += _object_errors(value, schema, path)
+            errors += _object_errors(value, schema, path, matches)
     return errors
 
 
 def _number_errors(value: float, schema: dict[str, Any], path: str) -> list[str]:
     errors = []
     if "minimum" in schema and value < schema["minimum"]:
-        errors.append(f"{path}: {value} < minimum {schema['minimum']}")
+        errors.append(f"{path}: {short(value)} < minimum {schema['minimum']}")
     if "maximum" in schema and value > schema["maximum"]:
-        errors.append(f"{path}: {value} > maximum {schema['maximum']}")
+        errors.append(f"{path}: {short(value)} > maximum {schema['maximum']}")
     if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-        errors.append(f"{path}: {value} <= exclusiveMinimum {schema['exclusiveMinimum']}")
+        errors.append(f"{path}: {short(value)} <= exclusiveMinimum {schema['exclusiveMinimum']}")
     if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
-        errors.append(f"{path}: {value} >= exclusiveMaximum {schema['exclusiveMaximum']}")
+        errors.append(f"{path}: {short(value)} >= exclusiveMaximum {schema['exclusiveMaximum']}")
     return errors
 
 
-def _string_errors(value: str, schema: dict[str, Any], path: str) -> list[str]:
+def _string_errors(value: str, schema: dict[str, Any], path: str, matches: PatternSearch) -> list[str]:
     errors = []
     if "minLength" in schema and len(value) < schema["minLength"]:
         errors.append(f"{path}: shorter than {schema['minLength']} characters")
     if "maxLength" in schema and len(value) > schema["maxLength"]:
         errors.append(f"{path}: longer than {schema['maxLength']} characters")
-    if "pattern" in schema and not re.search(schema["pattern"], value):
+    if "pattern" in schema and not matches(schema["pattern"], value):
         errors.append(f"{path}: does not match /{clip(schema['pattern'], 60)}/")
     return errors
 
 
-def _array_errors(value: list[Any], schema: dict[str, Any], path: str) -> list[str]:
+def _array_errors(value: list[Any], schema: dict[str, Any], path: str, matches: PatternSearch) -> list[str]:
     errors = []
     if "minItems" in schema and len(value) < schema["minItems"]:
         errors.append(f"{path}: fewer than {schema['minItems']} items")
@@ -331,16 +427,16 @@ def _array_errors(value: list[Any], schema: dict[str, Any], path: str) -> list[s
         errors.append(f"{path}: more than {schema['maxItems']} items")
     if "items" in schema:
         for i, item in enumerate(value):
-            errors += schema_errors(item, schema["items"], f"{path}[{i}]")
+            errors += schema_errors(item, schema["items"], f"{path}[{i}]", matches=matches)
     return errors
 
 
-def _object_errors(value: dict[str, Any], schema: dict[str, Any], path: str) -> list[str]:
+def _object_errors(value: dict[str, Any], schema: dict[str, Any], path: str, matches: PatternSearch) -> list[str]:
     errors = [f"{path}: missing required property {name!r}" for name in schema.get("required", []) if name not in value]
     properties: dict[str, Any] = schema.get("properties", {})
     for key, sub in properties.items():
         if key in value:
-            errors += schema_errors(value[key], sub, f"{path}.{key}")
+            errors += schema_errors(value[key], sub, f"{path}.{key}", matches=matches)
     extra = schema.get("additionalProperties", True)
     for key in value:
         if key in properties:
@@ -348,5 +444,5 @@ def _object_errors(value: dict[str, Any], schema: dict[str, Any], path: str) -> 
         if extra is False:
             errors.append(f"{path}: unexpected property {key!r}")
         elif extra is not True:
-            errors += schema_errors(value[key], extra, f"{path}.{key}")
+            errors += schema_errors(value[key], extra, f"{path}.{key}", matches=matches)
     return errors

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from contracts import subjects
 from contracts.events import EVENT_TYPES, Event, PromptEvent
 from contracts.queries import BatchRef, HistoryQuery, ResumeRequest, SamplesQuery
+from contracts.text import storable_json
 from services.recorder import checks
 from services.recorder.api import MAX_ERROR_CHARS, _clip, _problems
 from services.recorder.app import parse_event
@@ -63,7 +64,7 @@ def test_parse_event_yields_a_storable_event_or_a_value_error(msg: SimpleNamespa
     if evt is None:
         return
     assert isinstance(evt, Event) and msg.subject == evt.subject
-    assert checks.fits_columns(evt) is None and not checks.has_nul(msg.data)
+    storable_json(evt.model_dump(mode="json"))  # raises if anything could not be stored
     if isinstance(evt, PromptEvent):
         assert checks.wrong_prompt_id(evt) is None
 
