@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import nats
 import nats.errors
 import orjson
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
@@ -37,6 +37,12 @@ class ConnectError(RuntimeError):
     """The CLI could not reach or log in to NATS; the message says which."""
 
 
+def inbox_prefix(user: str | None) -> str:
+    """`_INBOX.<user>` for a logged-in user: the locked-down config lets each user read only its
+    own inbox, so other users' replies (reports, samples) never reach it. nats-py adds the dot."""
+    return f"_INBOX.{user}" if user else DEFAULT_INBOX_PREFIX.decode()
+
+
 async def connect(url: str, user: str | None = None, password: str | None = None, within_s: float = 10) -> Client:
     """Connect, failing within `within_s` with the server's reason (nats-py would retry a refused
     login forever); once connected, reconnect forever so a broker restart does not end a follow."""
@@ -54,6 +60,7 @@ async def connect(url: str, user: str | None = None, password: str | None = None
                 max_reconnect_attempts=-1,
                 user=user,
                 password=password,
+                inbox_prefix=inbox_prefix(user),
                 error_cb=on_error,
             ),
             within_s,
