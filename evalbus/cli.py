@@ -1,6 +1,7 @@
 """`evalbus`: run a batch and watch it, read recorded batches, start and stop the embedded stack."""
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sys
@@ -31,6 +32,7 @@ from contracts.events import (
     SuiteRef,
 )
 from contracts.presets import PRESETS, PresetName
+from contracts.quality import QualityReport
 from contracts.queries import DEFAULT_MAX_CHARS, MAX_PER_PAGE, HistoryQuery, SamplesQuery
 from evalbus import client, export, render, render_queries, stack
 from evalbus.export import ExportFormat
@@ -120,11 +122,16 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
         )
 
     follower = client.Follower(start.batch_id, accepted, progressed)
+    quality: QualityReport | None = None
     try:
         await follower.subscribe(nc)
         await client.publish_start(nc, start)
         with bar:
-            await asyncio.wait_for(follower.done.wait(), timeout_s)
+            # The report comes from the recorder's API: a batch.completed body is not trusted.
+            out = await asyncio.wait_for(client.wait_outcome(nc, follower), timeout_s)
+        if out.report is not None and not as_json:
+            with contextlib.suppress(client.ApiError, TimeoutError):
+                quality = await client.fetch_quality(nc, start.batch_id)
     except TimeoutError:
         err.print(
             f"[red]batch {start.batch_id} did not finish within {timeout_s:g} s; it keeps running "
@@ -133,20 +140,22 @@ async def _run(start: StartBatchRequested, as_json: bool, timeout_s: float | Non
         return EXIT_TIMEOUT
     finally:
         await nc.drain()
-    out = follower.outcome
     if out.rejected is not None:
         if as_json:
             console.print_json(out.rejected.model_dump_json())
         err.print(f"[red]batch {start.batch_id} rejected: {out.rejected.reason}[/red]")
         return EXIT_REJECTED
-    assert out.completed is not None
-    rep = out.completed.report
+    assert out.report is not None
+    rep = out.report
+    if rep.status is BatchStatus.REJECTED:
+        err.print(f"[red]batch {start.batch_id} rejected (`evalbus status {start.batch_id}`)[/red]")
+        return EXIT_REJECTED
     if as_json:
         sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
     else:
         render.print_report(console, rep)
-        if out.completed.quality is not None:
-            render_queries.print_quality(console, out.completed.quality)
+        if quality is not None:
+            render_queries.print_quality(console, quality)
         console.print(f"[dim]client wall time {time.monotonic() - started:.2f} s[/dim]")
     return 1 if rep.status is BatchStatus.FAILED else 0
 

@@ -10,11 +10,11 @@ import orjson
 from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
+from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.events import (
     BatchAccepted,
-    BatchCompleted,
     BatchProgress,
     BatchRejected,
     BatchReport,
@@ -95,11 +95,16 @@ async def publish_cancel(nc: Client, cancel: CancelBatchRequested) -> None:
 class Outcome:
     accepted: BatchAccepted | None = None
     rejected: BatchRejected | None = None
-    completed: BatchCompleted | None = None
+    report: BatchReport | None = None  # from the recorder's API, never from an event's body
 
 
 class Follower:
-    """Listens to one batch's lifecycle and progress subjects (subscribe before publishing)."""
+    """Listens to one batch's lifecycle and progress subjects (subscribe before publishing).
+
+    A `batch.completed` event is only a cue: anyone allowed to publish on the subject could have
+    sent it, so `wait_outcome` asks the recorder's API (which only the recorder serves) for the
+    report instead of believing the body.
+    """
 
     def __init__(
         self,
@@ -112,6 +117,7 @@ class Follower:
         self.on_progress = on_progress
         self.outcome = Outcome()
         self.done = asyncio.Event()
+        self.completion_seen = asyncio.Event()
         self._best = -1
 
     async def subscribe(self, nc: Client) -> None:
@@ -120,21 +126,56 @@ class Follower:
 
     async def _lifecycle(self, msg: Msg) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
-        if verb == "accepted" and self.outcome.accepted is None:
-            self.outcome.accepted = BatchAccepted.model_validate_json(msg.data)
-            self.on_accepted(self.outcome.accepted)
-        elif verb == "rejected" and self.outcome.accepted is None:
-            self.outcome.rejected = BatchRejected.model_validate_json(msg.data)
-            self.done.set()
-        elif verb == "completed":
-            self.outcome.completed = BatchCompleted.model_validate_json(msg.data)
-            self.done.set()
+        try:
+            if verb == "accepted" and self.outcome.accepted is None:
+                self.outcome.accepted = BatchAccepted.model_validate_json(msg.data)
+                self.on_accepted(self.outcome.accepted)
+            elif verb == "rejected" and self.outcome.accepted is None:
+                self.outcome.rejected = BatchRejected.model_validate_json(msg.data)
+                self.done.set()
+        except ValidationError:
+            return  # not an event of ours: the recorder's API has the last word
+        if verb == "completed":
+            self.completion_seen.set()
 
     async def _progress(self, msg: Msg) -> None:
-        snap = BatchProgress.model_validate_json(msg.data)
+        try:
+            snap = BatchProgress.model_validate_json(msg.data)
+        except ValidationError:
+            return
         if snap.done >= self._best:  # shown monotonically even if snapshots cross on the wire
             self._best = snap.done
             self.on_progress(snap)
+
+
+async def wait_outcome(nc: Client, follower: Follower, poll_s: float = 10.0) -> Outcome:
+    """Until the batch is rejected or the recorder's API reports it finished.
+
+    The API is asked on every `batch.completed` cue and every `poll_s` (so a missed event does
+    not leave the CLI waiting); while it says the batch is running, or does not know it yet,
+    this keeps waiting.
+    """
+    while True:
+        cues = [asyncio.create_task(follower.done.wait()), asyncio.create_task(follower.completion_seen.wait())]
+        try:
+            await asyncio.wait(cues, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for cue in cues:
+                cue.cancel()
+        if follower.outcome.rejected is not None:
+            return follower.outcome
+        follower.completion_seen.clear()
+        try:
+            report = await fetch_report(nc, follower.batch_id)
+        except ApiError as exc:
+            if exc.code == "404":
+                continue  # not recorded yet
+            raise
+        except TimeoutError:
+            continue  # the recorder is restarting; ask again on the next cue
+        if report.status.terminal:
+            follower.outcome.report = report
+            return follower.outcome
 
 
 async def request(nc: Client, subject: str, body: bytes, timeout_s: float = 10) -> bytes:
