@@ -425,7 +425,7 @@ def health(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     else:
         for st in statuses:
             mark = "[green]healthy[/green]" if st.get("healthy") else "[red]NOT HEALTHY[/red]"
-            consumers = ", ".join(f"{c['durable']} handled {c['handled']}" for c in st.get("consumers", []))  # type: ignore[union-attr]
+            consumers = ", ".join(f"{c['durable']} handled {c['handled']}" for c in st.get("consumers", []))  # type: ignore[union-attr,attr-defined]
             restarted = f" restarts {st['restarts']}" if "restarts" in st else ""
             console.print(f"{st['service']:<12} {mark}{restarted} {consumers}")
         for name in ("fake-model", "nats-server", "postgres"):

@@ -25,6 +25,7 @@ import orjson
 import psutil
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from contracts import subjects
@@ -126,7 +127,7 @@ async def test_every_readme_client_command_works_as_client(stack: Stack, cli, tm
     nc, errors = await connect_as(stack, "client")
     lifecycle: list[str] = []
 
-    async def on_event(msg: nats.aio.msg.Msg) -> None:
+    async def on_event(msg: Msg) -> None:
         lifecycle.append(msg.subject.rsplit(".", 1)[-1])
 
     # `nats sub 'evalbus.v1.progress.<id>'` and `nats sub 'evalbus.v1.batch.<id>.batch.*'`

@@ -634,7 +634,7 @@ async def test_client_pings_and_inspects_the_recorders_micro_services(
     endpoints = {
         e["subject"]  # type: ignore[index]
         for r in await micro_replies(client, "$SRV.INFO.evalbus-recorder")
-        for e in r["endpoints"]  # type: ignore[union-attr]
+        for e in r["endpoints"]  # type: ignore[union-attr,attr-defined]
     }
     assert subjects.api("batch.report") in endpoints and f"{subjects.control('recorder')}.status" in endpoints
     assert rec.errors == [] and client.errors == []
