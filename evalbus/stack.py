@@ -183,8 +183,12 @@ class Stack:
             "model_base_url": self.model_base_url,
             "locked_down": self.locked_down,
             "pids": self.pids(),
+            # a pid's start time: `down` never signals a process that merely reuses a recorded pid
+            "pid_started": {name: _started(pid) for name, pid in self.pids().items()},
             **extra,
         }
+        if isinstance(extra.get("supervisor"), int):
+            state["supervisor_started"] = _started(int(extra["supervisor"]))  # type: ignore[call-overload]
         write_state_file(self.data_dir, state)
 
     def stop(self) -> None:
@@ -229,9 +233,20 @@ def write_state_file(data_dir: Path, state: Mapping[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def _alive(pid: object) -> bool:
+def _started(pid: int) -> float | None:
     try:
-        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE  # type: ignore[call-overload]
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _alive(pid: object, started: object = None) -> bool:
+    """Running (not a zombie), and the same process if its start time was recorded."""
+    try:
+        proc = psutil.Process(int(pid))  # type: ignore[call-overload]
+        if isinstance(started, float) and abs(proc.create_time() - started) > 0.01:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, ValueError, TypeError):
         return False
 
@@ -296,9 +311,10 @@ def down(data_dir: Path) -> bool:
     if state is None:
         return False
     supervisor = state.get("supervisor")
-    if _alive(supervisor):
+    if _alive(supervisor, state.get("supervisor_started")):
         stop_pids({"supervisor": int(supervisor)}, timeout_s=DOWN_TIMEOUT_S)  # type: ignore[call-overload]
-    pids = {k: int(v) for k, v in dict(state["pids"]).items() if _alive(v)}  # type: ignore[call-overload]
+    started = dict(state.get("pid_started") or {})  # type: ignore[call-overload]
+    pids = {k: int(v) for k, v in dict(state["pids"]).items() if _alive(v, started.get(k))}  # type: ignore[call-overload]
     postgres = {k: pids.pop(k) for k in ("postgres",) if k in pids}
     nats_server = {k: pids.pop(k) for k in ("nats-server",) if k in pids}
     stop_pids(pids)
