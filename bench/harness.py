@@ -22,7 +22,7 @@ import orjson
 from bench.measure import RssSampler, Target, bench_process, cpu_delta, cpu_snapshot, machine_busy_s
 from contracts import ids
 from contracts.events import BatchAccepted, BatchConfig, BatchProgress, StartBatchRequested, SuiteRef
-from evalbus.client import Follower, connect, publish_start
+from evalbus.client import Follower, connect, publish_start, wait_outcome
 from evalbus.stack import Stack
 from infra.processes import SERVICES, service_argv
 from services.generator.suite_loader import BUILTIN_DIR
@@ -210,7 +210,7 @@ async def _follow(
         await publish_start(nc, start)
         error: str | None = None
         try:
-            await asyncio.wait_for(follower.done.wait(), timeout_s)
+            await asyncio.wait_for(wait_outcome(nc, follower), timeout_s)  # the report from the API
         except TimeoutError:
             error = f"batch did not complete within {timeout_s:.0f} s"
         t1 = time.perf_counter()
@@ -219,7 +219,7 @@ async def _follow(
     finally:
         await nc.close()
     out = follower.outcome
-    done = out.completed
+    done = out.report
     if out.rejected is not None:
         error = f"rejected: {out.rejected.reason}"
     return BatchRun(
@@ -227,10 +227,10 @@ async def _follow(
         wall_s=t1 - t0,
         accepted_after_s=marks["accepted"] - t0 if "accepted" in marks else None,
         status=done.status.value if done else "unfinished",
-        completed=done.report.completed if done else 0,
-        failed=done.report.failed if done else 0,
-        report_wall_s=done.report.wall_time_s if done else None,
-        model_latency_p50_ms=done.report.latency_p50_ms if done else None,
+        completed=done.completed if done else 0,
+        failed=done.failed if done else 0,
+        report_wall_s=done.wall_time_s if done else None,
+        model_latency_p50_ms=done.latency_p50_ms if done else None,
         cpu_s=cpu,
         machine_busy_s=machine,
         rss={},

@@ -1,7 +1,9 @@
 """`evalbus`: run a batch and watch it, read recorded batches, start and stop the embedded stack."""
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets
 import sys
 import time
@@ -31,9 +33,11 @@ from contracts.events import (
     SuiteRef,
 )
 from contracts.presets import PRESETS, PresetName
+from contracts.quality import QualityReport
 from contracts.queries import DEFAULT_MAX_CHARS, MAX_PER_PAGE, HistoryQuery, SamplesQuery
 from evalbus import client, export, render, render_queries, stack
 from evalbus.export import ExportFormat
+from infra import credentials
 from infra.processes import SERVICES
 from services.generator.suite_loader import SuiteFile, builtin_names, file_cases
 from services.runtime.health import heartbeat_path
@@ -54,21 +58,24 @@ def _data_dir() -> Path:
     return get_settings().data_dir
 
 
-def nats_url() -> str:
-    """EVALBUS_NATS_URL, else the embedded stack that `evalbus up` started."""
+def nats_login() -> tuple[str, str | None, str | None]:
+    """URL, user and password: EVALBUS_NATS_URL with EVALBUS_NATS_USER/PASSWORD, else the
+    embedded stack that `evalbus up` started, as `client` with the password it generated."""
     settings = get_settings()
     if settings.nats_url:
-        return settings.nats_url
+        return (settings.nats_url, *settings.nats_credentials())
     state = stack.read_state(settings.data_dir)
     if state is None:
         err.print("[red]No NATS server: set EVALBUS_NATS_URL or start the embedded stack with `evalbus up`.[/red]")
         raise typer.Exit(EXIT_UNREACHABLE)
-    return str(state["nats_url"])
+    creds = credentials.read(settings.data_dir) if state.get("locked_down") else None
+    user, password = creds.login(credentials.CLIENT_ROLE) if creds else settings.nats_credentials()
+    return str(state["nats_url"]), user, password
 
 
 async def connect() -> Client:
     try:
-        return await client.connect(nats_url(), *get_settings().nats_credentials())
+        return await client.connect(*nats_login())
     except client.ConnectError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_UNREACHABLE) from exc
@@ -136,6 +143,7 @@ async def _run(
         )
 
     follower = client.Follower(start.batch_id, accepted, progressed)
+    quality: QualityReport | None = None
     try:
         await follower.subscribe(nc)
         ack = await client.publish_start(nc, start)
@@ -146,7 +154,11 @@ async def _run(
             )
             return EXIT_REJECTED
         with bar:
-            await asyncio.wait_for(follower.done.wait(), timeout_s)
+            # The report comes from the recorder's API: a batch.completed body is not trusted.
+            out = await asyncio.wait_for(client.wait_outcome(nc, follower), timeout_s)
+        if out.report is not None and not as_json:
+            with contextlib.suppress(client.ApiError, TimeoutError):
+                quality = await client.fetch_quality(nc, start.batch_id)
     except TimeoutError:
         err.print(
             f"[red]batch {start.batch_id} did not finish within {timeout_s:g} s; it keeps running "
@@ -155,20 +167,22 @@ async def _run(
         return EXIT_TIMEOUT
     finally:
         await nc.drain()
-    out = follower.outcome
     if out.rejected is not None:
         if as_json:
             console.print_json(out.rejected.model_dump_json())
         err.print(f"[red]batch {start.batch_id} rejected: {out.rejected.reason}[/red]")
         return EXIT_REJECTED
-    assert out.completed is not None
-    rep = out.completed.report
+    assert out.report is not None
+    rep = out.report
+    if rep.status is BatchStatus.REJECTED:
+        err.print(f"[red]batch {start.batch_id} rejected (`evalbus status {start.batch_id}`)[/red]")
+        return EXIT_REJECTED
     if as_json:
         sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
     else:
         render.print_report(console, rep)
-        if out.completed.quality is not None:
-            render_queries.print_quality(console, out.completed.quality)
+        if quality is not None:
+            render_queries.print_quality(console, quality)
         console.print(f"[dim]client wall time {time.monotonic() - started:.2f} s[/dim]")
     return 1 if rep.status is BatchStatus.FAILED else 0
 
@@ -435,13 +449,23 @@ def health(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             await nc.drain()
 
     statuses = asyncio.run(go())
+    # The embedded stack's supervisor counts restarts; against other servers there is no count.
+    state = None if get_settings().nats_url else stack.read_state(_data_dir())
+    restarts: dict[str, int] = dict(state.get("restarts") or {}) if state else {}  # type: ignore[call-overload]
+    if state is not None:
+        for st in statuses:
+            st["restarts"] = restarts.get(str(st["service"]), 0)
     if as_json:
         sys.stdout.write(json.dumps(statuses, indent=2) + "\n")
     else:
         for st in statuses:
             mark = "[green]healthy[/green]" if st.get("healthy") else "[red]NOT HEALTHY[/red]"
-            consumers = ", ".join(f"{c['durable']} handled {c['handled']}" for c in st.get("consumers", []))  # type: ignore[union-attr]
-            console.print(f"{st['service']:<12} {mark} {consumers}")
+            consumers = ", ".join(f"{c['durable']} handled {c['handled']}" for c in st.get("consumers", []))  # type: ignore[union-attr,attr-defined]
+            restarted = f" restarts {st['restarts']}" if "restarts" in st else ""
+            console.print(f"{st['service']:<12} {mark}{restarted} {consumers}")
+        for name in ("fake-model", "nats-server", "postgres"):
+            if restarts.get(name):
+                console.print(f"{name:<12} restarts {restarts[name]}")
     raise typer.Exit(0 if all(st.get("healthy") for st in statuses) else 1)
 
 
@@ -463,7 +487,8 @@ def alive(
 def up(
     latency_ms: Annotated[float, typer.Option(help="fake model latency")] = 20.0,
 ) -> None:
-    """Start the embedded stack (nats-server, PostgreSQL, fake model, five services) in the background."""
+    """Start the embedded stack (nats-server, PostgreSQL, fake model, five services) in the background,
+    locked down (per-service logins), under a supervisor that restarts a process that exits."""
     data_dir = _data_dir()
     try:
         st = stack.up(data_dir, fake_model={"latency_ms": str(latency_ms)})
@@ -471,14 +496,15 @@ def up(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"evalbus is up (data in {data_dir}, logs in {data_dir / 'logs'})")
-    console.print(f"  EVALBUS_NATS_URL={st.nats_url}")
-    console.print(f"  EVALBUS_DATABASE_URL={st.database_url}")
-    console.print(f"  fake model: {st.model_base_url}")
+    console.print(f"  EVALBUS_NATS_URL={st['nats_url']}  (as user client; every role's password is in")
+    console.print(f"  {credentials.credentials_path(data_dir)}, readable by you only)")
+    console.print(f"  PostgreSQL {st['database_url']}")
+    console.print(f"  fake model: {st['model_base_url']}")
 
 
 @app.command()
 def down() -> None:
-    """Stop the embedded stack that `evalbus up` started."""
+    """Stop the embedded stack that `evalbus up` started (its supervisor and every process)."""
     if stack.down(_data_dir()):
         console.print("evalbus is down")
     else:
@@ -513,21 +539,25 @@ def demo(
     if stack.read_state(data_dir):
         stack.down(data_dir)
     console.print("[bold]Starting nats-server, PostgreSQL, the fake model and five services...[/bold]")
-    st = stack.up(data_dir, fake_model={"latency_ms": str(latency_ms), "jitter_ms": str(latency_ms / 2)})
+    try:
+        st = stack.up(data_dir, fake_model={"latency_ms": str(latency_ms), "jitter_ms": str(latency_ms / 2)})
+    except RuntimeError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
     code = 1
     try:
-        console.print(f"  NATS {st.nats_url} · PostgreSQL {st.database_url} · model {st.model_base_url}")
+        console.print(f"  NATS {st['nats_url']} · PostgreSQL {st['database_url']} · model {st['model_base_url']}")
         config = BatchConfig(
             model="evalbus-fake",
             judge_model="evalbus-fake-judge",
-            base_url=st.model_base_url,
+            base_url=str(st["model_base_url"]),
             concurrency=concurrency,
             experiment="demo",
         )
         source = suite_source(suite)
-        import os
-
-        os.environ["EVALBUS_NATS_URL"] = st.nats_url
+        # This command talks to the demo's stack, as `client` with the demo stack's credentials.
+        os.environ.pop("EVALBUS_NATS_URL", None)
+        os.environ["EVALBUS_DATA_DIR"] = str(data_dir)
         get_settings.cache_clear()
         code = asyncio.run(_run(new_batch_id(), config, source, False, 600))
     finally:

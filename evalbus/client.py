@@ -9,15 +9,15 @@ from pathlib import Path
 import nats
 import nats.errors
 import orjson
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.api import PubAck
+from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.events import (
     BatchAccepted,
-    BatchCompleted,
     BatchProgress,
     BatchRejected,
     BatchReport,
@@ -42,6 +42,12 @@ class ConnectError(RuntimeError):
     """The CLI could not reach or log in to NATS; the message says which."""
 
 
+def inbox_prefix(user: str | None) -> str:
+    """`_INBOX.<user>` for a logged-in user: the locked-down config lets each user read only its
+    own inbox, so other users' replies (reports, samples) never reach it. nats-py adds the dot."""
+    return f"_INBOX.{user}" if user else DEFAULT_INBOX_PREFIX.decode()
+
+
 async def connect(url: str, user: str | None = None, password: str | None = None, within_s: float = 10) -> Client:
     """Connect, failing within `within_s` with the server's reason (nats-py would retry a refused
     login forever); once connected, reconnect forever so a broker restart does not end a follow."""
@@ -59,6 +65,7 @@ async def connect(url: str, user: str | None = None, password: str | None = None
                 max_reconnect_attempts=-1,
                 user=user,
                 password=password,
+                inbox_prefix=inbox_prefix(user),
                 error_cb=on_error,
             ),
             within_s,
@@ -113,11 +120,16 @@ async def publish_cancel(nc: Client, cancel: CancelBatchRequested) -> None:
 class Outcome:
     accepted: BatchAccepted | None = None
     rejected: BatchRejected | None = None
-    completed: BatchCompleted | None = None
+    report: BatchReport | None = None  # from the recorder's API, never from an event's body
 
 
 class Follower:
-    """Listens to one batch's lifecycle and progress subjects (subscribe before publishing)."""
+    """Listens to one batch's lifecycle and progress subjects (subscribe before publishing).
+
+    A `batch.completed` event is only a cue: anyone allowed to publish on the subject could have
+    sent it, so `wait_outcome` asks the recorder's API (which only the recorder serves) for the
+    report instead of believing the body.
+    """
 
     def __init__(
         self,
@@ -130,6 +142,7 @@ class Follower:
         self.on_progress = on_progress
         self.outcome = Outcome()
         self.done = asyncio.Event()
+        self.completion_seen = asyncio.Event()
         self._best = -1
 
     async def subscribe(self, nc: Client) -> None:
@@ -138,21 +151,56 @@ class Follower:
 
     async def _lifecycle(self, msg: Msg) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
-        if verb == "accepted" and self.outcome.accepted is None:
-            self.outcome.accepted = BatchAccepted.model_validate_json(msg.data)
-            self.on_accepted(self.outcome.accepted)
-        elif verb == "rejected" and self.outcome.accepted is None:
-            self.outcome.rejected = BatchRejected.model_validate_json(msg.data)
-            self.done.set()
-        elif verb == "completed":
-            self.outcome.completed = BatchCompleted.model_validate_json(msg.data)
-            self.done.set()
+        try:
+            if verb == "accepted" and self.outcome.accepted is None:
+                self.outcome.accepted = BatchAccepted.model_validate_json(msg.data)
+                self.on_accepted(self.outcome.accepted)
+            elif verb == "rejected" and self.outcome.accepted is None:
+                self.outcome.rejected = BatchRejected.model_validate_json(msg.data)
+                self.done.set()
+        except ValidationError:
+            return  # not an event of ours: the recorder's API has the last word
+        if verb == "completed":
+            self.completion_seen.set()
 
     async def _progress(self, msg: Msg) -> None:
-        snap = BatchProgress.model_validate_json(msg.data)
+        try:
+            snap = BatchProgress.model_validate_json(msg.data)
+        except ValidationError:
+            return
         if snap.done >= self._best:  # shown monotonically even if snapshots cross on the wire
             self._best = snap.done
             self.on_progress(snap)
+
+
+async def wait_outcome(nc: Client, follower: Follower, poll_s: float = 10.0) -> Outcome:
+    """Until the batch is rejected or the recorder's API reports it finished.
+
+    The API is asked on every `batch.completed` cue and every `poll_s` (so a missed event does
+    not leave the CLI waiting); while it says the batch is running, or does not know it yet,
+    this keeps waiting.
+    """
+    while True:
+        cues = [asyncio.create_task(follower.done.wait()), asyncio.create_task(follower.completion_seen.wait())]
+        try:
+            await asyncio.wait(cues, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for cue in cues:
+                cue.cancel()
+        if follower.outcome.rejected is not None:
+            return follower.outcome
+        follower.completion_seen.clear()
+        try:
+            report = await fetch_report(nc, follower.batch_id)
+        except ApiError as exc:
+            if exc.code == "404":
+                continue  # not recorded yet
+            raise
+        except TimeoutError:
+            continue  # the recorder is restarting; ask again on the next cue
+        if report.status.terminal:
+            follower.outcome.report = report
+            return follower.outcome
 
 
 async def request(nc: Client, subject: str, body: bytes, timeout_s: float = 10) -> bytes:

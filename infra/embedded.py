@@ -13,10 +13,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
+
+from infra import nats_config
 
 log = logging.getLogger("evalbus.embedded")
 
@@ -56,11 +60,17 @@ def nats_server_binary() -> str:
 
 @dataclass
 class NatsServer:
-    """A nats-server with JetStream and a file store under `data_dir`."""
+    """A nats-server with JetStream and a file store under `data_dir`.
+
+    With `passwords` (role -> password) it runs the deployment's locked-down config
+    (infra/nats/nats-server.conf, rendered for loopback, this port and this store, monitoring
+    off): every role logs in with its own password and is held to its own subjects.
+    """
 
     data_dir: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    passwords: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -71,13 +81,32 @@ class NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
-        cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data_dir / "js")]
-        if config_file is not None:
-            cmd += ["-c", str(config_file)]
-        logf = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
         # A soft heap limit: without it Go lets the file store's write caches and the dedup map
         # grow the heap to several times the live data on long batches before collecting.
         env = {**os.environ, "GOMEMLIMIT": os.environ.get("GOMEMLIMIT", NATS_GOMEMLIMIT)}
+        if self.passwords is not None:
+            conf = nats_config.render(
+                self.data_dir / "nats-server.conf",  # holds no password: they come from the environment
+                store_dir=self.data_dir / "js",
+                listen=f"127.0.0.1:{self.port}",
+                http="0",  # no monitoring port: it has no authentication
+            )
+            cmd = [nats_server_binary(), "-c", str(conf)]
+            env.update(nats_config.server_env(self.passwords))
+        else:
+            cmd = [
+                nats_server_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.data_dir / "js"),
+            ]
+            if config_file is not None:
+                cmd += ["-c", str(config_file)]
+        logf = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         wait_for_port(self.port, 20, self.proc)
         return self
@@ -89,11 +118,17 @@ class NatsServer:
 
 @dataclass
 class PostgresServer:
-    """PostgreSQL 16 from the pgserver wheel, on 127.0.0.1:`port`, trust auth, database `evalbus`."""
+    """PostgreSQL 16 from the pgserver wheel, on 127.0.0.1:`port` only, database `evalbus`.
+
+    With a `password` every connection must give it (scram-sha-256); a data folder created
+    without one (trust auth, as earlier versions made them) is switched over at start. Without,
+    trust auth: for the tests' throwaway servers.
+    """
 
     data_dir: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def pgdata(self) -> Path:
@@ -101,7 +136,8 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql+asyncpg://{PG_USER}@127.0.0.1:{self.port}/{PG_DB}"
+        login = f"{PG_USER}:{quote(self.password, safe='')}" if self.password else PG_USER
+        return f"postgresql+asyncpg://{login}@127.0.0.1:{self.port}/{PG_DB}"
 
     def _bin(self, name: str) -> str:
         return str(_pg_bin_path() / name)
@@ -138,12 +174,7 @@ class PostgresServer:
         if not (self.pgdata / "PG_VERSION").exists():
             self.pgdata.mkdir(parents=True, exist_ok=True)
             self._chown(self.pgdata, user)
-            subprocess.run(
-                [self._bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", PG_USER, "--encoding=utf8"],
-                check=True,
-                capture_output=True,
-                user=user,
-            )
+            self._initdb(user)
         # A postmaster.pid left by a kill -9 of the whole tree makes postgres refuse to start.
         pidfile = self.pgdata / "postmaster.pid"
         if pidfile.exists():
@@ -179,12 +210,64 @@ class PostgresServer:
         )
         wait_for_port(self.port, 30, self.proc)
         self._ensure_database()
+        if self.password is not None and self._trusting():
+            self._require_password()
         return self
+
+    def _initdb(self, user: str | None) -> None:
+        argv = [self._bin("initdb"), "-D", str(self.pgdata), "-U", PG_USER, "--encoding=utf8"]
+        if self.password is None:
+            subprocess.run([*argv, "--auth=trust"], check=True, capture_output=True, user=user)
+            return
+        # The password reaches initdb in a file only its user can read, removed right after.
+        with tempfile.TemporaryDirectory(prefix="evalbus-pw-") as tmp:
+            pwfile = Path(tmp) / "pw"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.password + "\n")
+            self._chown(Path(tmp), user)
+            self._chown(pwfile, user)
+            subprocess.run(
+                [*argv, "--auth=scram-sha-256", f"--pwfile={pwfile}"], check=True, capture_output=True, user=user
+            )
+
+    def _hba(self) -> Path:
+        return self.pgdata / "pg_hba.conf"
+
+    def _trusting(self) -> bool:
+        """Whether pg_hba.conf lets anyone in without a password (a data folder from trust-auth days)."""
+        for line in self._hba().read_text().splitlines():
+            fields = line.split("#", 1)[0].split()
+            if fields and fields[-1] == "trust":
+                return True
+        return False
+
+    def _require_password(self) -> None:
+        """Set the password, then make every rule of pg_hba.conf ask for it, and reload."""
+        assert self.password is not None
+        secret = self.password.replace("'", "''")
+        done = self.psql(f"SET password_encryption = 'scram-sha-256'; ALTER USER {PG_USER} PASSWORD '{secret}'")
+        if done.returncode != 0:
+            raise RuntimeError(f"could not set the PostgreSQL password: {done.stderr.strip()}")
+        hba = self._hba()
+        lines = []
+        for line in hba.read_text().splitlines():
+            body, _, comment = line.partition("#")
+            fields = body.split()
+            if fields and fields[-1] == "trust":
+                line = body.rsplit("trust", 1)[0] + "scram-sha-256" + (f" #{comment}" if comment else "")
+            lines.append(line)
+        hba.write_text("\n".join(lines) + "\n")  # in place: keeps the file's owner and mode
+        reloaded = self.psql("SELECT pg_reload_conf()")
+        if reloaded.returncode != 0:
+            raise RuntimeError(f"could not reload PostgreSQL's configuration: {reloaded.stderr.strip()}")
+        log.warning("PostgreSQL in %s now requires a password (it trusted every local connection)", self.pgdata)
 
     def psql(self, sql: str) -> subprocess.CompletedProcess[str]:
         """One statement through the bundled psql, on the maintenance database."""
         argv = [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres"]
-        return subprocess.run([*argv, "-tAc", sql], capture_output=True, text=True)
+        env = {**os.environ, **({"PGPASSWORD": self.password} if self.password else {})}
+        return subprocess.run([*argv, "-w", "-tAc", sql], capture_output=True, text=True, env=env)
 
     def _ensure_database(self) -> None:
         deadline = time.monotonic() + 30

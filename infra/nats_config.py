@@ -48,18 +48,34 @@ def password_env(role: str) -> str:
     return f"EVALBUS_NATS_{role.upper().replace('-', '_')}_PASSWORD"
 
 
-def test_passwords() -> dict[str, str]:
-    """A fresh random password per role.
+def new_passwords() -> dict[str, str]:
+    """A fresh random password per role (URL-safe base64: may read as a number or hold '-')."""
+    return {role: secrets.token_urlsafe(24) for role in ROLES}
 
-    NATS parses a variable's value as a config value, so a password must not look like a
-    number, size or boolean: a letter followed by hex digits always reads as a string.
+
+def test_passwords() -> dict[str, str]:
+    """A fresh random password per role, for a test server."""
+    return new_passwords()
+
+
+def quoted(password: str) -> str:
+    """`password` as a quoted NATS config string, for the environment variable nats-server reads.
+
+    nats-server parses a variable's value as a config value (`123456` is a number, `10G` a size,
+    `yes` a boolean, `a,b` a syntax error) and does not expand a quoted variable in the file
+    (`"$VAR"` is the literal text), so the quotes travel in the value. Inside double quotes only
+    `\\` and `\"` need escaping; the control characters NATS cannot escape are refused.
     """
-    return {role: "p" + secrets.token_hex(16) for role in ROLES}
+    if any(ord(c) < 0x20 and c not in "\t\n\r" for c in password) or "\x7f" in password:
+        raise ValueError("a NATS password cannot hold control characters")
+    escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return f'"{escaped}"'
 
 
 def server_env(passwords: dict[str, str]) -> dict[str, str]:
-    """The environment variables nats-server needs for `passwords` (role -> password)."""
-    return {password_env(role): pw for role, pw in passwords.items()}
+    """The environment variables nats-server needs for `passwords` (role -> password), quoted."""
+    return {password_env(role): quoted(pw) for role, pw in passwords.items()}
 
 
 # A helper, not a test: pytest would otherwise collect it in a test module that imports it by name.

@@ -67,7 +67,9 @@ async def apply_topology(
 
     `ack_wait_s` overrides every consumer's ack wait (how soon a crashed worker's messages are
     redelivered); services read the value from the server, so nothing else changes with it."""
-    nc = await nats.connect(nats_url.split(","), user=user, password=password, connect_timeout=5)
+    # A logged-in provisioner reads its replies in its own inbox, _INBOX.<user>.> (nats-server.conf).
+    prefix = f"_INBOX.{user}" if user else "_INBOX"
+    nc = await nats.connect(nats_url.split(","), user=user, password=password, connect_timeout=5, inbox_prefix=prefix)
     warnings: list[str] = []
     try:
         js = nc.jetstream()

@@ -10,6 +10,11 @@ def service_app(service: str) -> str:
     return f"services.{service}.app:create_app"
 
 
+def service_role(service: str) -> str:
+    """`chat_runner` -> `chat-runner`: its NATS user, health name and log name in compose."""
+    return service.replace("_", "-")
+
+
 def service_argv(service: str) -> list[str]:
     """`faststream run --factory services.<service>.app:create_app`, the container command too."""
     return ["faststream", "run", "--factory", service_app(service)]

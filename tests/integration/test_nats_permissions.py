@@ -14,15 +14,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import nats
+import orjson
 import pytest
-from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
 from contracts.events import ResumeResult
+from contracts.queries import BatchHistory, HistoryQuery, SamplesQuery
 from contracts.topology import (
     CHAT_RUNNER_QUEUED,
     CONSUMERS,
@@ -49,6 +52,7 @@ pytestmark = pytest.mark.integration
 
 SERVICES = ("generator", "chat-runner", "judge", "scorer", "recorder")
 DENIAL_WAIT_S = 0.4  # how long a denied request waits; the verdict comes from error_cb
+AWKWARD_PASSWORDS = {"client": "123456", "scorer": "10G", "judge": "yes", "recorder": 'a "b" \\c, d} #e'}
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ Connect = Callable[[str], Awaitable[Conn]]
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     tmp = tmp_path_factory.mktemp("nats-auth")
-    passwords = nats_config.test_passwords()
+    # Passwords NATS would read as a number, a size, a boolean or broken syntax if unquoted.
+    passwords = {**nats_config.test_passwords(), **AWKWARD_PASSWORDS}
     env = {**os.environ, **nats_config.server_env(passwords)}
     port = free_port()
     http_port = free_port()
@@ -131,8 +136,9 @@ async def connect(provisioned: AuthServer) -> AsyncIterator[Connect]:
         async def on_error(exc: Exception) -> None:
             conn.errors.append(str(exc))
 
-        # Services use their own inbox prefix (services.runtime.bus.make_broker); others the default.
-        prefix = f"_INBOX.{role}".encode() if role in SERVICES else DEFAULT_INBOX_PREFIX
+        # Every role reads its replies in its own inbox: services (services.runtime.bus.make_broker),
+        # the CLI (evalbus.client.connect) and the provisioner (infra.nats_topology) alike.
+        prefix = cli.inbox_prefix(role)
         await conn.nc.connect(
             provisioned.url,
             user=role,
@@ -400,6 +406,11 @@ async def test_role_cannot_publish_what_another_produces(connect: Connect, role:
         ("judge", subjects.api(">")),
         ("judge", f"{subjects.control('chat-runner')}.>"),  # nor as another service's health
         ("judge", "$SRV.PING.evalbus-recorder"),
+        ("client", "_INBOX.>"),  # other users' replies: reports, samples
+        ("client", "_INBOX.provisioner.>"),
+        ("client", "_INBOX.recorder.>"),
+        ("provisioner", "_INBOX.client.>"),
+        ("provisioner", "_INBOX.>"),
     ],
 )
 async def test_role_cannot_subscribe_beyond_its_own(connect: Connect, role: str, subject: str) -> None:
@@ -456,27 +467,129 @@ async def test_client_starts_and_cancels_a_batch_and_follows_it(connect: Connect
     assert client.errors == [] and gen.errors == [] and rec.errors == []
 
 
-async def test_client_inbox_wildcard_does_not_reach_service_inboxes(connect: Connect) -> None:
+async def test_client_replies_arrive_in_its_own_inbox_only(connect: Connect) -> None:
     client = await connect("client")
     seen: list[str] = []
 
     async def on_msg(msg: Msg) -> None:
         seen.append(msg.subject)
 
-    await client.nc.subscribe("_INBOX.>", cb=on_msg)
+    await client.nc.subscribe("_INBOX.client.>", cb=on_msg)
     await client.nc.flush()
-    runner = await connect("chat-runner")
-    # Its reply goes to _INBOX.chat-runner.<...>, as do the events it fetches.
-    await runner.js.account_info()
+    runner, prov = await connect("chat-runner"), await connect("provisioner")
+    await runner.js.account_info()  # replies to _INBOX.chat-runner.<...>, as do the events it fetches
+    await prov.js.account_info()
     await client.js.publish(subjects.start_requested(new_batch_id()), b"{}", headers=msg_id())
     await asyncio.sleep(0.1)
-    assert any(s.startswith("_INBOX.") for s in seen), "the client's own replies should match _INBOX.>"
-    assert not [s for s in seen if s.startswith("_INBOX.chat-runner.")]
+    assert seen and all(s.startswith("_INBOX.client.") for s in seen), seen
+    assert client.errors == [] and runner.errors == [] and prov.errors == []
 
 
-async def test_recorder_serves_the_query_api_and_the_client_calls_it(connect: Connect) -> None:
+def test_any_password_survives_the_config(auth_server: AuthServer) -> None:
+    # The module's server started with these (the fixture's `nats-server -t` passed) and every
+    # role logs in with its own in the tests above; here the quoting itself.
+    for password in AWKWARD_PASSWORDS.values():
+        assert nats_config.quoted(password).startswith('"')
+    assert nats_config.quoted('a "b" \\c') == '"a \\"b\\" \\\\c"'
+    with pytest.raises(ValueError, match="control"):
+        nats_config.quoted("a\x00b")
+
+
+async def test_awkward_passwords_log_in(connect: Connect) -> None:
+    for role in AWKWARD_PASSWORDS:
+        conn = await connect(role)
+        assert conn.nc.is_connected and conn.errors == []
+
+
+async def test_late_joiner_reads_the_last_progress_snapshot(connect: Connect) -> None:
+    """README: `nats sub 'evalbus.v1.progress.<id>' --stream EVALBUS_PROGRESS --last-per-subject`."""
     rec, client = await connect("recorder"), await connect("client")
     batch = new_batch_id()
+    for done in (1, 2, 3):
+        body = orjson.dumps({"done": done})
+        await rec.js.publish(subjects.progress(batch), body, headers=msg_id(), stream=subjects.STREAM_PROGRESS)
+    info = await client.js.stream_info(subjects.STREAM_PROGRESS)
+    assert info.config.name == subjects.STREAM_PROGRESS
+    # As the nats CLI does: an ephemeral push consumer with flow control and heartbeats, no acks.
+    for kwargs in ({"flow_control": True, "idle_heartbeat": 5.0}, {"ordered_consumer": True}):
+        sub = await client.js.subscribe(
+            subjects.progress(batch),
+            stream=subjects.STREAM_PROGRESS,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            manual_ack=True,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        msg = await sub.next_msg(timeout=5)
+        assert orjson.loads(msg.data) == {"done": 3}
+        await sub.unsubscribe()
+    assert client.errors == [] and rec.errors == []
+
+
+async def test_late_joiner_answers_flow_control(connect: Connect) -> None:
+    # Some MB of snapshots make the server pause the consumer until it replies on $JS.FC.<stream>.>.
+    rec, client = await connect("recorder"), await connect("client")
+    batches = [new_batch_id() for _ in range(24)]
+    for batch in batches:
+        body = orjson.dumps({"pad": "x" * 200_000})
+        await rec.js.publish(subjects.progress(batch), body, headers=msg_id(), stream=subjects.STREAM_PROGRESS)
+    got: set[str] = set()
+    sub = await client.js.subscribe(
+        subjects.progress("*"),
+        stream=subjects.STREAM_PROGRESS,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ordered_consumer=True,
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while not set(batches) <= got:
+            assert asyncio.get_running_loop().time() < deadline, f"stalled; errors: {client.errors}"
+            msg = await sub.next_msg(timeout=5)
+            got.add(msg.subject.rsplit(".", 1)[-1])
+    finally:
+        await sub.unsubscribe()
+    assert client.errors == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        f"$JS.API.STREAM.INFO.{subjects.STREAM_EVENTS}",
+        f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_EVENTS}",
+        f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_DLQ}.x.evalbus.v1.dlq.judge",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{subjects.STREAM_PROGRESS}.mine",
+        f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_PROGRESS}.x",
+        f"$JS.API.STREAM.MSG.GET.{subjects.STREAM_PROGRESS}",
+        f"$JS.API.STREAM.PURGE.{subjects.STREAM_PROGRESS}",
+        "$JS.API.INFO",
+        f"$JS.FC.{subjects.STREAM_EVENTS}.x.1",
+    ],
+)
+async def test_client_jetstream_api_is_the_progress_read_only(connect: Connect, subject: str) -> None:
+    client = await connect("client")
+    with pytest.raises(TimeoutError):
+        await client.nc.request(subject, b"{}", timeout=DENIAL_WAIT_S)
+    await client.violation(f'Permissions Violation for Publish to "{subject}"')
+
+
+async def micro_replies(client: Conn, subject: str, wait_s: float = 1.0) -> list[dict[str, object]]:
+    """Every reply to one request, as `nats micro ls` / `nats micro info` gather them."""
+    inbox = client.nc.new_inbox()
+    sub = await client.nc.subscribe(inbox)
+    await client.nc.publish(subject, b"", reply=inbox)
+    replies: list[dict[str, object]] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            replies.append(orjson.loads((await sub.next_msg(timeout=wait_s)).data))
+    await sub.unsubscribe()
+    return replies
+
+
+@pytest.fixture
+async def recorder_services(connect: Connect, servers) -> AsyncIterator[Conn]:  # type: ignore[no-untyped-def]
+    """The recorder's two micro services on one connection, as services/recorder/app.py runs them,
+    with its query API on the session's real database."""
+    rec = await connect("recorder")
+    engine = create_async_engine(servers.database_url)
 
     async def resume(batch_id: str, token: str) -> ResumeResult:
         # What Recorder.resume does with a prompt the database says never got an answer.
@@ -484,20 +597,46 @@ async def test_recorder_serves_the_query_api_and_the_client_calls_it(connect: Co
         await rec.js.publish(subject, b"{}", headers={"Nats-Msg-Id": f"redrive-{token}"}, stream=subjects.STREAM_EVENTS)
         return ResumeResult(batch_id=batch_id, redriven=1, by_event={"prompt.queued": 1})
 
-    # The real endpoints; with no database behind them, queries are answered with a 503.
-    engine = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none")
-    service = await start_api(rec.nc, engine, resume)
+    health = await Health("recorder", lambda: rec.nc).serve()
+    api = await start_api(rec.nc, engine, resume)
     await rec.nc.flush()
     try:
-        with pytest.raises(cli.ApiError) as err:
-            await cli.query(client.nc, "status", batch, timeout_s=5)
-        assert err.value.code == "503"
-        assert (await cli.resume(client.nc, batch, "t1")).redriven == 1
-        ping = await client.nc.request("$SRV.PING.evalbus-recorder", b"", timeout=2)
-        assert b"evalbus-recorder" in ping.data
+        yield rec
     finally:
-        await service.stop()
+        await api.stop()
+        await health.stop()
         await engine.dispose()
+
+
+async def test_client_calls_every_query_endpoint(recorder_services: Conn, connect: Connect) -> None:
+    rec, client = recorder_services, await connect("client")
+    batch = new_batch_id()
+    for endpoint in ("status", "report", "quality"):  # an unknown batch is a 404: the query got there and back
+        with pytest.raises(cli.ApiError) as err:
+            await cli.query(client.nc, endpoint, batch, timeout_s=5)
+        assert err.value.code == "404", endpoint
+    with pytest.raises(cli.ApiError) as err:
+        await cli.fetch_samples(client.nc, SamplesQuery(batch_id=batch))
+    assert err.value.code == "404"
+    assert isinstance(await cli.fetch_history(client.nc, HistoryQuery(limit=1)), BatchHistory)
+    assert (await cli.resume(client.nc, batch, "t1")).redriven == 1
+    assert rec.errors == [] and client.errors == []
+
+
+async def test_client_pings_and_inspects_the_recorders_micro_services(
+    recorder_services: Conn, connect: Connect
+) -> None:
+    rec, client = recorder_services, await connect("client")
+    for verb in ("PING", "INFO", "STATS"):
+        for subject in (f"$SRV.{verb}", f"$SRV.{verb}.evalbus-recorder"):
+            replies = [r for r in await micro_replies(client, subject) if r.get("name") == "evalbus-recorder"]
+            assert len(replies) == 2, (subject, replies)  # the query API and the health service
+    endpoints = {
+        e["subject"]  # type: ignore[index]
+        for r in await micro_replies(client, "$SRV.INFO.evalbus-recorder")
+        for e in r["endpoints"]  # type: ignore[union-attr,attr-defined]
+    }
+    assert subjects.api("batch.report") in endpoints and f"{subjects.control('recorder')}.status" in endpoints
     assert rec.errors == [] and client.errors == []
 
 

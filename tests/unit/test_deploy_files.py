@@ -99,6 +99,8 @@ def test_nats_runs_the_locked_down_config_and_each_service_logs_in_as_itself() -
     mount = next(v for v in services["nats"]["volumes"] if v.endswith(":/etc/nats/nats-server.conf:ro"))
     assert (ROOT / mount.split(":")[0]).resolve() == config_path()
     assert set(services["nats"]["environment"]) == {password_env(role) for role in ROLES} | {"GOMEMLIMIT"}
+    for role in ROLES:  # quoted in the value: NATS would read 123456 as a number, 10G as a size
+        assert services["nats"]["environment"][password_env(role)] == f"'${{{password_env(role)}:?set it}}'"
     assert services["migrate"]["environment"]["EVALBUS_NATS_USER"] == "provisioner"
     for module in SERVICES:
         role = module.replace("_", "-")
