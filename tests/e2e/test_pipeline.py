@@ -4,6 +4,7 @@ import asyncio
 import itertools
 import json
 import secrets
+import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -176,7 +177,13 @@ async def test_cancel_stops_pending_prompts_and_ends_the_batch_cancelled(stack: 
         )
     )
     await asyncio.wait_for(first.wait(), 60)
-    cancel = await asyncio.to_thread(cli, "cancel", batch_id, "--reason", "wrong model")
+    # Held while the cancel is on its way, so that on a loaded machine the batch cannot finish
+    # before the CLI process has started (the chat-runner has taken at most its slots' worth).
+    stack.kill("chat_runner", signal.SIGSTOP)
+    try:
+        cancel = await asyncio.to_thread(cli, "cancel", batch_id, "--reason", "wrong model")
+    finally:
+        stack.kill("chat_runner", signal.SIGCONT)
     assert cancel.returncode == 0, cancel.stderr
     result = await run
     await nc.drain()
