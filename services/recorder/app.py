@@ -135,7 +135,9 @@ class Recorder:
         mine = [e for e in events if e is not None]
         if mine:
             async with self.engine.begin() as conn:
-                self.dirty |= await record(conn, mine)
+                touched = await record(conn, mine)
+            # After the await: `self.dirty |= await ...` would update the set flush() swapped out.
+            self.dirty |= touched
             self._count_down(mine)
         return []
 
@@ -164,7 +166,7 @@ class Recorder:
         else:
             batch_ids, self.dirty = self.dirty, set()
         self.may_have_finished.clear()
-        for batch_id in batch_ids:
+        for batch_id in list(batch_ids):  # a snapshot: writes may add to the sets meanwhile
             try:
                 await self._flush_one(js, batch_id)
             except Exception as exc:
@@ -314,7 +316,8 @@ def create_app() -> FastStream:
 
         async def store(batch: list[DeadLetter]) -> None:
             async with engine.begin() as conn:
-                recorder.dirty |= await record_dead_letters(conn, batch)
+                touched = await record_dead_letters(conn, batch)
+            recorder.dirty |= touched
 
         await handle_isolated(SERVICE, letters, store, checks.database_down)
 
