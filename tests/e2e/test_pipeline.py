@@ -134,8 +134,11 @@ async def test_status_and_report_survive_a_restart_of_every_service(stack: Stack
     suite = write_suite(tmp_path / "small.jsonl", 20)
     run = await asyncio.to_thread(cli, "run", str(suite), "--model", "evalbus-fake", "--batch-id", batch_id, "--json")
     assert run.returncode == 0, run.stderr
+    services = [name for name in stack.procs if name != "fake-model"]
     await asyncio.to_thread(stack.stop_services)
-    await asyncio.to_thread(stack.start_services)
+    for name in services:  # each with the command and settings it had
+        stack.restart(name)
+    await asyncio.to_thread(stack.wait_healthy)
     status = await asyncio.to_thread(cli, "status", batch_id, "--json")
     assert status.returncode == 0, status.stderr
     snap = json.loads(status.stdout)
