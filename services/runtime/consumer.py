@@ -65,8 +65,7 @@ PULL_HEARTBEAT_S = 1.0
 PULL_SILENT_S = 4 * PULL_HEARTBEAT_S
 # No end of the request by then: gone too, whatever was heard (a backstop for the heartbeats).
 PULL_LOST_AFTER_S = PULL_EXPIRES_S + 2.0
-# The watchdog looks this often; it asks the server once nothing has arrived for STALL_AFTER_S
-# (and an ack wait, so work held by a crashed peer has had its chance to come back).
+# The watchdog looks this often; it asks the server once nothing has arrived for STALL_AFTER_S.
 WATCH_EVERY_S = 5.0
 STALL_AFTER_S = 10.0
 # Statuses that only end a request; any other (409 consumer deleted or leadership change, 503 no
@@ -358,28 +357,31 @@ class Consumer:
 
     async def _check_stalled(self) -> None:
         quiet_s = time.monotonic() - self.last_received
-        if quiet_s < max(STALL_AFTER_S, self.ack_wait_s) or self._inbox_sub is None or self._rebind:
+        if quiet_s < STALL_AFTER_S or self._inbox_sub is None or self._rebind:
             return
         if self._room() < self._min_pull or time.monotonic() < self._pause_until:
             return  # busy: nothing is asked for, so nothing is expected
         info = await self._nc.jetstream().consumer_info(self._spec.stream, self._spec.durable, timeout=5)
         held = self._held()
-        # Pending: never delivered. Ack-pending beyond what this process holds: delivered to a
-        # request that is gone, or to a peer; either way, redelivered only to a live request.
-        if info.num_pending or (info.num_ack_pending or 0) > held:
-            log.warning(
-                "consumer %s: the server holds %s pending and %s awaiting ack (%d here) but nothing arrived"
-                " for %.0fs; rebinding",
-                self._spec.durable,
-                info.num_pending,
-                info.num_ack_pending,
-                held,
-                quiet_s,
-            )
-            self.rebinds += 1
-            self.last_received = time.monotonic()  # one rebind per quiet period
-            self._rebind = True
-            self._wake.set()
+        ack_pending = info.num_ack_pending or 0
+        # Pending: never delivered, and a live request would have had it. Ack-pending beyond what
+        # this process holds: delivered to a request that is gone (or held by a peer); the server
+        # redelivers it after the ack wait, but only to a live request.
+        if not info.num_pending and not (ack_pending > held and quiet_s >= self.ack_wait_s + STALL_AFTER_S):
+            return
+        log.warning(
+            "consumer %s: the server holds %s pending and %s awaiting ack (%d here) but nothing arrived for %.0fs;"
+            " rebinding",
+            self._spec.durable,
+            info.num_pending,
+            ack_pending,
+            held,
+            quiet_s,
+        )
+        self.rebinds += 1
+        self.last_received = time.monotonic()  # one rebind per quiet period
+        self._rebind = True
+        self._wake.set()
 
     def _held(self) -> int:
         return len(self._inflight) + len(self._buffer) + self._handing_over
