@@ -369,6 +369,8 @@ class Consumer:
         # redelivers it after the ack wait, but only to a live request.
         if not info.num_pending and not (ack_pending > held and quiet_s >= self.ack_wait_s + STALL_AFTER_S):
             return
+        if info.config.max_ack_pending and ack_pending >= info.config.max_ack_pending:
+            return  # at its limit (peers hold it): nothing goes to anyone until acks come; no lost request
         log.warning(
             "consumer %s: the server holds %s pending and %s awaiting ack (%d here) but nothing arrived for %.0fs;"
             " rebinding",
