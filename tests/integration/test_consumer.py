@@ -62,7 +62,9 @@ async def test_a_lone_message_is_worked_on_without_waiting_for_a_full_batch(nc: 
     await publish_events(nc.jetstream(), [scored(batch_id, 0)])
     await wait_until(lambda: got)
     await consumer.stop()
-    assert got[0] - sent < 0.5  # not PULL_EXPIRES_S: the open request delivers it at once
+    # Not after the open request expires (PULL_EXPIRES_S, 5 s): it delivers at once. Half of it is
+    # a bound a loaded machine keeps; waiting for the renewal would miss it.
+    assert got[0] - sent < consumer_module.PULL_EXPIRES_S / 2
 
 
 async def test_batches_form_by_size_or_by_wait_and_take_every_message_once(nc: Client) -> None:
@@ -82,7 +84,7 @@ async def test_batches_form_by_size_or_by_wait_and_take_every_message_once(nc: C
     await consumer.stop()
     assert max(map(len, batches)) == 20 and batches[-1] == [45]
     assert sorted(i for b in batches for i in b) == list(range(46))
-    assert waited < 1.0
+    assert waited < consumer_module.PULL_EXPIRES_S / 2  # max_wait_s (0.2 s), not the request's expiry
     info = await js.consumer_info(spec.stream, spec.durable)
     assert info.num_ack_pending == 0 and info.num_pending == 0
 

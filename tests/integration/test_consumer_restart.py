@@ -25,7 +25,7 @@ from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration
 
-N = 600
+N = 300
 # After the last restart the server recovers its streams and the consumer asks again: generous
 # for a loaded 2-core machine, far below "never".
 RESUME_BOUND_S = 60.0
