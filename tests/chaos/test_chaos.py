@@ -36,10 +36,11 @@ ACK_WAIT_S = 4.0
 CONCURRENCY = max(2, N // 400)
 MAX_RETRIES = 2
 PG_PAUSE_S = float(os.environ.get("EVALBUS_CHAOS_PG_PAUSE_S", "3"))
-# A stall is a batch whose finished count stops moving: longer than any pause the faults can cause
-# (the breaker's 30 s reset after the runner is stopped, an ack wait, nak delays), whatever the
-# machine's speed. A loaded 2-core machine is slow, not stalled: the overall cap only ends a crawl.
-NO_PROGRESS_S = 60.0
+# A stall is a batch that writes no new row (response, score, failure) for NO_PROGRESS_S: longer
+# than any pause the faults cause while other prompts wait (the breaker's 30 s reset after the
+# runner is stopped, an ack wait, a nak delay of 2 s doubling per delivery: 64 s at the sixth),
+# whatever the machine's speed. A loaded 2-core machine is slow, not stalled: the cap ends a crawl.
+NO_PROGRESS_S = 90.0
 FINISH_CAP_S = 200.0
 
 
