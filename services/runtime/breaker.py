@@ -88,7 +88,7 @@ class ProviderBreaker:
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` through the breaker; its own errors come out unchanged."""
         while True:
-            if self.state == "closed" and not self._one_at_a_time.locked():
+            if self.state == "closed":
                 try:
                     return await self._through(fn)
                 except CircuitBreakerError as exc:
@@ -97,6 +97,11 @@ class ProviderBreaker:
                     continue  # it opened meanwhile: wait like everyone else
             await asyncio.sleep(max(0.0, self._open_until - time.monotonic()))
             async with self._one_at_a_time:
+                if self.state == "closed":
+                    # A probe closed it while this caller queued: go at full concurrency. (Waiters
+                    # that kept calling one by one here, while new callers queued behind them,
+                    # held a busy service at one call at a time for good.)
+                    continue
                 try:
                     return await self._through(fn)
                 except CircuitBreakerError as exc:

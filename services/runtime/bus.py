@@ -13,6 +13,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from faststream.nats import NatsBroker, NatsUserPassword
+from nats.errors import (
+    BadHeaderError,
+    BadSubjectError,
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    MaxPayloadError,
+    OutboundBufferLimitError,
+)
 from nats.js.api import PubAck
 from pydantic import BaseModel
 
@@ -26,6 +34,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("evalbus.bus")
 
 PUBLISH_TIMEOUT_S = 30.0
+# Refused by nats-py's publish before it yields, after publish_async registered its future.
+_REFUSED_AT_ONCE = (
+    OutboundBufferLimitError,
+    MaxPayloadError,
+    BadHeaderError,
+    BadSubjectError,
+    ConnectionClosedError,
+    ConnectionDrainingError,
+)
 
 
 class _Lifecycle:
@@ -46,15 +63,21 @@ def make_broker(service: str, nats_url: str, user: str | None = None, password: 
         log.error("nats error in %s: %r", service, exc)
 
     async def on_disconnect() -> None:
-        log.warning("%s disconnected from NATS; reconnecting", service)
+        # A deliberate close (drain on shutdown) calls this too: that is no outage.
+        if _Lifecycle.stopping:
+            log.info("%s: NATS connection closing for shutdown", service)
+        else:
+            log.warning("%s disconnected from NATS; reconnecting", service)
 
     async def on_reconnect() -> None:
         log.warning("%s reconnected to NATS", service)
 
     async def on_closed() -> None:
-        if not _Lifecycle.stopping:
-            log.critical("%s: NATS connection closed for good; exiting so a supervisor restarts it", service)
-            os._exit(3)
+        if _Lifecycle.stopping:
+            log.info("%s: NATS connection closed (shutdown)", service)
+            return
+        log.critical("%s: NATS connection closed for good; exiting so a supervisor restarts it", service)
+        os._exit(3)
 
     return NatsBroker(
         nats_url.split(","),
@@ -90,18 +113,44 @@ def encode(model: BaseModel) -> bytes:
 
 async def publish_events(js: "JetStreamContext", events: Iterable[Event]) -> list[PubAck]:
     """Publish events pipelined and wait for every PubAck; raises if any is not stored."""
-    futures = [
-        await js.publish_async(
-            ev.subject, encode(ev), headers={"Nats-Msg-Id": ev.event_id}, stream=subjects.STREAM_EVENTS
-        )
-        for ev in events
-    ]
+    futures: list[asyncio.Future[PubAck]] = []
+    try:
+        for ev in events:
+            futures.append(
+                await js.publish_async(
+                    ev.subject,
+                    encode(ev),
+                    headers={"Nats-Msg-Id": ev.event_id},
+                    stream=subjects.STREAM_EVENTS,
+                    wait_stall=PUBLISH_TIMEOUT_S,  # a full pending limit fails the publish, never hangs it
+                )
+            )
+    except BaseException as exc:
+        # Each future holds a slot of nats-py's pending limit until it is done: one left
+        # unawaited (its PubAck lost with a connection) would hold it for good.
+        for future in futures:
+            future.cancel()
+        if isinstance(exc, _REFUSED_AT_ONCE):
+            _cancel_orphan(js)
+        raise
     if not futures:
         return []
     async with asyncio.timeout(PUBLISH_TIMEOUT_S):  # cheaper than wait_for's extra task per call
         if len(futures) == 1:
             return [await futures[0]]
         return list(await asyncio.gather(*futures))
+
+
+def _cancel_orphan(js: "JetStreamContext") -> None:
+    """nats-py's publish_async registers its future before publishing; when the publish is refused
+    at once (no connection and a full reconnect buffer, a payload over the limit) the future is
+    never returned and never resolved, and keeps its pending slot. Nothing ran in between, so it
+    is the newest one registered."""
+    pending: dict[str, asyncio.Future[PubAck]] | None = getattr(js, "_publish_async_futures", None)
+    if pending:
+        orphan = pending[next(reversed(pending))]
+        if not orphan.done():
+            orphan.cancel()
 
 
 async def publish_raw(

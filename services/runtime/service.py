@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 
 from faststream import FastStream
@@ -39,6 +40,7 @@ def new_service(service: str, settings: Settings) -> tuple[NatsBroker, FastStrea
         micro.append(await health.serve())
 
     app.after_startup(serve_status)
+    app.after_startup(dump_tasks_on_sigusr1)
     run_in_background(app, lambda: health.beat_forever(settings.heartbeat_dir))
     run_in_background(app, trim_heap_forever)
     return broker, app
@@ -96,6 +98,32 @@ class Binding:
     def keepalive_s(self) -> float:
         ack_wait = self.consumer.ack_wait_s if self.consumer else self._default
         return max(0.5, ack_wait / 3)
+
+
+async def dump_tasks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` logs where every task of the service waits (a stall's first question)."""
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        tasks = asyncio.all_tasks(loop)
+        lines = [f"{len(tasks)} tasks:"]
+        for task in tasks:
+            lines.append(f"- {task.get_name()}: " + " <- ".join(_awaiting(task.get_coro())))
+        logging.getLogger("evalbus.tasks").warning("\n".join(lines))
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGUSR1, dump)
+
+
+def _awaiting(coro: object) -> list[str]:
+    """The chain of coroutines a task is suspended in, outermost first."""
+    chain: list[str] = []
+    while coro is not None and len(chain) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_name}@{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return chain
 
 
 def run_in_background(app: FastStream, job: Callable[[], Awaitable[None]]) -> None:

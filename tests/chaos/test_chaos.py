@@ -36,7 +36,12 @@ ACK_WAIT_S = 4.0
 CONCURRENCY = max(2, N // 400)
 MAX_RETRIES = 2
 PG_PAUSE_S = float(os.environ.get("EVALBUS_CHAOS_PG_PAUSE_S", "3"))
-FINISH_BOUND_S = 90.0
+# A stall is a batch that writes no new row (response, score, failure) for NO_PROGRESS_S: longer
+# than any pause the faults cause while other prompts wait (the breaker's 30 s reset after the
+# runner is stopped, an ack wait, a nak delay of 2 s doubling per delivery: 64 s at the sixth),
+# whatever the machine's speed. A loaded 2-core machine is slow, not stalled: the cap ends a crawl.
+NO_PROGRESS_S = 90.0
+FINISH_CAP_S = 200.0
 
 
 def write_suite(path: Path, n: int) -> Path:
@@ -62,17 +67,34 @@ async def query(db: str, sql: str, **params: object) -> list[tuple[object, ...]]
         await engine.dispose()
 
 
-async def wait_terminal(db: str, batch_id: str, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+# Rows the pipeline writes as a batch moves (the batch row's own counts are written only at its end).
+PROGRESS_SQL = (
+    "SELECT b.status, (SELECT count(*) FROM responses r WHERE r.batch_id = :b)"
+    " + (SELECT count(*) FROM scores s WHERE s.batch_id = :b) + (SELECT count(*) FROM failures f WHERE f.batch_id = :b)"
+    " FROM batches b WHERE b.batch_id = :b"
+)
+
+
+async def wait_terminal(
+    db: str, batch_id: str, no_progress_s: float = NO_PROGRESS_S, cap_s: float = FINISH_CAP_S
+) -> str:
+    """The batch's final status; fails if it writes no new row for `no_progress_s`."""
+    started = moved_at = time.monotonic()
+    rows_written = -1
+    while time.monotonic() - moved_at < no_progress_s:
+        assert time.monotonic() - started < cap_s, (
+            f"batch {batch_id} still running after {cap_s}s ({rows_written} rows)"
+        )
         try:
-            rows = await query(db, "SELECT status FROM batches WHERE batch_id = :b", b=batch_id)
+            rows = await query(db, PROGRESS_SQL, b=batch_id)
         except Exception:  # the database may be paused right now
             rows = []
         if rows and rows[0][0] != "running":
             return str(rows[0][0])
+        if rows and int(str(rows[0][1])) != rows_written:
+            rows_written, moved_at = int(str(rows[0][1])), time.monotonic()
         await asyncio.sleep(0.5)
-    raise AssertionError(f"batch {batch_id} not terminal after {timeout_s}s")
+    raise AssertionError(f"batch {batch_id} stalled: {rows_written} rows written, none more for {no_progress_s}s")
 
 
 async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
@@ -150,7 +172,7 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
             await asyncio.sleep(rng.uniform(0.2, 1.0))
             stack.restart(fault)
     healed = time.monotonic()
-    status = await wait_terminal(stack.database_url, batch_id, FINISH_BOUND_S)
+    status = await wait_terminal(stack.database_url, batch_id)
     finish_s = time.monotonic() - healed
     db = stack.database_url
 
@@ -224,3 +246,74 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
         f" {categories} | {finish_s:.1f} s |"
     )
     assert stack.check_alive() == []
+
+
+RESTART_PROMPTS = 300  # ~8 s of model time at 4 calls in flight: long enough to restart in
+
+
+async def test_broker_restarts_mid_batch_end_terminal_every_time(tmp_path: Path) -> None:
+    """nats-server restarts (kill -9, clean stop, kill -9) each in the middle of a batch: every
+    batch still ends, with every prompt accounted for once, and no service has exited."""
+    stack = Stack(tmp_path / "restarts")
+    try:
+        await asyncio.to_thread(stack.start_servers)
+        await apply_topology(stack.nats_url, ack_wait_s=ACK_WAIT_S)
+        await asyncio.to_thread(stack.start_fake_model, {"latency_ms": "100", "jitter_ms": "20", "seed": str(SEED)})
+        stack.start_services(extra_env={"EVALBUS_RETRY_BASE_S": "0.05", "EVALBUS_RETRY_MAX_S": "0.5"})
+        await asyncio.to_thread(stack.wait_healthy, 120)
+        suite = write_suite(tmp_path / "suite.jsonl", RESTART_PROMPTS)
+        for round_no, kill in enumerate((True, False, True)):
+            batch_id = f"b-restart-{SEED % 100000}-{round_no}"
+            nc = await nats.connect(stack.nats_url)
+            start = StartBatchRequested(
+                batch_id=batch_id,
+                config=BatchConfig(
+                    model="evalbus-fake", judge_model="evalbus-fake-judge", concurrency=4, timeout_s=5, max_retries=2
+                ),
+                suite=SuiteRef(path=str(suite)),
+            )
+            await publish_start(nc, start)
+            await nc.close()
+            await wait_some_done(stack.database_url, batch_id)  # mid-batch: recorded, running, not done
+            assert stack.nats
+            stack.nats.stop(kill=kill)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(stack.nats.start)  # same port, same store
+            status = await wait_terminal(stack.database_url, batch_id)
+            db = stack.database_url
+            scored = (await query(db, "SELECT count(*) FROM scores WHERE batch_id = :b", b=batch_id))[0][0]
+            failed = (
+                await query(
+                    db,
+                    "SELECT count(DISTINCT prompt_id) FROM failures f WHERE batch_id = :b AND NOT EXISTS"
+                    " (SELECT 1 FROM scores s WHERE s.prompt_id = f.prompt_id)",
+                    b=batch_id,
+                )
+            )[0][0]
+            totals = (
+                await query(
+                    db,
+                    "SELECT completed_prompts, failed_prompts, total_prompts FROM batches WHERE batch_id = :b",
+                    b=batch_id,
+                )
+            )[0]
+            print(f"restart {round_no} ({'kill -9' if kill else 'stop'}): {status}, {scored} scored, {failed} failed")
+            assert status in ("completed", "partial_failure")
+            assert totals == (scored, failed, RESTART_PROMPTS)
+        assert stack.check_alive() == []
+    finally:
+        stack.stop()
+
+
+async def wait_some_done(db: str, batch_id: str, timeout_s: float = 120.0) -> None:
+    """Until the batch is recorded and has run a moment (a restart lands mid-batch)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = await query(db, "SELECT status FROM batches WHERE batch_id = :b", b=batch_id)
+        if rows:
+            await asyncio.sleep(1.5)
+            rows = await query(db, "SELECT status FROM batches WHERE batch_id = :b", b=batch_id)
+            assert rows[0][0] == "running", f"batch {batch_id} ended before the restart: raise RESTART_PROMPTS"
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} not recorded in {timeout_s}s")

@@ -1,6 +1,7 @@
 """Publishing, consuming, dead letters and acks against a real nats-server with JetStream."""
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ from contracts import subjects
 from contracts.events import BatchConfig, DeadLetter, Event, PromptScored
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
+from services.runtime import bus
 from services.runtime.bus import publish_events
 from services.runtime.consumer import Consumer
 from services.runtime.worker import work_batch
@@ -105,3 +107,19 @@ def test_config_is_carried_whole_in_prompt_events() -> None:
     # The next step needs no lookup: thresholds and criteria travel with the prompt.
     cfg = BatchConfig(model="m", criteria=["accuracy"], thresholds={"accuracy": 9})
     assert BatchConfig.model_validate_json(cfg.model_dump_json()).threshold("accuracy") == 9
+
+
+async def test_a_clean_stop_is_logged_as_a_shutdown_not_an_outage(
+    servers, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # Every `evalbus down` made each service warn "disconnected from NATS; reconnecting": the
+    # drain on shutdown calls the disconnected callback too.
+    monkeypatch.setattr(bus._Lifecycle, "stopping", False)  # restored after the test
+    broker = bus.make_broker("test-stop", servers.nats_url)
+    await broker.connect()
+    caplog.set_level(logging.INFO, logger="evalbus.bus")
+    bus.mark_stopping()
+    await broker.stop()
+    records = [r for r in caplog.records if r.name == "evalbus.bus"]
+    assert not [r for r in records if r.levelno >= logging.WARNING], [r.getMessage() for r in records]
+    assert any("shutdown" in r.getMessage() for r in records)
