@@ -270,7 +270,7 @@ async def test_broker_restarts_mid_batch_end_terminal_every_time(tmp_path: Path)
                 config=BatchConfig(
                     model="evalbus-fake", judge_model="evalbus-fake-judge", concurrency=4, timeout_s=5, max_retries=2
                 ),
-                suite=SuiteRef(path=str(suite)),
+                suite=await upload_suite(nc, batch_id, suite),
             )
             await publish_start(nc, start)
             await nc.close()

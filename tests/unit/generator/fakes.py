@@ -78,7 +78,9 @@ class FakeJS:
             self.published.append((subject, payload))
         return SimpleNamespace(stream="EVALBUS_EVENTS", seq=len(self.published), duplicate=duplicate)
 
-    async def publish_async(self, subject: str, payload: bytes, headers: Any = None, stream: Any = None) -> Any:
+    async def publish_async(
+        self, subject: str, payload: bytes, headers: Any = None, stream: Any = None, wait_stall: Any = None
+    ) -> Any:
         fut: asyncio.Future[SimpleNamespace] = asyncio.get_running_loop().create_future()
         fut.set_result(self._store(subject, payload, headers))
         return fut
