@@ -194,12 +194,15 @@ async def test_nul_bytes_and_values_beyond_their_columns_are_dead_lettered_and_s
         messages=[ChatMessage(role="user", content="q")],
         answer="a",
         model="m",
-        usage=Usage(tokens_in=10**12),
+        usage=Usage(tokens_in=5),
         config=CFG,
     )
+    beyond = answer.to_json().replace(b'"tokens_in":5', b'"tokens_in":1000000000000')  # past integer
+    assert beyond != answer.to_json()
     nul_reason = orjson.loads(scored(batch_id, 1).to_json()) | {"reasons": ["bad\u0000"]}
     infinite = scored(batch_id, 2).to_json().replace(b'"overall_score":7.0', b'"overall_score":Infinity')
-    await rig.publish_events([accepted(batch_id, 4), answer, scored(batch_id, 3)])
+    await rig.publish_events([accepted(batch_id, 4), scored(batch_id, 3)])
+    await rig.publish(answer.subject, beyond)
     await rig.publish(subjects.batch_event(batch_id, "prompt", "scored"), b"\x00\xff not json \x00")
     await rig.publish(subjects.batch_event(batch_id, "prompt", "scored"), orjson.dumps(nul_reason))
     await rig.publish(subjects.batch_event(batch_id, "prompt", "scored"), infinite)
@@ -208,7 +211,7 @@ async def test_nul_bytes_and_values_beyond_their_columns_are_dead_lettered_and_s
     assert await rig.progress(batch_id) == (4, 1, 0, 0)  # prompt 3's score, written beside them all
     letters = await rig.wait_letters(5)
     reasons = " | ".join(dl.reason for dl in letters)
-    assert "tokens beyond" in reasons and "NUL" in reasons and "finite" in reasons, reasons
+    assert "tokens_in" in reasons and "NUL" in reasons and "finite" in reasons, reasons
     async with rig.engine.begin() as conn:
         await record_dead_letters(conn, letters)
     async with rig.engine.connect() as conn:
