@@ -20,11 +20,13 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -33,12 +35,16 @@ from contracts import ids, subjects
 from contracts.enums import FailureCategory, Stage
 from contracts.events import (
     BatchCompleted,
+    BatchConfig,
     BatchRejected,
     CancelBatchRequested,
+    ChatMessage,
     DeadLetter,
     PromptFailed,
+    PromptResponded,
     PromptScored,
     StartBatchRequested,
+    Usage,
 )
 from evalbus import client, stack
 from infra.processes import SERVICES
@@ -161,10 +167,15 @@ class Probe:
     def __init__(self, nc: Client, seen: Seen, tally: Tally, wait_s: float) -> None:
         self.nc, self.js, self.seen, self.tally, self.wait_s = nc, nc.jetstream(), seen, tally, wait_s
 
-    async def publish(self, subject: str, data: bytes, msg_id: str | None = None) -> int:
-        ack = await self.js.publish(
-            subject, data, headers={"Nats-Msg-Id": msg_id or "hz-" + secrets.token_hex(8)}, timeout=10
-        )
+    async def publish(self, subject: str, data: bytes, msg_id: str | None = None) -> int | None:
+        """The stream sequence it was stored at; None if the broker refused it (permissions)."""
+        try:
+            ack = await self.js.publish(
+                subject, data, headers={"Nats-Msg-Id": msg_id or "hz-" + secrets.token_hex(8)}, timeout=10
+            )
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            print(f"publish to {subject} refused: {exc!r}", file=sys.stderr)
+            return None
         return int(ack.seq)
 
     def reason_ok(self, reasons: list[str]) -> bool:
@@ -178,6 +189,9 @@ class Probe:
         """A hostile start: it must be rejected with a reason (or dead-lettered, if it names no batch)."""
         data = doc if isinstance(doc, bytes) else orjson.dumps(doc)
         seq = await self.publish(subjects.start_requested(batch_id), data)
+        if seq is None:
+            self.tally.add(category, WRONG, f"{batch_id}: the broker refused a client's start command")
+            return
         got = await self.seen.until(
             lambda: bool(
                 self.seen.rejected.get(batch_id) or self.seen.accepted[batch_id] or self.seen.dead_by_seq.get(seq)
@@ -238,6 +252,9 @@ class Probe:
         batch_id = "b-hz-cx-" + tag()
         cancel = CancelBatchRequested(batch_id=batch_id, reason="hostile")
         seq = await self.publish(subjects.cancel_requested(batch_id), cancel.model_dump_json().encode())
+        if seq is None:
+            self.tally.add(category, WRONG, f"{batch_id}: the broker refused a client's cancel command")
+            return
         if await self.seen.until(lambda: bool(self.seen.rejected.get(batch_id) or self.seen.dead_by_seq.get(seq)), 5):
             self.tally.add(category, REJECTED if self.seen.rejected.get(batch_id) else DEAD)
             return
@@ -303,7 +320,7 @@ class Probe:
 
 def forged_completion(batch_id: str) -> bytes:
     now = "2026-01-01T00:00:00Z"
-    report = {
+    report: dict[str, Any] = {
         "batch_id": batch_id, "status": "completed", "model": "FORGED", "judge_model": "FORGED", "session_id": None,
         "experiment": None, "suite_name": "forged", "total": 1, "completed": 1, "failed": 0, "passed": 1,
         "pass_rate": 1.0, "mean_score": 10.0, "criteria": [], "failures_by_category": {}, "latency_p50_ms": None,
@@ -326,55 +343,118 @@ def scored(batch_id: str, index: int, prompt_id: str | None = None) -> bytes:
     return evt.to_json()
 
 
-async def forged_events(p: Probe, victims: tuple[str, str]) -> None:
-    """Forged and garbage events on internal subjects of running batch `a` (and `b`, whose id a
-    mismatched body names); each must be dead-lettered, or have no effect on the final reports."""
-    a, b = victims
-    sent: dict[str, list[int]] = defaultdict(list)
+@dataclass
+class Forgery:
+    category: str
+    victims: list[str]  # batches whose recorded outcome must not change
+    seqs: list[int] = field(default_factory=list)
+    refused: int = 0  # publishes the broker refused (a locked-down stack's permissions)
 
-    async def send(category: str, subject: str, data: bytes) -> None:
-        sent[category].append(await p.publish(subject, data))
 
-    failed_b = PromptFailed(
-        batch_id=b,
-        prompt_id=ids.prompt_id(b, 0),
-        index=0,
-        stage=Stage.CHAT,
-        category=FailureCategory.CANCELLED,
-        error="x",
-    )
-    for i in range(5):
-        one = failed_b.model_copy(update={"index": i, "prompt_id": ids.prompt_id(b, i)})
-        await send("forged: subject/body mismatch", subjects.batch_event(a, "prompt", "failed"), one.to_json())
-    for i in range(100_000, 100_010):
-        await send("forged: index out of range", subjects.batch_event(a, "prompt", "scored"), scored(a, i))
-    for i in range(3, 8):
-        await send(
-            "forged: prompt id not its index",
-            subjects.batch_event(a, "prompt", "scored"),
-            scored(a, i, ids.prompt_id(a, 999)),
-        )
-    await send("forged: batch.completed", subjects.batch_event(a, "batch", "completed"), forged_completion(a))
-    for verb in ("queued", "responded", "judged", "scored", "failed"):
-        subject = subjects.batch_event(a, "prompt", verb)
-        await send("garbage: raw bytes and NUL", subject, b"\x00\xff garbage \x00")
-        await send(
-            "garbage: raw bytes and NUL", subject, b'{"batch_id": "' + a.encode() + b'", "prompt_id": "x\\u0000"}'
-        )
-        await send("garbage: raw bytes and NUL", subject, b"[" * 5000 + b"]" * 5000)
+def responded(batch_id: str, index: int) -> bytes:
+    return PromptResponded(
+        batch_id=batch_id,
+        prompt_id=ids.prompt_id(batch_id, index),
+        index=index,
+        messages=[ChatMessage(role="user", content="forged")],
+        answer="FORGED answer",
+        model="FORGED",
+        usage=Usage(tokens_in=1_000_000, tokens_out=1_000_000, cost_usd=123.0),
+        config=BatchConfig(model=MODEL, judge_model=JUDGE, criteria=["accuracy"]),
+    ).to_json()
 
-    # The victims' recorded outcome decides "no effect": both complete exactly, nothing forged counted.
-    harm = {v: why for v in (a, b) if (why := await p.harm(v, VICTIM_PROMPTS))}
-    await asyncio.sleep(2)  # dead letters of the last forgeries
-    for category, seqs in sent.items():
-        for seq in seqs:
-            reasons = p.seen.dead_by_seq.get(seq)
-            if reasons and p.reason_ok(reasons):
-                p.tally.add(category, DEAD)
-            elif not harm:
-                p.tally.add(category, NO_EFFECT)
+
+async def forged_events(p: Probe) -> str:
+    """Forged and garbage events on internal subjects of running batches, one set of victims per
+    category; each message must be refused, dead-lettered, or have no effect on the victims'
+    recorded outcome. Returns a victim's id (a known batch for the query probes)."""
+    names = ["mismatch", "mismatch-named", "range", "id", "completed", "responded", "garbage"]
+    v = {name: await normal_batch(p, VICTIM_PROMPTS, concurrency=2) for name in names}
+    forgeries: list[Forgery] = []
+
+    async def forge(category: str, victims: list[str], items: list[tuple[str, bytes]]) -> None:
+        f = Forgery(category, victims)
+        for subject, data in items:
+            seq = await p.publish(subject, data)
+            if seq is None:
+                f.refused += 1
             else:
-                p.tally.add(category, WRONG, f"seq {seq} not dead-lettered; victims: {harm}")
+                f.seqs.append(seq)
+        forgeries.append(f)
+
+    a, b = v["mismatch"], v["mismatch-named"]
+    failed_b = [
+        PromptFailed(
+            batch_id=b,
+            prompt_id=ids.prompt_id(b, i),
+            index=i,
+            stage=Stage.CHAT,
+            category=FailureCategory.CANCELLED,
+            error="x",
+        ).to_json()
+        for i in range(5)
+    ]
+    await forge(
+        "forged: subject/body mismatch", [a, b], [(subjects.batch_event(a, "prompt", "failed"), d) for d in failed_b]
+    )
+    r = v["range"]
+    await forge(
+        "forged: index out of range",
+        [r],
+        [(subjects.batch_event(r, "prompt", "scored"), scored(r, i)) for i in range(100_000, 100_010)],
+    )
+    i_ = v["id"]
+    await forge(
+        "forged: prompt id not its index",
+        [i_],
+        [(subjects.batch_event(i_, "prompt", "scored"), scored(i_, i, ids.prompt_id(i_, 999))) for i in range(3, 8)],
+    )
+    c = v["completed"]
+    await forge("forged: batch.completed", [c], [(subjects.batch_event(c, "batch", "completed"), forged_completion(c))])
+    rs = v["responded"]  # the last prompts of a slow batch: forged before the real answers arrive
+    await forge(
+        "forged: prompt.responded first",
+        [rs],
+        [
+            (subjects.batch_event(rs, "prompt", "responded"), responded(rs, i))
+            for i in range(VICTIM_PROMPTS - 5, VICTIM_PROMPTS)
+        ],
+    )
+    g = v["garbage"]
+    garbage = [
+        b"\x00\xff garbage \x00",
+        b'{"batch_id": "' + g.encode() + b'", "prompt_id": "x\\u0000"}',
+        b"[" * 5000 + b"]" * 5000,
+    ]
+    await forge(
+        "garbage: raw bytes and NUL",
+        [g],
+        [
+            (subjects.batch_event(g, "prompt", verb), d)
+            for verb in ("queued", "responded", "judged", "scored", "failed")
+            for d in garbage
+        ],
+    )
+
+    harm = {victim: await p.harm(victim, VICTIM_PROMPTS) for victim in v.values()}
+    await asyncio.sleep(2)  # dead letters of the last forgeries
+    for f in forgeries:
+        for _ in range(f.refused):
+            p.tally.add(f.category, REJECTED)
+        hurt = {victim: harm[victim] for victim in f.victims if harm[victim]}
+        for seq in f.seqs:
+            reasons = p.seen.dead_by_seq.get(seq)
+            if reasons and p.reason_ok(reasons) and not hurt:
+                p.tally.add(f.category, DEAD)
+            elif not hurt:
+                p.tally.add(f.category, NO_EFFECT)
+            else:
+                p.tally.add(
+                    f.category,
+                    WRONG,
+                    f"seq {seq} {'dead-lettered' if reasons else 'not dead-lettered'}; victims: {hurt}",
+                )
+    return v["range"]
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -431,10 +511,10 @@ async def hostile_starts(p: Probe) -> None:
         "start: backtracking regex", start_doc(b, suite={"cases": cases(2, references=[backtracking])}), b
     )
     b = "b-hz-long-" + tag()
-    await p.accepted_start("start: 200-char model name", start_doc(b, cfg(model="m" * 200, judge=False)), b)
-    for doc in (b"\x00\xff", b"{}", b'{"batch_id": "Bd"}', b"[" * 5000 + b"]" * 5000, b"null"):
+    await p.accepted_start("start: 200-char model name", start_doc(b, cfg(model="m" * 200, judge_enabled=False)), b)
+    for body in (b"\x00\xff", b"{}", b'{"batch_id": "Bd"}', b"[" * 5000 + b"]" * 5000, b"null"):
         b = bid("junk")
-        await p.start("start: garbage body", doc, b)
+        await p.start("start: garbage body", body, b)
     b = bid("zero")
     await p.start("start: no cases", start_doc(b, suite={"cases": []}), b)
     b = bid("subj")
@@ -509,19 +589,13 @@ async def run(wait_s: float) -> int:
     if sick:
         print("not healthy before the run: " + "; ".join(sick), file=sys.stderr)
         return 1
-    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-    # Two victims run while forged events arrive: 120 prompts each, slowly.
-    victims = (
-        await normal_batch(p, VICTIM_PROMPTS, concurrency=2),
-        await normal_batch(p, VICTIM_PROMPTS, concurrency=2),
-    )
-    steps.append(("forged events", lambda: forged_events(p, victims)))
-    steps.append(("hostile starts", lambda: hostile_starts(p)))
-    steps.append(("hostile queries", lambda: hostile_queries(p, victims[0])))
-    for name, step in steps:
-        t0 = time.monotonic()
-        await step()
-        print(f"{name}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    t0 = time.monotonic()
+    known = await forged_events(p)
+    print(f"forged events: {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    t0 = time.monotonic()
+    await hostile_starts(p)
+    print(f"hostile starts: {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    await hostile_queries(p, known)
     print(tally.table())
     sick = await health(nc)
     final = await normal_batch(p, 10)
