@@ -99,8 +99,9 @@ def body(user: str, fence: Fence) -> str:
 
 
 def nonce_of(messages: list[dict[str, str]]) -> str:
-    m = re.search(r"end with the code ([0-9a-f]+);", messages[0]["content"])
-    assert m is not None, "the system message names the fence code"
+    """The nonce of the first fence line, which the judge writes before any data."""
+    m = re.search(r"^<<<[A-Z]+(?: a\d+)? ([0-9A-Za-z]+)>>>$", messages[1]["content"], re.M)
+    assert m is not None, "no fence line"
     return m.group(1)
 
 
@@ -178,6 +179,10 @@ def test_nonces_are_cryptographically_random_per_call() -> None:
     seen = {nonce_of(build_messages(CFG, conversation, "same answer", None)) for _ in range(200)}
     assert len(seen) == 200 and all(re.fullmatch(r"[0-9a-f]{32}", n) for n in seen)
     assert fence_nonce(["abc"], "abd") == "abd" and fence_nonce(["xABDx"], "abd") != "abd"
+    single = build_messages(CFG, conversation, "a", None)
+    batched = build_batch_messages(CFG, [Item("a1", [], "x", None), Item("a2", [], "y", None)], CFG.criteria)
+    for msgs in (single, batched):  # the trusted system message names this call's fence code
+        assert f"end with the code {nonce_of(msgs)};" in msgs[0]["content"]
 
 
 def test_a_very_long_answer_and_role_markers_stay_data() -> None:
