@@ -28,6 +28,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import orjson
+import typer
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -46,7 +47,7 @@ from contracts.events import (
     StartBatchRequested,
     Usage,
 )
-from evalbus import client, stack
+from evalbus import cli, client, stack
 from infra.processes import SERVICES
 from services.runtime.settings import get_settings
 
@@ -69,6 +70,7 @@ LEAKS = (
 SERVICE_NAMES = [s.replace("_", "-") for s in SERVICES]
 MODEL, JUDGE = "evalbus-fake", "evalbus-fake-judge"
 VICTIM_PROMPTS = 120
+TERMINAL_WITHIN_S = 120.0  # a normal batch's generous time to finish on a loaded 2-core machine
 
 
 def tag() -> str:
@@ -289,9 +291,9 @@ class Probe:
             await asyncio.sleep(1)
         return None
 
-    async def harm(self, batch_id: str, n: int) -> str:
+    async def harm(self, batch_id: str, n: int, timeout_s: float = TERMINAL_WITHIN_S) -> str:
         """What is wrong with a normal batch of `n` prompts, by the recorder's API ("" if nothing)."""
-        st = await self.terminal(batch_id, 240)
+        st = await self.terminal(batch_id, timeout_s)
         if st is None:
             return "not terminal"
         try:
@@ -436,7 +438,8 @@ async def forged_events(p: Probe) -> str:
         ],
     )
 
-    harm = {victim: await p.harm(victim, VICTIM_PROMPTS) for victim in v.values()}
+    names_ = list(v.values())  # waited for side by side: a stalled stack costs one timeout, not seven
+    harm = dict(zip(names_, await asyncio.gather(*(p.harm(x, VICTIM_PROMPTS) for x in names_)), strict=True))
     await asyncio.sleep(2)  # dead letters of the last forgeries
     for f in forgeries:
         for _ in range(f.refused):
@@ -574,12 +577,11 @@ async def health(nc: Client) -> list[str]:
 
 
 async def run(wait_s: float) -> int:
-    settings = get_settings()
-    url = settings.nats_url or str((stack.read_state(settings.data_dir) or {}).get("nats_url") or "")
-    if not url:
+    try:
+        nc = await cli.connect()  # found and logged in to exactly as the CLI does
+    except typer.Exit as exc:
         print("no stack: set EVALBUS_NATS_URL or run `evalbus up` (or pass --up)", file=sys.stderr)
-        return 3
-    nc = await client.connect(url, *settings.nats_credentials())
+        return int(exc.exit_code)
     seen, tally = Seen(), Tally()
     await nc.subscribe(subjects.any_batch("batch", "*"), cb=seen.on_lifecycle)
     await nc.subscribe(subjects.dlq("*"), cb=seen.on_dead_letter)
