@@ -70,6 +70,7 @@ LEAKS = (
 SERVICE_NAMES = [s.replace("_", "-") for s in SERVICES]
 MODEL, JUDGE = "evalbus-fake", "evalbus-fake-judge"
 VICTIM_PROMPTS = 120
+FORGED_TOKENS, FORGED_COST = 1_000_000, 123.0  # far beyond what a normal batch of the fake model uses
 TERMINAL_WITHIN_S = 120.0  # a normal batch's generous time to finish on a loaded 2-core machine
 
 
@@ -308,6 +309,8 @@ class Probe:
             or rep.status.value != "completed"
         ):
             return f"{rep.status.value}: {rep.completed}/{rep.total} completed, {rep.failed} failed, model {rep.model}"
+        if rep.tokens_in >= FORGED_TOKENS or rep.cost_usd >= FORGED_COST:
+            return f"forged usage counted: tokens_in {rep.tokens_in}, cost ${rep.cost_usd:.2f}"
         return ""
 
     async def status(self, batch_id: str) -> dict[str, Any] | None:
@@ -361,7 +364,7 @@ def responded(batch_id: str, index: int) -> bytes:
         messages=[ChatMessage(role="user", content="forged")],
         answer="FORGED answer",
         model="FORGED",
-        usage=Usage(tokens_in=1_000_000, tokens_out=1_000_000, cost_usd=123.0),
+        usage=Usage(tokens_in=FORGED_TOKENS, tokens_out=FORGED_TOKENS, cost_usd=FORGED_COST),
         config=BatchConfig(model=MODEL, judge_model=JUDGE, criteria=["accuracy"]),
     ).to_json()
 
