@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test chaos lint bench up down clean
+.PHONY: demo test chaos lint bench fuzz up down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Hostile input against a live stack (the running one, else one started and stopped for the run).
+fuzz: $(STAMP)
+	$(BIN)/python -m bench.hostile --up
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

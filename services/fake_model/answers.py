@@ -269,6 +269,12 @@ def chat_answer(model: str, question: str, *, adversarial: bool = False) -> str:
 
 
 # --- judge --------------------------------------------------------------------------------------
+# The fake judge is a stand-in, not a model of injection resistance. It finds the answer in the
+# judge's fences the way the judge's prompt defines them (the nonce of the first fence line), and
+# it lowers the scores of answers matching a fixed list of known probe phrases (`_INJECTION`), so
+# tests can follow an adversarial answer through the pipeline. A paraphrase, a homoglyph or any
+# probe not on the list passes it. What evalbus guarantees about injection is the structure of the
+# prompt it sends (tests/unit/judge/test_fencing.py), not how a model reacts to the data.
 
 
 def is_judge_request(body: Mapping[str, Any]) -> bool:
@@ -455,7 +461,8 @@ def _reasoning(criterion: str, score: int, answer: str, *, injected: bool, short
 
 
 def judge(answer: str, criteria: Sequence[str]) -> list[Judgment]:
-    """One judgment per criterion, in order, computed from the answer text alone."""
+    """One judgment per criterion, in order, computed from the answer text alone (known probe
+    phrases score low: a fixed list, see the note above)."""
     stripped = answer.strip()
     stray = bool(_STRAY_LINE.search(answer))
     # A lone ":" line is a known "master key" against LLM judges: treated as a probe, too.

@@ -99,6 +99,9 @@ async def test_the_api_key_is_in_no_event_row_or_log_line(stack: Stack, cli, tmp
 
 
 async def test_injection_probes_do_not_get_the_scores_they_ask_for(stack: Stack, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Probes in answers travel the whole pipeline as data and are graded from the judge's fences.
+    The low scores come from the fake judge's fixed probe list, so this checks the path, not a
+    model's resistance; the judge's prompt construction is tested in tests/unit/judge/test_fencing.py."""
     batch_id, _ = await run_batch(cli, tmp_path, 60)
     engine = create_async_engine(stack.database_url)
     try:
