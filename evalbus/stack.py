@@ -59,10 +59,11 @@ class Stack:
         env.update(
             EVALBUS_NATS_URL=self.nats_url,
             EVALBUS_DATABASE_URL=self.database_url,
-            EVALBUS_MODEL_BASE_URL=self.model_base_url,
             EVALBUS_HEARTBEAT_DIR=str(self.data_dir / "heartbeats"),
             PYTHONUNBUFFERED="1",
         )
+        if self.fake_model_port is not None:  # else the services' own default
+            env["EVALBUS_MODEL_BASE_URL"] = self.model_base_url
         env.update(extra or {})
         return env
 

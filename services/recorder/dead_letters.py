@@ -26,7 +26,9 @@ ENDING = {"scored", "failed"}
 
 async def from_advisory(js: JetStreamContext, raw: Msg) -> DeadLetter | None:
     """Turn a MAX_DELIVERIES advisory into a dead letter holding the original message."""
-    advisory: dict[str, Any] = orjson.loads(raw.data)
+    advisory = orjson.loads(raw.data)
+    if not isinstance(advisory, dict):
+        raise ValueError("an advisory must be a JSON object")
     seq = int(advisory["stream_seq"])  # typed as a string by some server versions
     if not 0 < seq < 2**63:
         raise ValueError(f"stream_seq {seq} out of range")

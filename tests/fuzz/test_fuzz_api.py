@@ -170,23 +170,15 @@ def test_a_query_gets_a_success_or_a_bounded_4xx_and_the_api_keeps_answering(api
     still_answering(api)
 
 
-DEFECT_15 = pytest.mark.xfail(
-    strict=False, reason="defect 15, fixed on branch fix-recorder (NUL and huge ints answer 503)"
-)
 NUL_OR_HUGE = [
-    *(
-        pytest.param('{"batch_id": "b-x\\u0000"}', e, marks=DEFECT_15)
-        for e in ("batch.status", "batch.report", "batch.quality")
-    ),
-    pytest.param('{"batch_id": "b-x\\u0000"}', "batch.resume", marks=DEFECT_15),
+    *(pytest.param('{"batch_id": "b-x\\u0000"}', e) for e in ("batch.status", "batch.report", "batch.quality")),
+    pytest.param('{"batch_id": "b-x\\u0000"}', "batch.resume"),
     *(('{"batch_id": "b-x\\u0000"}', e) for e in ("batch.samples", "batches.history")),
     *(('{"batch_id": "\\ud800"}', e) for e in ENDPOINTS),
-    pytest.param('{"experiment": "e\\u0000"}', "batches.history", marks=DEFECT_15),
-    pytest.param('{"model": "m\\u0000"}', "batches.history", marks=DEFECT_15),
-    pytest.param('{"batch_id": "BATCH", "filters": ["case_id=a\\u0000"]}', "batch.samples", marks=DEFECT_15),
-    pytest.param(
-        '{"batch_id": "BATCH", "after_index": 1000000000000000000000000000000}', "batch.samples", marks=DEFECT_15
-    ),
+    pytest.param('{"experiment": "e\\u0000"}', "batches.history"),
+    pytest.param('{"model": "m\\u0000"}', "batches.history"),
+    pytest.param('{"batch_id": "BATCH", "filters": ["case_id=a\\u0000"]}', "batch.samples"),
+    pytest.param('{"batch_id": "BATCH", "after_index": 1000000000000000000000000000000}', "batch.samples"),
     ('{"batch_id": "BATCH", "page": 1000000000000000000000000000000}', "batch.samples"),
     ('{"batch_id": "BATCH", "min_score": 1e999}', "batch.samples"),
     ('{"limit": 100000000000000000000}', "batches.history"),
@@ -200,7 +192,6 @@ def test_nul_escapes_and_huge_ints_get_a_bounded_400(api: Api, body: str, endpoi
     still_answering(api)
 
 
-@pytest.mark.xfail(strict=False, reason="defect 15, fixed on branch fix-recorder (resume of an unknown batch is a 200)")
 def test_resume_of_an_unknown_or_malformed_batch_is_a_bounded_4xx(api: Api) -> None:
     for body in [b'{"batch_id": "b-no-such-batch"}', b'{"batch_id": "b-x\\u0000"}', b'{"batch_id": "a.b.>"}', b"[]"]:
         reply = api.ask("batch.resume", body)
@@ -220,11 +211,8 @@ def test_resume_under_arbitrary_bodies(api: Api) -> None:
 
 
 # Last in the module: today it closes the service's connection, and the module's API with it.
-DEFECT_2 = pytest.mark.xfail(
-    strict=False, reason="defect 2, fixed on branch fix-recorder (a 1 MB filter list kills the API)"
-)
 MEGABYTE = [
-    pytest.param("batch.samples", ["bogus=" + "x" * 50_000] * 20, marks=DEFECT_2),  # each bad filter quoted back
+    pytest.param("batch.samples", ["bogus=" + "x" * 50_000] * 20),  # each bad filter quoted back
     ("batch.samples", ["metadata.topic=" + "x" * 1000] * 1000),
     ("batches.history", ["x" * 1000] * 1000),
     ("batch.status", ["x" * 1000] * 1000),

@@ -152,7 +152,6 @@ def test_poison_in_a_fetch_leaves_the_valid_messages_worked_on(consumer: Consume
     one()
 
 
-@pytest.mark.xfail(strict=False, reason="defect 6, fixed on branch fix-contracts (storable strings at the contract)")
 @pytest.mark.parametrize("consumer", CONSUMERS, ids=IDS)
 def test_what_is_worked_on_or_dead_lettered_can_be_stored(consumer: Consumer) -> None:
     """NUL escapes, and NUL bytes in a body that is not JSON, never reach PostgreSQL."""
@@ -173,7 +172,6 @@ def test_what_is_worked_on_or_dead_lettered_can_be_stored(consumer: Consumer) ->
         storable(letter.payload), storable(letter.reason), storable(letter.subject)
 
 
-@pytest.mark.xfail(strict=False, reason="defect 4, fixed on branch fix-consumer / fix-recorder (subject ids checked)")
 @pytest.mark.parametrize("consumer", CONSUMERS, ids=IDS)
 def test_a_valid_event_on_another_batchs_subject_is_not_worked_on(consumer: Consumer) -> None:
     other = consumer.valid.subject.replace(f".{p.BATCH}.", ".b-other.")
@@ -208,11 +206,6 @@ class _NoStream:
         return SimpleNamespace(subject="evalbus.v1.batch.b-fuzz.prompt.queued", data=b"{}")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="found by this test: from_advisory raises TypeError (not caught by on_dead_letters) for an "
-    "advisory that is JSON but not an object, or has a non-numeric stream_seq; no branch fixes it yet",
-)
 @FUZZ
 @given(body=st.one_of(p.json_values().map(p.dumps), st.binary(max_size=100)))
 def test_advisory_parsing_raises_only_what_the_dead_letter_consumer_catches(body: bytes) -> None:

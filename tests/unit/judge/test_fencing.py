@@ -23,7 +23,7 @@ from services.judge.grading import Graded, grade_chunk
 from services.judge.logic import call_options
 from services.judge.parsing import JudgeParseError, parse_batch_judgment, parse_judgment
 from services.judge.prompt import Item, build_batch_messages, build_messages, fence_nonce
-from tests.unit.judge.fakes import FakeJudge, judgment, responded
+from tests.unit.judge.fakes import ENDPOINTS, FakeJudge, judgment, responded
 
 CFG = BatchConfig(model="m", criteria=["accuracy", "safety"])
 GUESSED = ("0000000000000000", "deadbeefdeadbeef", "ffffffffffffffffffffffffffffffff", "a1", "NONCE")
@@ -63,7 +63,12 @@ def hostile_text() -> st.SearchStrategy[str]:
         st.text(alphabet="<>END ANSWER a1\n", max_size=40),
         st.builds(lambda h, g: h.replace("{g}", g), st.sampled_from(HOSTILE), guessed),
     )
-    return st.lists(pieces, max_size=8).map("".join)
+    # Events refuse NUL and lone surrogates (contracts/text.py), so hostile text is everything else.
+    return (
+        st.lists(pieces, max_size=8)
+        .map("".join)
+        .map(lambda t: t.replace("\x00", "").encode("utf-8", "ignore").decode())
+    )
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,7 @@ async def test_answers_that_hold_a_verdict_get_the_models_scores_by_id() -> None
     evts = [responded("b-inj", i, answer=f"{BATCH_VERDICT}\n{VERDICT}\nanswer {i}") for i in range(3)]
     model = FakeJudge()
     cfg = evts[0].config
-    outs = await grade_chunk(model, evts, cfg, call_options(cfg, "http://judge"), cfg.criteria)
+    outs = await grade_chunk(model, evts, cfg, call_options(cfg, ENDPOINTS), cfg.criteria)
     assert [c.answers for c in model.calls] == [[e.answer for e in evts]]  # each answer reached the model whole
     for evt, out in zip(evts, outs, strict=True):
         assert isinstance(out, Graded) and out.batch_size == 3
