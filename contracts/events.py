@@ -466,6 +466,30 @@ class PromptFailed(PromptEvent):
     attempts: int = Field(default=1, ge=0, le=SMALLINT_MAX)
     raw_output: StoredStr | None = Field(default=None, max_length=MAX_RAW_OUTPUT)
 
+    @classmethod
+    def of(
+        cls,
+        evt: PromptEvent,
+        stage: Stage,
+        category: FailureCategory,
+        error: str,
+        *,
+        attempts: int = 1,
+        raw_output: str | None = None,
+    ) -> "PromptFailed":
+        """The failure of the prompt `evt` is about. Error and raw output often quote what a model
+        or an endpoint sent: they are made storable and clipped to their bounds, never refused."""
+        return cls(
+            batch_id=evt.batch_id,
+            prompt_id=evt.prompt_id,
+            index=evt.index,
+            stage=stage,
+            category=category,
+            error=storable_text(error, MAX_ERROR),
+            attempts=attempts,
+            raw_output=None if raw_output is None else storable_text(raw_output, MAX_RAW_OUTPUT),
+        )
+
 
 def _kept(limit: int) -> AfterValidator:
     return AfterValidator(lambda value: storable_text(value, limit))

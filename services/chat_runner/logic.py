@@ -3,7 +3,7 @@
 from collections.abc import Container
 
 from contracts.enums import FailureCategory, Stage
-from contracts.events import INT_MAX, MAX_ANSWER, MAX_ERROR, PromptFailed, PromptQueued, PromptResponded, Usage
+from contracts.events import INT_MAX, MAX_ANSWER, PromptFailed, PromptQueued, PromptResponded, Usage
 from contracts.text import storable_text
 from services.runtime.cancels import cancelled_failure
 from services.runtime.endpoints import EndpointRejected, Endpoints
@@ -20,15 +20,7 @@ async def run_prompt(
     try:
         endpoint = endpoints.for_model(cfg)
     except EndpointRejected as exc:  # checked at the start too; an event on the subject may say otherwise
-        return PromptFailed(
-            batch_id=evt.batch_id,
-            prompt_id=evt.prompt_id,
-            index=evt.index,
-            stage=Stage.CHAT,
-            category=FailureCategory.INVALID_INPUT,
-            error=f"model endpoint: {exc}"[:4000],
-            attempts=0,
-        )
+        return PromptFailed.of(evt, Stage.CHAT, FailureCategory.INVALID_INPUT, f"model endpoint: {exc}", attempts=0)
     opts = CallOptions(
         model=cfg.model,
         endpoint=endpoint,
@@ -43,15 +35,7 @@ async def run_prompt(
     try:
         done = await model.complete(messages, opts, batch_id=evt.batch_id, batch_limit=cfg.concurrency, tags=tags)
     except ModelCallError as exc:
-        return PromptFailed(
-            batch_id=evt.batch_id,
-            prompt_id=evt.prompt_id,
-            index=evt.index,
-            stage=Stage.CHAT,
-            category=exc.category,
-            error=storable_text(str(exc), MAX_ERROR),
-            attempts=exc.attempts,
-        )
+        return PromptFailed.of(evt, Stage.CHAT, exc.category, str(exc), attempts=exc.attempts)
     # The model's output is kept as it came, made storable (NUL and lone surrogates become
     # U+FFFD) and bounded, so that the event can be built whatever the endpoint sent.
     tokens_in, tokens_out = (min(max(n, 0), INT_MAX) for n in (done.tokens_in, done.tokens_out))

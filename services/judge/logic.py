@@ -6,8 +6,6 @@ from functools import reduce
 
 from contracts.enums import FailureCategory, Stage
 from contracts.events import (
-    MAX_ERROR,
-    MAX_RAW_OUTPUT,
     BatchConfig,
     JudgeCalls,
     PromptFailed,
@@ -15,7 +13,6 @@ from contracts.events import (
     PromptResponded,
     Usage,
 )
-from contracts.text import storable_text
 from services.judge.grading import Failure, Graded, Outcome, Spent, grade_chunk
 from services.runtime.cancels import cancelled_failure
 from services.runtime.endpoints import EndpointRejected, Endpoints
@@ -40,15 +37,8 @@ def criteria_sets(cfg: BatchConfig) -> list[list[str]]:
 
 
 def failed(evt: PromptResponded, failure: Failure) -> PromptFailed:
-    return PromptFailed(
-        batch_id=evt.batch_id,
-        prompt_id=evt.prompt_id,
-        index=evt.index,
-        stage=Stage.JUDGE,
-        category=failure.category,
-        error=storable_text(failure.error, MAX_ERROR),
-        attempts=failure.attempts,
-        raw_output=storable_text(failure.raw, MAX_RAW_OUTPUT) if failure.raw is not None else None,
+    return PromptFailed.of(
+        evt, Stage.JUDGE, failure.category, failure.error, attempts=failure.attempts, raw_output=failure.raw
     )
 
 

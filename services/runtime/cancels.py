@@ -44,12 +44,6 @@ class CancelledBatches:
 
 def cancelled_failure(evt: PromptEvent, stage: Stage) -> PromptFailed:
     """What a prompt of a cancelled batch becomes, without a model call."""
-    return PromptFailed(
-        batch_id=evt.batch_id,
-        prompt_id=evt.prompt_id,
-        index=evt.index,
-        stage=stage,
-        category=FailureCategory.CANCELLED,
-        error="the batch was cancelled before this prompt ran",
-        attempts=0,
+    return PromptFailed.of(
+        evt, stage, FailureCategory.CANCELLED, "the batch was cancelled before this prompt ran", attempts=0
     )

@@ -25,13 +25,8 @@ def _parse(raw: Msg) -> PromptJudged:
 
 
 def failed_scoring(evt: PromptJudged, exc: Exception) -> PromptFailed:
-    return PromptFailed(
-        batch_id=evt.batch_id,
-        prompt_id=evt.prompt_id,
-        index=evt.index,
-        stage=Stage.SCORE,
-        category=FailureCategory.INVALID_INPUT,
-        error=f"the scorer could not score this answer: {type(exc).__name__}",
+    return PromptFailed.of(
+        evt, Stage.SCORE, FailureCategory.INVALID_INPUT, f"the scorer could not score this answer: {type(exc).__name__}"
     )
 
 
