@@ -490,6 +490,13 @@ class PromptFailed(PromptEvent):
             raw_output=None if raw_output is None else storable_text(raw_output, MAX_RAW_OUTPUT),
         )
 
+    @classmethod
+    def cancelled(cls, evt: PromptEvent, stage: Stage) -> "PromptFailed":
+        """What a prompt of a cancelled batch becomes, without a model call."""
+        return cls.of(
+            evt, stage, FailureCategory.CANCELLED, "the batch was cancelled before this prompt ran", attempts=0
+        )
+
 
 def _kept(limit: int) -> AfterValidator:
     return AfterValidator(lambda value: storable_text(value, limit))

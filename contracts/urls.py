@@ -2,7 +2,7 @@
 
 Only the shape is checked here. Whether a URL or a name is one the operator configured (and so
 may carry a key) is the services' decision, made against their settings
-(services/runtime/endpoints.py): contracts know no settings.
+(services/runtime/models/endpoints.py): contracts know no settings.
 """
 
 import re

@@ -40,7 +40,7 @@ from evalbus.export import ExportFormat
 from infra import credentials
 from infra.processes import SERVICES
 from services.generator.suite_loader import SuiteFile, builtin_names, file_cases
-from services.runtime.health import heartbeat_path
+from services.runtime.messaging.health import heartbeat_path
 from services.runtime.settings import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)

@@ -4,18 +4,17 @@ from collections.abc import Container
 
 from contracts.enums import FailureCategory, Stage
 from contracts.events import INT_MAX, MAX_ANSWER, PromptFailed, PromptQueued, PromptResponded, Usage
+from contracts.pricing import cost_usd
 from contracts.text import storable_text
-from services.runtime.cancels import cancelled_failure
-from services.runtime.endpoints import EndpointRejected, Endpoints
-from services.runtime.llm import CallOptions, ChatModel, ModelCallError
-from services.runtime.pricing import cost_usd
+from services.runtime.models.client import CallOptions, ChatModel, ModelCallError
+from services.runtime.models.endpoints import EndpointRejected, Endpoints
 
 
 async def run_prompt(
     model: ChatModel, evt: PromptQueued, endpoints: Endpoints, cancelled: Container[str] = ()
 ) -> PromptResponded | PromptFailed:
     if evt.batch_id in cancelled:
-        return cancelled_failure(evt, Stage.CHAT)
+        return PromptFailed.cancelled(evt, Stage.CHAT)
     cfg = evt.config
     try:
         endpoint = endpoints.for_model(cfg)

@@ -20,13 +20,16 @@ from pydantic import ValidationError
 from contracts import ids, subjects
 from contracts.events import BatchRejected, CancelBatchRequested, StartBatchRequested
 from contracts.topology import GENERATOR_CANCEL, GENERATOR_START, KV_CANCELS, KV_STARTS
+from contracts.validation import describe_error
 from services.generator import suite_objects
 from services.generator.claims import StartClaim, StartState, claim, settle_claim
 from services.generator.logic import Invalid, Plan, plan_batch, read_start
 from services.generator.suite_loader import SuiteError, SuiteFile
-from services.runtime.bus import KeepAlive, dead_letter, jetstream, publish_events, retry_delay, settle
-from services.runtime.errors import describe_error
-from services.runtime.service import consume, new_service
+from services.runtime.messaging.acks import dead_letter, retry_delay, settle
+from services.runtime.messaging.connection import jetstream
+from services.runtime.messaging.keepalive import KeepAlive
+from services.runtime.messaging.publishing import publish_events
+from services.runtime.messaging.service import consume, new_service
 from services.runtime.settings import get_settings
 
 log = logging.getLogger("evalbus.generator")

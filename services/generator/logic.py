@@ -9,9 +9,9 @@ from pydantic import ValidationError
 
 from contracts import ids, subjects
 from contracts.events import MAX_NAME, BatchAccepted, BatchConfig, BatchRejected, PromptQueued, StartBatchRequested
+from contracts.validation import describe_error
 from services.generator.suite_loader import SuiteError, SuiteFile, count_cases, iter_cases, locate
-from services.runtime.endpoints import check_batch_endpoints
-from services.runtime.errors import describe_error
+from services.runtime.models.endpoints import check_batch_endpoints
 
 log = logging.getLogger("evalbus.generator")
 # What a start is told when reading its suite failed in a way we did not foresee (the log has why).

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from contracts.enums import Stage
 from contracts.events import PromptFailed, PromptJudged, PromptResponded
 from services.judge.logic import grade_group, not_judged
-from services.runtime.cancels import cancelled_failure
-from services.runtime.endpoints import Endpoints
-from services.runtime.llm import ChatModel
+from services.runtime.models.client import ChatModel
+from services.runtime.models.endpoints import Endpoints
 
 log = logging.getLogger("evalbus.judge")
 Result = PromptJudged | PromptFailed
@@ -39,7 +38,7 @@ class JudgeBatcher:
 
     async def judge(self, evt: PromptResponded) -> Result:
         if evt.batch_id in self._cancelled:
-            return cancelled_failure(evt, Stage.JUDGE)
+            return PromptFailed.cancelled(evt, Stage.JUDGE)
         cfg = evt.config
         if not cfg.judge_enabled:
             return not_judged(evt)
@@ -71,7 +70,7 @@ class JudgeBatcher:
         evts = [evt for evt, _ in waiting]
         try:
             if evts[0].batch_id in self._cancelled:  # cancelled while these waited
-                results: list[Result] = [cancelled_failure(e, Stage.JUDGE) for e in evts]
+                results: list[Result] = [PromptFailed.cancelled(e, Stage.JUDGE) for e in evts]
             else:
                 results = await grade_group(self._model, evts, self._endpoints)
         except asyncio.CancelledError:

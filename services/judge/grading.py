@@ -9,11 +9,11 @@ from dataclasses import dataclass, replace
 
 from contracts.enums import FailureCategory, Stage
 from contracts.events import BatchConfig, CriterionJudgment, PromptResponded
+from contracts.pricing import cost_usd
 from services.judge.parsing import JudgeParseError, parse_batch_judgment, parse_judgment
 from services.judge.prompt import Item, batch_response_format, build_batch_messages, build_messages, item_ids
 from services.judge.prompt import response_format as single_format
-from services.runtime.llm import CallOptions, ChatModel, Completion, ModelCallError
-from services.runtime.pricing import cost_usd
+from services.runtime.models.client import CallOptions, ChatModel, Completion, ModelCallError
 
 log = logging.getLogger("evalbus.judge")
 

@@ -14,9 +14,8 @@ from contracts.events import (
     Usage,
 )
 from services.judge.grading import Failure, Graded, Outcome, Spent, grade_chunk
-from services.runtime.cancels import cancelled_failure
-from services.runtime.endpoints import EndpointRejected, Endpoints
-from services.runtime.llm import CallOptions, ChatModel
+from services.runtime.models.client import CallOptions, ChatModel
+from services.runtime.models.endpoints import EndpointRejected, Endpoints
 
 
 def call_options(cfg: BatchConfig, endpoints: Endpoints) -> CallOptions:
@@ -120,7 +119,7 @@ async def judge_prompt(
 ) -> PromptJudged | PromptFailed:
     """One answer on its own (no batching)."""
     if evt.batch_id in cancelled:
-        return cancelled_failure(evt, Stage.JUDGE)
+        return PromptFailed.cancelled(evt, Stage.JUDGE)
     if not evt.config.judge_enabled:
         return not_judged(evt)
     [result] = await grade_group(model, [evt], endpoints)

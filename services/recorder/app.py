@@ -43,10 +43,12 @@ from services.recorder.api import start_api
 from services.recorder.dead_letters import from_advisory, record_dead_letters
 from services.recorder.redrive import redrive_events, summary
 from services.recorder.repository import record
-from services.runtime.bus import encode, jetstream, publish_events, settle, stream_seq
-from services.runtime.service import consume, new_service
+from services.runtime.messaging.acks import settle, stream_seq
+from services.runtime.messaging.connection import jetstream
+from services.runtime.messaging.handling import Refusal, check_subject, handle_isolated, work_batch
+from services.runtime.messaging.publishing import encode, publish_events
+from services.runtime.messaging.service import consume, new_service
 from services.runtime.settings import get_settings
-from services.runtime.worker import Refusal, check_subject, handle_isolated, work_batch
 
 log = logging.getLogger("evalbus.recorder")
 SERVICE = "recorder"

@@ -21,8 +21,8 @@ from contracts.events import DeadLetter, Event, PromptQueued, PromptResponded
 from contracts.text import storable
 from services.recorder.app import parse_event
 from services.recorder.dead_letters import from_advisory, prompt_failure
-from services.runtime.bus import InProgress
-from services.runtime.worker import work_batch, work_one
+from services.runtime.messaging.handling import work_batch, work_one
+from services.runtime.messaging.keepalive import InProgress
 from services.scorer.app import _parse as scorer_parse
 from tests.fuzz import payloads as p
 

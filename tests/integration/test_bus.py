@@ -13,10 +13,10 @@ from contracts import subjects
 from contracts.events import BatchConfig, DeadLetter, Event, PromptScored
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
-from services.runtime import bus
-from services.runtime.bus import publish_events
-from services.runtime.consumer import Consumer
-from services.runtime.worker import work_batch
+from services.runtime.messaging import connection as bus
+from services.runtime.messaging.consumer import Consumer
+from services.runtime.messaging.handling import work_batch
+from services.runtime.messaging.publishing import publish_events
 from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration

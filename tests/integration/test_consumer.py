@@ -14,9 +14,9 @@ from contracts import subjects
 from contracts.events import PromptScored
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
-from services.runtime import consumer as consumer_module
-from services.runtime.bus import publish_events
-from services.runtime.consumer import BatchHandler, Consumer
+from services.runtime.messaging import consumer as consumer_module
+from services.runtime.messaging.consumer import BatchHandler, Consumer
+from services.runtime.messaging.publishing import publish_events
 from tests.integration.events import scored
 from tests.integration.test_bus import make_consumer
 

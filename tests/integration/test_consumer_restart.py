@@ -19,8 +19,8 @@ from contracts.events import PromptScored
 from contracts.topology import ConsumerSpec
 from infra.embedded import NatsServer
 from infra.nats_topology import apply_topology, consumer_config
-from services.runtime.bus import publish_events
-from services.runtime.consumer import Consumer
+from services.runtime.messaging.consumer import Consumer
+from services.runtime.messaging.publishing import publish_events
 from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration

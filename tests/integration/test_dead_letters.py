@@ -15,7 +15,7 @@ from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
 from services.recorder.dead_letters import from_advisory, record_dead_letters
 from services.recorder.repository import record
-from services.runtime.bus import publish_events
+from services.runtime.messaging.publishing import publish_events
 
 pytestmark = pytest.mark.integration
 

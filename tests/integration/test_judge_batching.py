@@ -18,8 +18,8 @@ from services.fake_model.answers import chat_answer
 from services.fake_model.server import start_server
 from services.fake_model.settings import FakeModelSettings
 from services.judge.batcher import JudgeBatcher
-from services.runtime.endpoints import Endpoint, Endpoints
-from services.runtime.llm import ChatClient
+from services.runtime.models.client import ChatClient
+from services.runtime.models.endpoints import Endpoint, Endpoints
 
 MARKER = "<<break this batch>>"
 CRITERIA = ["helpfulness", "accuracy", "clarity"]

@@ -12,9 +12,10 @@ from contracts import subjects
 from contracts.events import Event, PromptScored
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
-from services.runtime.bus import InProgress, publish_events
-from services.runtime.consumer import Consumer
-from services.runtime.worker import work_one
+from services.runtime.messaging.consumer import Consumer
+from services.runtime.messaging.handling import work_one
+from services.runtime.messaging.keepalive import InProgress
+from services.runtime.messaging.publishing import publish_events
 from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration

@@ -45,8 +45,8 @@ from infra import nats_config
 from infra.embedded import free_port, nats_server_binary, wait_for_port
 from infra.nats_topology import apply_topology
 from services.recorder.api import start_api
-from services.runtime.cancels import CancelledBatches
-from services.runtime.health import Health
+from services.runtime.messaging.cancels import CancelledBatches
+from services.runtime.messaging.health import Health
 
 pytestmark = pytest.mark.integration
 

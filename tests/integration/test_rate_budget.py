@@ -8,7 +8,7 @@ import nats
 import pytest
 
 from contracts.topology import KV_RATES
-from services.runtime.rate_budget import Limit, RateBudget
+from services.runtime.models.rate_budget import Limit, RateBudget
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,7 @@ from contracts.events import (
 from services.recorder import checks, reporting
 from services.recorder.app import Recorder, parse_event
 from services.recorder.dead_letters import record_dead_letters
-from services.runtime.worker import work_batch
+from services.runtime.messaging.handling import work_batch
 from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from services.chat_runner.logic import run_prompt
 from services.judge.grading import Failure
 from services.judge.logic import failed
 from services.judge.parsing import JudgeParseError, parse_judgment
-from services.runtime.llm import CallOptions, Completion, ModelCallError
+from services.runtime.models.client import CallOptions, Completion, ModelCallError
 from tests.unit.contract_samples import SAMPLES
 from tests.unit.judge.fakes import ENDPOINTS
 

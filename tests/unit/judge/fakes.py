@@ -9,8 +9,8 @@ import orjson
 from contracts.enums import FailureCategory
 from contracts.events import BatchConfig, ChatMessage, PromptResponded, Usage
 from services.fake_model.answers import parse_batch_judge_prompt, parse_judge_prompt
-from services.runtime.endpoints import Endpoint, Endpoints
-from services.runtime.llm import CallOptions, Completion, ModelCallError
+from services.runtime.models.client import CallOptions, Completion, ModelCallError
+from services.runtime.models.endpoints import Endpoint, Endpoints
 
 # The endpoints the judge under test may call (its fake model stands in for the HTTP call).
 ENDPOINTS = Endpoints(

@@ -8,9 +8,9 @@ import pytest
 
 from contracts.enums import FailureCategory
 from contracts.events import PromptFailed, PromptJudged, PromptResponded
+from contracts.pricing import cost_usd
 from services.judge.batcher import JudgeBatcher
 from services.judge.logic import judge_prompt
-from services.runtime.pricing import cost_usd
 from tests.unit.judge.fakes import ENDPOINTS, Call, FakeJudge, responded, score, unavailable
 
 LONG = 10.0  # a linger no test waits for: groups in these tests flush because they are full

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from services.runtime.breaker import ProviderBreaker
+from services.runtime.models.breaker import ProviderBreaker
 
 
 class Unhealthy(Exception):

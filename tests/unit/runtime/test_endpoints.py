@@ -7,7 +7,7 @@ from pydantic import SecretStr, ValidationError
 
 from contracts.events import BatchConfig, Case, StartBatchRequested, SuiteRef
 from services.generator.logic import plan_batch
-from services.runtime.endpoints import Endpoint, EndpointRejected, Endpoints, check_batch_endpoints, normalised
+from services.runtime.models.endpoints import Endpoint, EndpointRejected, Endpoints, check_batch_endpoints, normalised
 from services.runtime.settings import EndpointSetting, Settings
 
 OPENAI = "https://api.openai.com/v1"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.runtime.http_pool import env_proxy
+from services.runtime.models.http_pool import env_proxy
 
 PROXY_VARS = (
     "http_proxy",

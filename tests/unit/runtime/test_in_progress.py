@@ -2,7 +2,7 @@
 
 import asyncio
 
-from services.runtime.bus import InProgress
+from services.runtime.messaging.keepalive import InProgress
 
 
 class FakeMsg:

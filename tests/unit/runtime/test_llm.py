@@ -18,8 +18,8 @@ from contracts.enums import FailureCategory
 from contracts.events import BatchConfig, ChatMessage, PromptFailed, PromptQueued, PromptResponded
 from contracts.ids import prompt_id
 from services.chat_runner.logic import run_prompt
-from services.runtime.endpoints import Endpoint, Endpoints
-from services.runtime.llm import CallOptions, ChatClient, Completion, ModelCallError, parse_retry_after
+from services.runtime.models.client import CallOptions, ChatClient, Completion, ModelCallError, parse_retry_after
+from services.runtime.models.endpoints import Endpoint, Endpoints
 from services.runtime.settings import EndpointSetting, Settings
 
 MSGS = [{"role": "user", "content": "hi there"}]

@@ -1,6 +1,6 @@
 from types import SimpleNamespace
 
-from services.runtime.bus import retry_delay
+from services.runtime.messaging.acks import retry_delay
 
 
 def msg(delivered: int) -> object:

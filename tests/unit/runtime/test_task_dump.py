@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from services.runtime.service import _awaiting, dump_tasks_on_sigusr1
+from services.runtime.messaging.service import _awaiting, dump_tasks_on_sigusr1
 
 
 async def test_the_chain_of_a_waiting_task_is_named_outermost_first() -> None:

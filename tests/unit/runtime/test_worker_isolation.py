@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from contracts.events import Event
-from services.runtime.worker import Refusal, handle_isolated, work_batch
+from services.runtime.messaging.handling import Refusal, handle_isolated, work_batch
 from tests.integration.events import scored
 
 BATCH = "b-iso"

@@ -13,7 +13,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from contracts import subjects
-from services.runtime.consumer import Consumer
+from services.runtime.messaging.consumer import Consumer
 
 HEARTBEAT_EVERY_S = 5.0
 

@@ -9,8 +9,6 @@ import logging
 
 from nats.js import JetStreamContext
 
-from contracts.enums import FailureCategory, Stage
-from contracts.events import PromptEvent, PromptFailed
 from contracts.topology import KV_CANCELS
 
 log = logging.getLogger("evalbus.cancels")
@@ -40,10 +38,3 @@ class CancelledBatches:
             except Exception as exc:
                 log.warning("watching %s failed (%r); retrying", KV_CANCELS, exc)
                 await asyncio.sleep(2)
-
-
-def cancelled_failure(evt: PromptEvent, stage: Stage) -> PromptFailed:
-    """What a prompt of a cancelled batch becomes, without a model call."""
-    return PromptFailed.of(
-        evt, stage, FailureCategory.CANCELLED, "the batch was cancelled before this prompt ran", attempts=0
-    )

@@ -3,7 +3,7 @@
 It owns what every model call needs: pooled keep-alive connections per endpoint, a
 concurrency limit per endpoint and per batch, a per-attempt timeout, and retries with
 exponential backoff and full jitter that honour `Retry-After` on 429. A call goes to the URL of
-the endpoint its options name, with that endpoint's key only (services/runtime/endpoints.py
+the endpoint its options name, with that endpoint's key only (services/runtime/models/endpoints.py
 decides which endpoint a batch may use); redirects are not followed, so the key goes nowhere else.
 """
 
@@ -22,11 +22,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 
 from contracts.enums import FailureCategory
-from services.runtime.breaker import ProviderBreaker, StateChange
-from services.runtime.endpoints import Endpoint
-from services.runtime.http_pool import HttpEndpoint, open_endpoint
-from services.runtime.rate_budget import RateBudget
-from services.runtime.tokens import count_chat_tokens, count_tokens
+from services.runtime.models.breaker import ProviderBreaker, StateChange
+from services.runtime.models.endpoints import Endpoint
+from services.runtime.models.http_pool import HttpEndpoint, open_endpoint
+from services.runtime.models.rate_budget import RateBudget
+from services.runtime.models.tokens import count_chat_tokens, count_tokens
 
 log = logging.getLogger("evalbus.llm")
 

@@ -9,10 +9,11 @@ from nats.js.kv import KeyValue
 from contracts import subjects
 from contracts.events import BreakerStateChanged
 from contracts.topology import KV_RATES
-from services.runtime.bus import encode, jetstream
-from services.runtime.endpoints import Endpoint
-from services.runtime.llm import ChatClient
-from services.runtime.rate_budget import Limit, RateBudget
+from services.runtime.messaging.connection import jetstream
+from services.runtime.messaging.publishing import encode
+from services.runtime.models.client import ChatClient
+from services.runtime.models.endpoints import Endpoint
+from services.runtime.models.rate_budget import Limit, RateBudget
 from services.runtime.settings import Settings
 
 log = logging.getLogger("evalbus.breaker")

@@ -1,0 +1,344 @@
+"""The one place a message meets a handler: parse, check the subject, keep alive, work, publish the
+events the handler returns, ack.
+
+Handlers never see a message. A parser (`typed(Model)` by default) turns what arrived into the
+handler's input; a message that does not parse, or whose subject does not name its body's batch
+and type, is dead-lettered with the reason and acked (or only acked, where the consumer reads a
+dead-letter stream itself). A handler says what else should happen by what it raises:
+
+- `RetryLater(delay_s, why)`: not now; the message comes back after `delay_s`;
+- `Refused(reason)`: this message can never be used; dead-lettered with the reason, acked;
+- an error its consumer calls transient (the broker or the database away): retried with a growing
+  delay, never split or dead-lettered for it;
+- anything else: retried (and in the end dead-lettered by the consumer's max deliveries), or, for
+  consumers declared `unexpected="dead_letter"`, dead-lettered at once.
+
+The batched form isolates poison: when a batch's work fails, it is split in halves and each half
+worked on again, down to single messages, so only the message that fails is retried while the
+others are handled and acked at once.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
+from pydantic import BaseModel, ValidationError
+
+from contracts.events import Event
+from contracts.validation import describe_error
+from services.runtime.messaging.acks import dead_letter, settle, stream_seq
+from services.runtime.messaging.keepalive import InProgress
+from services.runtime.messaging.publishing import JetStreamPublisher
+
+log = logging.getLogger("evalbus.worker")
+In = TypeVar("In", bound=BaseModel)
+T = TypeVar("T")  # what a consumer's parser makes of a message
+# Failed attempts one batch may spend on finding its poison (a bisection finds one bad message in
+# 256 with 9): past this the fault is not one message's, and the rest is retried as a whole.
+MAX_FAILED_ATTEMPTS = 48
+# Deliveries a deferred message gets (retry delays 2+4+8+16 s) before it is dead-lettered: a
+# deferred message still holds a slot of the consumer's max ack pending, so a flood of them must
+# not hold the consumer for the whole max-deliveries horizon (~30 min).
+DEFERRED_DELIVERIES = 5
+
+Results = Event | Sequence[Event] | None
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """What a parser sees of a message: its subject and bytes, never the message itself."""
+
+    subject: str
+    data: bytes
+    stream_seq: int | None = None
+    delivered: int = 1
+
+    @classmethod
+    def of(cls, raw: Msg) -> "Incoming":
+        return cls(raw.subject, raw.data, stream_seq(raw), delivered(raw))
+
+
+Parse = Callable[[Incoming], T | None]  # None: a message this consumer passes by (acked)
+
+
+class Invalid(StrEnum):
+    """What becomes of a message that does not parse."""
+
+    DEAD_LETTER = "dead_letter"
+    DROP = "drop"  # logged and acked: for consumers of the dead-letter stream itself
+
+
+class Unexpected(StrEnum):
+    """What becomes of a message whose handler failed in a way no one declared."""
+
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+class SubjectMismatch(ValueError):
+    """An event published on a subject that does not name its own batch and type."""
+
+
+class RetryLater(Exception):
+    """Not now: negatively acknowledge the message so it comes back after `delay_s`."""
+
+    def __init__(self, delay_s: float, why: str) -> None:
+        super().__init__(why)
+        self.delay_s = delay_s
+
+
+class Refused(Exception):
+    """This message can never be used: dead-letter it with `reason` and ack it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PublishFailed(Exception):
+    """The broker did not take a batch's results: no message's fault, so the batch is not split
+    (splitting would wait out a publish timeout per half while the broker is away)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A parsed message a screen does not take: dead-lettered with `reason`, or with `retry`
+    negatively acked to come back later (what it depends on may not be recorded yet), up to
+    DEFERRED_DELIVERIES deliveries, then dead-lettered."""
+
+    reason: str
+    retry: bool = False
+
+
+def check_subject(subject: str, evt: object) -> None:
+    """Raise SubjectMismatch unless `subject` is the event's own: a prompt.failed of batch B on
+    batch A's subject must not act on A (nor be taken as B's when A's subject was allowed)."""
+    if isinstance(evt, Event) and subject != evt.subject:
+        raise SubjectMismatch(
+            f"subject {subject[:300]!r} does not match the event (batch {evt.batch_id!r}, "
+            f"{evt.entity}.{evt.verb}: expected {evt.subject!r})"
+        )
+
+
+def typed(model: type[In]) -> Parse[In]:
+    """The default parser: the body as `model`, on the event's own subject."""
+
+    def parse(msg: Incoming) -> In:
+        try:
+            evt = model.model_validate_json(msg.data)
+        except ValidationError as exc:
+            raise ValueError(f"invalid {model.__name__}: {describe_error(exc)}") from None
+        check_subject(msg.subject, evt)
+        return evt
+
+    parse.__qualname__ = f"typed({model.__name__})"
+    return parse
+
+
+def delivered(raw: Msg) -> int:
+    try:
+        return int(raw.metadata.num_delivered or 1)
+    except Exception:  # not a JetStream message
+        return 1
+
+
+def never_transient(exc: BaseException) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Policy(Generic[T]):
+    """How one consumer treats its messages (declared with it, applied here)."""
+
+    service: str
+    parse: Parse[T]
+    publisher: JetStreamPublisher
+    alive: InProgress
+    invalid: Invalid = Invalid.DEAD_LETTER
+    transient: Callable[[BaseException], bool] = never_transient
+    unexpected: Unexpected = Unexpected.RETRY
+
+
+async def dead_letter_and_ack(policy: Policy[T], raw: Msg, reason: str) -> None:
+    try:
+        await dead_letter(policy.publisher.js, policy.service, raw, reason)
+    except Exception:
+        log.exception("could not dead-letter %s", raw.subject)
+        await settle([raw], ok=False)
+        return
+    await settle([raw], ok=True)
+
+
+async def _parse(policy: Policy[T], raw: Msg) -> tuple[bool, T | None]:
+    """(True, value) for a message to work on; (False, None) once it has been settled here."""
+    try:
+        value = policy.parse(Incoming.of(raw))
+    except Exception as exc:  # parsing is pure: whatever it raises (RecursionError...) is this message's
+        if isinstance(exc, ValidationError | ValueError):
+            reason = describe_error(exc)
+        else:
+            log.warning("%s could not parse %s: %r", policy.service, raw.subject[:300], exc)
+            reason = f"could not parse: {type(exc).__name__}"
+        if policy.invalid is Invalid.DROP:
+            log.warning("%s: unusable message on %s: %s", policy.service, raw.subject[:300], reason[:300])
+            await settle([raw], ok=True)
+        else:
+            await dead_letter_and_ack(policy, raw, reason)
+        return False, None
+    if value is None:  # passed by
+        await settle([raw], ok=True)
+        return False, None
+    return True, value
+
+
+async def handle_one(policy: Policy[T], raw: Msg, work: Callable[[T], Awaitable[Results]]) -> None:
+    """One message, one handler call: the per-message consumers' path."""
+    ok, value = await _parse(policy, raw)
+    if not ok:
+        return
+    policy.alive.add(raw)
+    try:
+        results = await work(value)  # type: ignore[arg-type]
+        if results is not None:
+            await policy.publisher.publish([results] if isinstance(results, Event) else results)
+    except RetryLater as later:
+        policy.alive.discard(raw)
+        log.info("%s: %s; retrying in %.0f s", raw.subject, later, later.delay_s)
+        try:
+            await raw.nak(delay=later.delay_s)
+        except Exception as exc:  # the server redelivers after ack_wait
+            log.warning("could not nak %s: %r", raw.subject, exc)
+        return
+    except Refused as refused:
+        policy.alive.discard(raw)
+        await dead_letter_and_ack(policy, raw, refused.reason)
+        return
+    except Exception as exc:
+        policy.alive.discard(raw)
+        if policy.unexpected is Unexpected.DEAD_LETTER and not policy.transient(exc):
+            log.exception("%s failed on %s in an unexpected way; dead-lettering it", policy.service, raw.subject)
+            await dead_letter_and_ack(
+                policy, raw, f"unexpected {type(exc).__name__} in the {policy.service}; not retried"
+            )
+        else:
+            log.exception("%s failed on %s; will be redelivered", policy.service, raw.subject)
+            await settle([raw], ok=False)
+        return
+    finally:
+        policy.alive.discard(raw)  # before settling, and also when cancelled
+    await settle([raw], ok=True)
+
+
+async def handle_isolated(
+    service: str,
+    items: Sequence[tuple[Msg, T]],
+    attempt: Callable[[list[T]], Awaitable[object]],
+    transient: Callable[[BaseException], bool] = never_transient,
+    alive: InProgress | None = None,
+) -> None:
+    """`attempt` the items together and ack them; when it raises, split them in halves and attempt
+    each, down to single items, which alone are negatively acked (with the growing delay). A
+    `transient` error (the database or the broker is down) is no one message's fault: the whole
+    group is retried, without splitting."""
+    failed_attempts = 0
+
+    async def release(group: Sequence[tuple[Msg, T]], ok: bool) -> None:
+        raws = [raw for raw, _ in group]
+        if alive is not None:
+            for raw in raws:
+                alive.discard(raw)
+        await settle(raws, ok=ok)
+
+    async def run(group: Sequence[tuple[Msg, T]]) -> None:
+        nonlocal failed_attempts
+        try:
+            await attempt([value for _, value in group])
+        except Exception as exc:
+            failed_attempts += 1
+            if len(group) == 1:
+                log.exception("%s failed on %s; will be redelivered", service, group[0][0].subject)
+            elif transient(exc) or failed_attempts >= MAX_FAILED_ATTEMPTS:
+                log.exception("%s failed on a batch of %d; will be redelivered", service, len(group))
+            else:
+                log.warning("%s failed on a batch of %d (%r); splitting it", service, len(group), exc)
+                middle = len(group) // 2
+                await run(group[:middle])
+                await run(group[middle:])
+                return
+            await release(group, ok=False)
+            return
+        await release(group, ok=True)
+
+    if items:
+        await run(items)
+
+
+Screen = Callable[[list[T]], Awaitable[Sequence[Refusal | None]]]
+
+
+async def _screened(policy: Policy[T], good: list[tuple[Msg, T]], screen: Screen[T]) -> list[tuple[Msg, T]]:
+    try:
+        verdicts = await screen([value for _, value in good])
+    except Exception:
+        log.exception("%s could not screen a batch of %d; will be redelivered", policy.service, len(good))
+        await settle([raw for raw, _ in good], ok=False)
+        return []
+    kept: list[tuple[Msg, T]] = []
+    for (raw, value), refusal in zip(good, verdicts, strict=True):
+        if refusal is None:
+            kept.append((raw, value))
+        elif refusal.retry and delivered(raw) < DEFERRED_DELIVERIES:
+            log.info("%s: %s not taken yet (%s); will be redelivered", policy.service, raw.subject, refusal.reason)
+            await settle([raw], ok=False)
+        elif refusal.retry:
+            await dead_letter_and_ack(policy, raw, f"{refusal.reason} after {delivered(raw)} deliveries")
+        else:
+            await dead_letter_and_ack(policy, raw, refusal.reason)
+    return kept
+
+
+async def handle_batch(
+    policy: Policy[T],
+    raws: list[Msg],
+    work: Callable[[list[T]], Awaitable[Results]],
+    screen: Screen[T] | None = None,
+) -> None:
+    """What gathered, one handler call: bad messages are dead-lettered one by one and never fail the
+    others; the good ones are worked on together, their results published pipelined, then all
+    acked. `screen` (one call for the whole batch, e.g. one query) may refuse some; a failing
+    batch is split."""
+    good: list[tuple[Msg, T]] = []
+    for raw in raws:
+        ok, value = await _parse(policy, raw)
+        if ok:
+            good.append((raw, value))  # type: ignore[arg-type]
+    if good and screen is not None:
+        good = await _screened(policy, good, screen)
+    if not good:
+        return
+    for raw, _ in good:
+        policy.alive.add(raw)
+
+    async def attempt(values: list[T]) -> None:
+        results = await work(values)
+        if results is None:
+            return
+        try:
+            await policy.publisher.publish([results] if isinstance(results, Event) else results)
+        except MaxPayloadError:
+            raise  # a result too large to publish is that message's fault: split
+        except Exception as exc:
+            raise PublishFailed(f"results not published: {exc!r}") from exc
+
+    def not_ours(exc: BaseException) -> bool:
+        return isinstance(exc, PublishFailed) or policy.transient(exc)
+
+    try:
+        await handle_isolated(policy.service, good, attempt, not_ours, policy.alive)
+    finally:
+        for raw, _ in good:  # also when cancelled
+            policy.alive.discard(raw)
