@@ -5,6 +5,7 @@ service's work. The version token comes early so a v2 can run beside v1.
 """
 
 import re
+from typing import NamedTuple
 
 PREFIX = "evalbus.v1"
 
@@ -72,6 +73,23 @@ def control(service: str) -> str:
 
 def api(endpoint: str) -> str:
     return f"{PREFIX}.api.{endpoint}"
+
+
+class BatchSubject(NamedTuple):
+    """The parts of `evalbus.v1.batch.<batch_id>.<entity>.<verb>`."""
+
+    batch_id: str
+    entity: str
+    verb: str
+
+
+def parse_batch_subject(subject: str) -> BatchSubject | None:
+    """The grammar of batch subjects, read in one place: None for any other subject (or one with
+    more or fewer tokens)."""
+    parts = subject.split(".")
+    if len(parts) == 6 and parts[0] == "evalbus" and parts[1] == "v1" and parts[2] == "batch":
+        return BatchSubject(parts[3], parts[4], parts[5])
+    return None
 
 
 def batch_id_of(subject: str) -> str | None:
