@@ -100,7 +100,8 @@ class InvalidStart:
 
 def read_start(subject: str, data: bytes) -> StartBatchRequested | InvalidStart:
     """Parse a start command from the wire; never raises on bad input."""
-    subject_batch = subjects.batch_id_of(subject)
+    parsed = subjects.parse_batch_subject(subject)
+    subject_batch = parsed.batch_id if parsed is not None else None
     try:
         start = StartBatchRequested.model_validate_json(data)
     except (ValidationError, ValueError) as exc:
