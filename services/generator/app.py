@@ -33,18 +33,12 @@ def create_app() -> FastStream:
         suites=JetStreamSuites(lambda: service.js),
         access=SuiteAccess(dirs=tuple(settings.suite_dirs), max_upload_bytes=settings.suite_max_bytes),
     )
-    service.consumer(
-        GENERATOR_START,
-        slots=4,
-        parse=read_start_delivery,
-        transient=is_transient,
-        unexpected=Unexpected.DEAD_LETTER,
-    )(on_start_requested)
-    service.consumer(
-        GENERATOR_CANCEL,
-        slots=2,
-        parse=read_cancel,
-        transient=is_transient,
-        unexpected=Unexpected.DEAD_LETTER,
-    )(on_cancel_requested)
+    # A fault that does not go away by itself would fail the same way again: dead-lettered at once.
+    once = Unexpected.DEAD_LETTER
+    service.consumer(GENERATOR_START, slots=4, parse=read_start_delivery, transient=is_transient, unexpected=once)(
+        on_start_requested
+    )
+    service.consumer(GENERATOR_CANCEL, slots=2, parse=read_cancel, transient=is_transient, unexpected=once)(
+        on_cancel_requested
+    )
     return service.app
