@@ -21,6 +21,7 @@ from services.generator.claims import StartClaim, StartClaims, StartedBatches, S
 from services.generator.logic import BatchPlan, InvalidStart, plan_batch, read_start
 from services.generator.suite_loader import SuiteError, SuiteFile
 from services.generator.suite_objects import SuiteStore
+from services.runtime.messaging.acks import delay_after
 from services.runtime.messaging.handling import Incoming, Refused, RetryLater
 from services.runtime.messaging.publishing import Publisher
 
@@ -84,11 +85,6 @@ def read_cancel(msg: Incoming) -> CancelDelivery:
     return CancelDelivery(cancel, msg.delivered)
 
 
-def _retry_delay(delivered: int, base_s: float = 2.0, cap_s: float = 120.0) -> float:
-    """As `acks.retry_delay`: exponential in the delivery count."""
-    return min(cap_s, base_s * 2 ** (max(1, delivered) - 1))
-
-
 async def on_start_requested(
     delivery: StartDelivery,
     publisher: Publisher,
@@ -134,7 +130,7 @@ async def _repeat(publisher: Publisher, delivered: int, batch_id: str, held: Sta
     if not held.settled and delivered < GENERATOR_START.max_deliver:
         # The first start is still being planned: answer once it has been accepted or rejected,
         # so this answer can never reach a reader before the batch's own.
-        raise RetryLater(_retry_delay(delivered), f"batch {batch_id} is being started by another start event")
+        raise RetryLater(delay_after(delivered), f"batch {batch_id} is being started by another start event")
     when = f" at {held.claimed_at:%Y-%m-%d %H:%M:%S} UTC" if held.event_id else ""
     reason = (
         f"batch {batch_id} was already started{when} ({held.state.value}); batch ids are single-use, "
