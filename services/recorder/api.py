@@ -23,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import subjects
 from contracts.queries import BatchRef, HistoryQuery, ResumeRequest, SamplesQuery
+from services.recorder.history_queries import history
 from services.recorder.quality import batch_quality
-from services.recorder.queries import history, samples_page
 from services.recorder.reporting import progress, report
+from services.recorder.sample_queries import samples_page
 
 log = logging.getLogger("evalbus.recorder.api")
 Query = Callable[[AsyncConnection, str], Awaitable[BaseModel | None]]

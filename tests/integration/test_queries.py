@@ -45,7 +45,7 @@ from contracts.queries import HistoryQuery, SamplesQuery
 from contracts.references import ComponentScore
 from evalbus import client, export
 from infra.embedded import free_port
-from services.recorder import queries, reporting
+from services.recorder import history_queries, reporting, sample_queries
 from services.recorder.api import start_api
 from services.recorder.repository import record
 
@@ -247,7 +247,7 @@ async def api(servers, recorded: Recorded) -> AsyncIterator[Api]:  # type: ignor
 
 async def page(rec: Recorded, budget: int = 900_000, **kw: Any) -> Any:
     async with rec.engine.connect() as conn:
-        return await queries.samples_page(conn, SamplesQuery(batch_id=rec.batch_id, **kw), budget)
+        return await sample_queries.samples_page(conn, SamplesQuery(batch_id=rec.batch_id, **kw), budget)
 
 
 async def indexes(rec: Recorded, **kw: Any) -> list[int]:
@@ -355,12 +355,12 @@ async def test_pages_and_the_index_walk_cover_the_batch_once(recorded: Recorded)
 
 async def test_unknown_batch_has_no_samples(recorded: Recorded) -> None:
     async with recorded.engine.connect() as conn:
-        assert await queries.samples_page(conn, SamplesQuery(batch_id="b-none"), 10_000) is None
+        assert await sample_queries.samples_page(conn, SamplesQuery(batch_id="b-none"), 10_000) is None
 
 
 async def test_history_lists_recent_batches_with_their_counts(recorded: Recorded) -> None:
     async with recorded.engine.connect() as conn:
-        mine = await queries.history(conn, HistoryQuery(session=recorded.session))
+        mine = await history_queries.history(conn, HistoryQuery(session=recorded.session))
         assert [b.batch_id for b in mine.items] == [recorded.batch_id]
         summary = mine.items[0]
         sp = specs()
@@ -370,9 +370,11 @@ async def test_history_lists_recent_batches_with_their_counts(recorded: Recorded
         assert summary.status is BatchStatus.RUNNING and summary.model == "m" and summary.judge_model == "j"
         assert summary.experiment == recorded.experiment
         assert (
-            await queries.history(conn, HistoryQuery(experiment=recorded.experiment, status=BatchStatus.COMPLETED))
+            await history_queries.history(
+                conn, HistoryQuery(experiment=recorded.experiment, status=BatchStatus.COMPLETED)
+            )
         ).items == []
-        recent = await queries.history(conn, HistoryQuery(limit=500))
+        recent = await history_queries.history(conn, HistoryQuery(limit=500))
         assert recorded.batch_id in [b.batch_id for b in recent.items]
         stamps = [b.created_at for b in recent.items]
         assert stamps == sorted(stamps, reverse=True)
@@ -626,7 +628,7 @@ async def test_history_counts_finished_batches_from_their_stored_totals(recorded
         assert rep is not None
         await reporting.store_final(conn, rep)
     async with recorded.engine.connect() as conn:
-        found = await queries.history(
+        found = await history_queries.history(
             conn, HistoryQuery(experiment=recorded.experiment, status=BatchStatus.PARTIAL_FAILURE)
         )
     [summary] = found.items
@@ -658,7 +660,7 @@ async def test_a_sample_too_big_for_any_reply_comes_without_its_bulk(recorded: R
             ],
         )
     async with recorded.engine.connect() as conn:
-        got = await queries.samples_page(conn, SamplesQuery(batch_id=batch_id, after_index=-1), 4000)
+        got = await sample_queries.samples_page(conn, SamplesQuery(batch_id=batch_id, after_index=-1), 4000)
     assert got is not None and [s.index for s in got.items] == [0] and got.truncated and got.next_after_index == 0
     assert got.items[0].metadata == {} and got.items[0].clipped["metadata"] == len(orjson.dumps(bulky))
 
