@@ -47,7 +47,8 @@ from contracts.events import (
     StartBatchRequested,
     Usage,
 )
-from evalbus import cli, client, stack
+from evalbus import client, stack
+from evalbus.cli.common import connect
 from infra.processes import SERVICES
 from services.runtime.settings import get_settings
 
@@ -581,7 +582,7 @@ async def health(nc: Client) -> list[str]:
 
 async def run(wait_s: float) -> int:
     try:
-        nc = await cli.connect()  # found and logged in to exactly as the CLI does
+        nc = await connect()  # found and logged in to exactly as the CLI does
     except typer.Exit as exc:
         print("no stack: set EVALBUS_NATS_URL or run `evalbus up` (or pass --up)", file=sys.stderr)
         return int(exc.exit_code)

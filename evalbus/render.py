@@ -6,8 +6,14 @@ from rich.table import Table
 from contracts.events import BatchProgress, BatchReport
 
 
-def _fmt(value: float | None, spec: str = ".2f", unit: str = "") -> str:
+def fmt(value: float | None, spec: str = ".2f", unit: str = "") -> str:
+    """A number for a table cell; — when there is none."""
     return "—" if value is None else f"{value:{spec}}{unit}"
+
+
+def pct(fraction: float | None) -> str:
+    """A 0-1 fraction as a percentage with one decimal; — when there is none."""
+    return fmt(None if fraction is None else fraction * 100, ".1f", "%")
 
 
 def report_table(rep: BatchReport) -> Table:
@@ -22,15 +28,14 @@ def report_table(rep: BatchReport) -> Table:
         ("prompts", f"{rep.total} total · {rep.completed} completed · {rep.failed} failed"),
         (
             "pass rate",
-            _fmt(None if rep.pass_rate is None else rep.pass_rate * 100, ".1f", "%")
-            + f" ({rep.passed}/{rep.completed})",
+            pct(rep.pass_rate) + f" ({rep.passed}/{rep.completed})",
         ),
-        ("mean score", _fmt(rep.mean_score)),
+        ("mean score", fmt(rep.mean_score)),
     ]
     rows += [
         (
             f"  {c.criterion}",
-            f"{_fmt(c.mean_score)} avg · {_fmt(None if c.pass_rate is None else c.pass_rate * 100, '.1f', '%')} pass",
+            f"{fmt(c.mean_score)} avg · {pct(c.pass_rate)} pass",
         )
         for c in rep.criteria
     ]
@@ -47,11 +52,11 @@ def report_table(rep: BatchReport) -> Table:
     if rep.failures_by_category:
         rows.append(("failures", ", ".join(f"{k}: {v}" for k, v in sorted(rep.failures_by_category.items()))))
     rows += [
-        ("latency p50 / p95", f"{_fmt(rep.latency_p50_ms, '.1f', ' ms')} / {_fmt(rep.latency_p95_ms, '.1f', ' ms')}"),
+        ("latency p50 / p95", f"{fmt(rep.latency_p50_ms, '.1f', ' ms')} / {fmt(rep.latency_p95_ms, '.1f', ' ms')}"),
         ("tokens in / out", f"{rep.tokens_in:,} / {rep.tokens_out:,}"),
         ("judge tokens in / out", f"{rep.judge_tokens_in:,} / {rep.judge_tokens_out:,}"),
         ("estimated cost", f"${rep.cost_usd:.4f}"),
-        ("wall time", _fmt(rep.wall_time_s, ".2f", " s")),
+        ("wall time", fmt(rep.wall_time_s, ".2f", " s")),
     ]
     for what, value in rows:
         table.add_row(what, value)
@@ -63,9 +68,9 @@ def print_report(console: Console, rep: BatchReport) -> None:
 
 
 def print_status(console: Console, snap: BatchProgress) -> None:
-    pct = 100 * snap.done / snap.total if snap.total else 0.0
+    share = 100 * snap.done / snap.total if snap.total else 0.0
     console.print(
-        f"[bold]{snap.batch_id}[/bold] {snap.status.value}: {snap.done}/{snap.total} done ({pct:.1f}%) · "
+        f"[bold]{snap.batch_id}[/bold] {snap.status.value}: {snap.done}/{snap.total} done ({share:.1f}%) · "
         f"{snap.responded} responded · {snap.judged} judged · {snap.scored} scored · {snap.failed} failed · "
         f"{snap.elapsed_s:.1f} s"
     )

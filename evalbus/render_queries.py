@@ -6,16 +6,9 @@ from rich.table import Table
 
 from contracts.quality import QualityReport
 from contracts.queries import BatchHistory, Sample, SamplesPage
+from evalbus.render import fmt, pct
 
 ANSWER_PREVIEW = 60
-
-
-def _fmt(value: float | None, spec: str = ".2f", unit: str = "") -> str:
-    return "—" if value is None else f"{value:{spec}}{unit}"
-
-
-def _pct(value: float | None) -> str:
-    return _fmt(None if value is None else value * 100, ".1f", "%")
 
 
 def _preview(text: str | None, width: int = ANSWER_PREVIEW) -> str:
@@ -53,9 +46,9 @@ def samples_table(page: SamplesPage) -> Table:
         table.add_row(
             str(s.index),
             _verdict(s),
-            _fmt(s.overall_score),
-            _fmt(s.verdict_score, ".3f"),
-            _fmt(s.latency_ms, ".0f", " ms"),
+            fmt(s.overall_score),
+            fmt(s.verdict_score, ".3f"),
+            fmt(s.latency_ms, ".0f", " ms"),
             tokens,
             escape(s.case_id or "—"),
             _preview(s.answer if s.status != "failed" else s.failure_error),
@@ -83,7 +76,7 @@ def history_table(history: BatchHistory) -> Table:
             escape(b.batch_id),
             b.status.value,
             f"{b.done}/{b.target}",
-            _pct(b.pass_rate),
+            pct(b.pass_rate),
             escape(f"{b.model or '—'} / {b.judge_model or '—'}"),
             escape(b.session_id or "—"),
             escape(b.experiment or "—"),
@@ -110,15 +103,15 @@ def quality_table(q: QualityReport) -> Table:
     rows = [
         ("rating", f"[{style}]{q.rating}[/{style}]"),
         ("samples", f"{q.samples} answered · {q.scored} scored · {q.failed} failed"),
-        ("pass rate", _pct(q.pass_rate)),
-        ("tokens", f"{q.total_tokens:,} total · {_fmt(q.avg_tokens_per_sample, '.1f')} per sample"),
+        ("pass rate", pct(q.pass_rate)),
+        ("tokens", f"{q.total_tokens:,} total · {fmt(q.avg_tokens_per_sample, '.1f')} per sample"),
         ("judge tokens", f"{q.judge_tokens:,}"),
     ]
     for fl in q.text_fields:
         rows.append(
             (
                 f"  {fl.field} length",
-                f"{_fmt(fl.avg_chars, '.1f')} avg · {fl.min_chars if fl.min_chars is not None else '—'}"
+                f"{fmt(fl.avg_chars, '.1f')} avg · {fl.min_chars if fl.min_chars is not None else '—'}"
                 f" to {fl.max_chars if fl.max_chars is not None else '—'} · in {fl.present} · {fl.below_min} short",
             )
         )

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from contracts import ids, subjects
 from contracts.events import BatchConfig, ChatMessage, PromptQueued, PromptResponded, Usage
 from contracts.topology import STREAMS
-from evalbus.cli import EXIT_REJECTED
+from evalbus.cli.common import EXIT_REJECTED
 from evalbus.stack import Stack
 
 pytestmark = pytest.mark.e2e

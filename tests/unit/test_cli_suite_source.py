@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from contracts.events import SuiteRef
-from evalbus.cli import INLINE_LIMIT_BYTES, suite_source
+from evalbus.cli.run import INLINE_LIMIT_BYTES, suite_source
 
 
 def test_small_valid_suite_goes_inline(tmp_path: Path) -> None:

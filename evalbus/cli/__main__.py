@@ -1,0 +1,5 @@
+"""`python -m evalbus.cli`, the same as the `evalbus` console script."""
+
+from evalbus.cli import main
+
+main()
