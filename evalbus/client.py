@@ -117,7 +117,9 @@ async def publish_cancel(nc: Client, cancel: CancelBatchRequested) -> None:
 
 
 @dataclass
-class Outcome:
+class BatchOutcome:
+    """What a follower learnt of its batch: accepted or rejected, then the report once it finished."""
+
     accepted: BatchAccepted | None = None
     rejected: BatchRejected | None = None
     report: BatchReport | None = None  # from the recorder's API, never from an event's body
@@ -140,7 +142,7 @@ class Follower:
         self.batch_id = batch_id
         self.on_accepted = on_accepted
         self.on_progress = on_progress
-        self.outcome = Outcome()
+        self.outcome = BatchOutcome()
         self.done = asyncio.Event()
         self.completion_seen = asyncio.Event()
         self._best = -1
@@ -173,7 +175,7 @@ class Follower:
             self.on_progress(snap)
 
 
-async def wait_outcome(nc: Client, follower: Follower, poll_s: float = 10.0) -> Outcome:
+async def wait_outcome(nc: Client, follower: Follower, poll_s: float = 10.0) -> BatchOutcome:
     """Until the batch is rejected or the recorder's API reports it finished.
 
     The API is asked on every `batch.completed` cue and every `poll_s` (so a missed event does
