@@ -330,7 +330,7 @@ def create_app() -> FastStream:
         RECORDER_DEAD_LETTERS,
         on_batch=on_dead_letters,
         batch_size=256,
-        max_wait_s=settings.fetch_timeout_s,
+        max_wait_s=settings.consumer_batch_wait_s,
     )
 
     async def on_breaker_events(raws: list[Msg]) -> None:
@@ -357,7 +357,7 @@ def create_app() -> FastStream:
         RECORDER_BREAKERS,
         on_batch=on_breaker_events,
         batch_size=256,
-        max_wait_s=settings.fetch_timeout_s,
+        max_wait_s=settings.consumer_batch_wait_s,
     )
 
     async def flush_forever() -> None:
@@ -401,8 +401,8 @@ def create_app() -> FastStream:
         SERVICE,
         RECORDER_EVENTS,
         on_batch=on_events,
-        batch_size=settings.fetch_batch,
-        max_wait_s=settings.fetch_timeout_s,
+        batch_size=settings.consumer_batch_size,
+        max_wait_s=settings.consumer_batch_wait_s,
     )
 
     @app.on_shutdown

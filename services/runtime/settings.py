@@ -5,15 +5,24 @@ the URLs of the servers it started to the processes it starts.
 """
 
 import json
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contracts.urls import BaseUrl, EndpointName
+
+log = logging.getLogger("evalbus.settings")
+
+# Environment variables renamed, still read for one release: old name -> new name.
+DEPRECATED_ENV = {
+    "EVALBUS_FETCH_BATCH": "EVALBUS_CONSUMER_BATCH_SIZE",
+    "EVALBUS_FETCH_TIMEOUT_S": "EVALBUS_CONSUMER_BATCH_WAIT_S",
+}
 
 
 class EndpointSetting(BaseModel):
@@ -34,7 +43,7 @@ class EndpointSetting(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EVALBUS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EVALBUS_", extra="ignore", validate_by_name=True)
 
     nats_url: str | None = Field(default=None, description="NATS server(s); unset = embedded")
     nats_user: str | None = Field(default=None, description="NATS user (infra/nats/nats-server.conf roles)")
@@ -86,9 +95,20 @@ class Settings(BaseSettings):
     judge_linger_ms: float = Field(
         default=20.0, ge=0, le=60_000, description="how long the judge waits for more answers to grade in one call"
     )
-    fetch_batch: int = Field(default=256, ge=1, description="messages per pull for batched consumers")
-    fetch_timeout_s: float = Field(
-        default=0.05, gt=0, description="how long a partial batch waits for more messages after its first"
+    # An alias turns the env prefix off for its field, so both names are spelled out in full.
+    consumer_batch_size: int = Field(
+        default=256,
+        ge=1,
+        validation_alias=AliasChoices("EVALBUS_CONSUMER_BATCH_SIZE", "EVALBUS_FETCH_BATCH"),
+        description="most messages a batched consumer hands its handler at once "
+        "(EVALBUS_FETCH_BATCH, its old name, is read until the next release)",
+    )
+    consumer_batch_wait_s: float = Field(
+        default=0.05,
+        gt=0,
+        validation_alias=AliasChoices("EVALBUS_CONSUMER_BATCH_WAIT_S", "EVALBUS_FETCH_TIMEOUT_S"),
+        description="how long a batched consumer waits for more messages after the first "
+        "(EVALBUS_FETCH_TIMEOUT_S, its old name, is read until the next release)",
     )
     stall_after_s: float = Field(
         default=900.0, gt=0, description="re-drive a running batch from the database after this long without progress"
@@ -128,6 +148,16 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part for part in text.split(os.pathsep) if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _warn_of_old_names(self) -> "Settings":
+        # The aliases read both names alike; only the environment tells which one was set.
+        present = {key.upper() for key in os.environ}
+        for old, new in DEPRECATED_ENV.items():
+            if old in present:
+                both = f" ({new} is set too and wins)" if new in present else ""
+                log.warning("%s is deprecated and read until the next release only: set %s instead%s", old, new, both)
+        return self
 
     def resolved_api_key(self) -> SecretStr | None:
         """The key of the implicit `default` and `judge` endpoints; a missing key file means none."""

@@ -19,7 +19,7 @@ def create_app() -> FastStream:
         databases=ReferenceDatabases(urls, settings.sql_check_concurrency),
         pattern_timeout_s=settings.pattern_timeout_s,
     )
-    service.batch_consumer(SCORER_JUDGED, batch_size=settings.fetch_batch, max_wait_s=settings.fetch_timeout_s)(
-        on_prompts_judged
-    )
+    service.batch_consumer(
+        SCORER_JUDGED, batch_size=settings.consumer_batch_size, max_wait_s=settings.consumer_batch_wait_s
+    )(on_prompts_judged)
     return service.app
