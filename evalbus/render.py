@@ -25,7 +25,7 @@ def report_table(rep: BatchReport) -> Table:
         ("model / judge", f"{rep.model} / {rep.judge_model}"),
         ("suite", rep.suite_name),
         ("session / experiment", f"{rep.session_id or '—'} / {rep.experiment or '—'}"),
-        ("prompts", f"{rep.total} total · {rep.completed} completed · {rep.failed} failed"),
+        ("prompts", f"{rep.total} total · {rep.completed} scored · {rep.failed} failed"),
         (
             "pass rate",
             pct(rep.pass_rate) + f" ({rep.passed}/{rep.completed})",

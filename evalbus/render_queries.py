@@ -69,7 +69,7 @@ def print_samples(console: Console, page: SamplesPage) -> None:
 
 def history_table(history: BatchHistory) -> Table:
     table = Table(title="recent batches", title_justify="left")
-    for name in ("batch", "status", "done / target", "pass rate", "model / judge", "session", "experiment", "created"):
+    for name in ("batch", "status", "done / total", "pass rate", "model / judge", "session", "experiment", "created"):
         table.add_column(name)
     for b in history.items:
         table.add_row(

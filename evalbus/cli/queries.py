@@ -83,7 +83,7 @@ def history(
     model: Annotated[str | None, typer.Option(help="only batches of this model")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Recent batches: id, status, done and target prompts, pass rate, model, session, experiment."""
+    """Recent batches: id, status, done and total prompts, pass rate, model, session, experiment."""
     try:
         q = HistoryQuery(limit=limit, session=session, experiment=experiment, status=status, model=model)
     except ValidationError as exc:

@@ -171,7 +171,7 @@ def run(
     judge_base_url: Annotated[str | None, typer.Option(help="judge base URL (default: --base-url)")] = None,
     criteria: Annotated[str, typer.Option(help="comma-separated judge criteria")] = ",".join(DEFAULT_CRITERIA),
     threshold: Annotated[float, typer.Option(help="pass mark for every criterion (1-10)")] = 7.0,
-    session_id: Annotated[str | None, typer.Option(help="session tag (default batch-<model>-<UTC time>)")] = None,
+    session_id: Annotated[str | None, typer.Option(help="session id (default batch-<model>-<UTC time>)")] = None,
     experiment: Annotated[str | None, typer.Option(help="experiment name, to compare sessions")] = None,
     preset: Annotated[PresetName, typer.Option(help="limits: conservative, default or aggressive")] = "default",
     concurrency: Annotated[int | None, typer.Option(help="model calls in flight for this batch")] = None,
@@ -253,10 +253,10 @@ def cancel(
 
 
 def resume(batch_id: str, as_json: JsonFlag = False) -> None:
-    """Send a running batch's unfinished prompts on again, rebuilt from the database."""
+    """Resume a running batch: send its unfinished prompts on again, rebuilt from the database."""
 
     def show(result: ResumeResult) -> None:
-        console.print(f"re-drove {result.redriven} unfinished prompts of {batch_id} {result.by_event or ''}")
+        console.print(f"resumed {result.redriven} unfinished prompts of {batch_id} {result.by_event or ''}")
 
     token = f"cli-{secrets.token_hex(4)}"
     raise typer.Exit(asyncio.run(ask_recorder(lambda nc: client.resume(nc, batch_id, token), show, as_json)))

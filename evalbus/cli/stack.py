@@ -64,7 +64,7 @@ def alive(
 
 
 def up(
-    latency_ms: Annotated[float, typer.Option(help="fake model latency")] = 20.0,
+    latency_ms: Annotated[float, typer.Option(help="fake model latency per call")] = 20.0,
 ) -> None:
     """Start the embedded stack (nats-server, PostgreSQL, fake model, five services) in the background,
     locked down (per-service logins), under a supervisor that restarts a process that exits."""

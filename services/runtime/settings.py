@@ -111,7 +111,10 @@ class Settings(BaseSettings):
         "(EVALBUS_FETCH_TIMEOUT_S, its old name, is read until the next release)",
     )
     stall_after_s: float = Field(
-        default=900.0, gt=0, description="re-drive a running batch from the database after this long without progress"
+        default=900.0,
+        gt=0,
+        description="resume a running batch (its unfinished prompts sent on again, rebuilt from the database) "
+        "after this long without progress",
     )
     heartbeat_dir: Path = Field(
         default=Path("/tmp"), description="where a healthy service touches evalbus-<service>.alive"
