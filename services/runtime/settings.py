@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(
         default=0.05, gt=0, description="how long a partial batch waits for more messages after its first"
     )
+    consumer_batch_size: int = Field(default=256, ge=1, description="messages per pull for batched consumers")
+    consumer_batch_wait_s: float = Field(
+        default=0.05, gt=0, description="how long a partial batch waits for more messages after its first"
+    )
     stall_after_s: float = Field(
         default=900.0, gt=0, description="re-drive a running batch from the database after this long without progress"
     )
