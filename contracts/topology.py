@@ -17,8 +17,8 @@ class StreamSpec:
     max_age_s: float
     # Covers every re-publish of the normal paths: a redelivery after a crash (ack wait 15-60 s)
     # and a nak after a lost PubAck (30 s publish timeout, then a 2-4 s delay). Past it, readers'
-    # natural keys still count nothing twice. Every id in the window costs nats-server ~240 bytes:
-    # 10 minutes held ~400k ids (~100 MB) at N = 100,000; memory now follows rate x window.
+    # natural keys still count nothing twice. nats-server keeps every id in the window, so its
+    # memory follows rate x window (docs/decisions.md).
     duplicate_window_s: float = 120.0
     max_msgs_per_subject: int = -1
 

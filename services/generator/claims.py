@@ -8,8 +8,10 @@ re-publish of the same event) finishes the work instead of being taken for a rep
 """
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Protocol
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -81,3 +83,44 @@ async def claim(kv: KeyValue, batch_id: str, mine: StartClaim) -> tuple[StartCla
 
 async def settle_claim(kv: KeyValue, batch_id: str, mine: StartClaim, state: StartState) -> None:
     await kv.put(batch_id, mine.settle(state).to_bytes())
+
+
+class StartClaims(Protocol):
+    """The record of which start took which batch id (KV evalbus_starts)."""
+
+    async def claim(self, batch_id: str, mine: StartClaim) -> tuple[StartClaim, bool]: ...
+
+    async def settle(self, batch_id: str, mine: StartClaim, state: StartState) -> None: ...
+
+
+class StartedBatches(Protocol):
+    """Whether a batch id was ever started (claimed by a start)."""
+
+    async def was_started(self, batch_id: str) -> bool: ...
+
+
+class KvStartClaims:
+    """StartClaims and StartedBatches over the evalbus_starts bucket; `bucket` looks it up (once
+    the connection is up), and the lookup is kept once it succeeded."""
+
+    def __init__(self, bucket: Callable[[], Awaitable[KeyValue]]) -> None:
+        self._bucket = bucket
+        self._kv: KeyValue | None = None
+
+    async def _get_kv(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._bucket()
+        return self._kv
+
+    async def claim(self, batch_id: str, mine: StartClaim) -> tuple[StartClaim, bool]:
+        return await claim(await self._get_kv(), batch_id, mine)
+
+    async def settle(self, batch_id: str, mine: StartClaim, state: StartState) -> None:
+        await settle_claim(await self._get_kv(), batch_id, mine, state)
+
+    async def was_started(self, batch_id: str) -> bool:
+        try:
+            await (await self._get_kv()).get(batch_id)
+        except KeyNotFoundError:
+            return False
+        return True

@@ -19,7 +19,9 @@ UNEXPECTED = "the generator could not read this suite (an unexpected error; it i
 
 
 @dataclass(frozen=True)
-class Plan:
+class BatchPlan:
+    """An accepted batch: its accepted event and where its prompts are read from."""
+
     accepted: BatchAccepted
     start: StartBatchRequested
     file: SuiteFile | None = None  # where the cases are read from again (None: inline)
@@ -54,7 +56,7 @@ def with_defaults(start: StartBatchRequested) -> BatchConfig:
 
 def plan_batch(
     start: StartBatchRequested, dirs: Sequence[Path] = (), file: SuiteFile | None = None
-) -> Plan | BatchRejected:
+) -> BatchPlan | BatchRejected:
     """Accept the batch if its whole suite is usable; otherwise say why. Never raises: a suite
     that breaks the reader in an unforeseen way is rejected too, since reading it again would
     break it again. `file` is an upload's download; `dirs` where suites by path may be."""
@@ -80,11 +82,11 @@ def plan_batch(
     except ValueError as exc:  # a derived field out of its bounds
         reason = f"invalid batch: {describe_error(exc)}"
         return BatchRejected(batch_id=start.batch_id, reason=reason, errors=[reason])
-    return Plan(accepted=accepted, start=start, file=source)
+    return BatchPlan(accepted=accepted, start=start, file=source)
 
 
 @dataclass(frozen=True)
-class Invalid:
+class InvalidStart:
     """A start command that cannot be used; `batch_id` is who to tell (None: nobody can be)."""
 
     batch_id: str | None
@@ -96,15 +98,16 @@ class Invalid:
         return BatchRejected(batch_id=self.batch_id, reason=self.reason, errors=[self.reason])
 
 
-def read_start(subject: str, data: bytes) -> StartBatchRequested | Invalid:
+def read_start(subject: str, data: bytes) -> StartBatchRequested | InvalidStart:
     """Parse a start command from the wire; never raises on bad input."""
-    subject_batch = subjects.batch_id_of(subject)
+    parsed = subjects.parse_batch_subject(subject)
+    subject_batch = parsed.batch_id if parsed is not None else None
     try:
         start = StartBatchRequested.model_validate_json(data)
     except (ValidationError, ValueError) as exc:
-        return Invalid(subject_batch, f"invalid start-batch event: {describe_error(exc)}")
+        return InvalidStart(subject_batch, f"invalid start-batch event: {describe_error(exc)}")
     if start.batch_id != subject_batch:
-        return Invalid(
+        return InvalidStart(
             subject_batch, f"batch_id {start.batch_id!r} in the body does not match the subject's {subject_batch!r}"
         )
     return start

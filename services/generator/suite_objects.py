@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -74,3 +76,25 @@ async def delete(js: JetStreamContext, name: str) -> None:
         pass
     except Exception as exc:
         log.warning("could not delete uploaded suite %s: %r", name, exc)
+
+
+class SuiteStore(Protocol):
+    """The uploaded suites (object store evalbus_suites), as the generator uses them."""
+
+    async def download(self, batch_id: str, name: str, label: str, into: Path, max_bytes: int) -> SuiteFile: ...
+
+    async def delete(self, name: str) -> None: ...
+
+
+class JetStreamSuites:
+    """SuiteStore over the service's connection (looked up at each call: it exists once the app
+    has started)."""
+
+    def __init__(self, js: Callable[[], JetStreamContext]) -> None:
+        self._js = js
+
+    async def download(self, batch_id: str, name: str, label: str, into: Path, max_bytes: int) -> SuiteFile:
+        return await download(self._js(), batch_id, name, label, into, max_bytes)
+
+    async def delete(self, name: str) -> None:
+        await delete(self._js(), name)

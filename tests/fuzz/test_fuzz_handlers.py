@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from contracts import subjects
-from contracts.events import DeadLetter, Event, PromptQueued, PromptResponded
+from contracts.events import DeadLetter, Event, PromptJudged, PromptQueued, PromptResponded
 from contracts.text import storable
 from services.recorder.app import parse_event
 from services.recorder.dead_letters import from_advisory, prompt_failure
-from services.runtime.messaging.handling import work_batch, work_one
+from services.runtime.messaging.handling import Incoming, Parse, Policy, handle_batch, handle_one, typed
 from services.runtime.messaging.keepalive import InProgress
-from services.scorer.app import _parse as scorer_parse
+from services.runtime.messaging.publishing import JetStreamPublisher
 from tests.fuzz import payloads as p
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -82,20 +82,21 @@ def _one(model: type[BaseModel]) -> Callable[[FakeJs, list[FakeMsg], list[Any]],
             worked.append(evt)
             return p.prompt_scored()  # any event: what is published is not under test
 
-        alive = InProgress(lambda: 30.0)
+        policy = Policy(model.__name__, typed(model), JetStreamPublisher(lambda: js), InProgress(lambda: 30.0))  # type: ignore[arg-type]
         for raw in raws:
-            await work_one(js, model.__name__, raw, model, work, alive)  # type: ignore[arg-type]
+            await handle_one(policy, raw, work)  # type: ignore[arg-type]
 
     return run
 
 
-def _batch(service: str, parse: Callable[[Any], Any]) -> Callable[[FakeJs, list[FakeMsg], list[Any]], Awaitable[None]]:
+def _batch(service: str, parse: Parse[Any]) -> Callable[[FakeJs, list[FakeMsg], list[Any]], Awaitable[None]]:
     async def run(js: FakeJs, raws: list[FakeMsg], worked: list[Any]) -> None:
         async def work(evts: list[Any]) -> Sequence[Event]:
             worked.extend(evts)
             return []
 
-        await work_batch(js, service, raws, parse, work, InProgress(lambda: 30.0))  # type: ignore[arg-type]
+        policy = Policy(service, parse, JetStreamPublisher(lambda: js), InProgress(lambda: 30.0))  # type: ignore[arg-type]
+        await handle_batch(policy, raws, work)  # type: ignore[arg-type]
 
     return run
 
@@ -103,7 +104,7 @@ def _batch(service: str, parse: Callable[[Any], Any]) -> Callable[[FakeJs, list[
 CONSUMERS = [
     Consumer(PromptQueued.__name__, p.prompt_queued(), _one(PromptQueued)),  # chat-runner
     Consumer(PromptResponded.__name__, p.prompt_responded(), _one(PromptResponded)),  # judge
-    Consumer("scorer", p.prompt_judged(), _batch("scorer", scorer_parse)),
+    Consumer("scorer", p.prompt_judged(), _batch("scorer", typed(PromptJudged))),
     Consumer("recorder", p.prompt_scored(), _batch("recorder", parse_event)),
 ]
 IDS = ["chat-runner", "judge", "scorer", "recorder"]
@@ -182,10 +183,10 @@ def test_a_valid_event_on_another_batchs_subject_is_not_worked_on(consumer: Cons
 
 @FUZZ
 @given(body=p.hostile_bytes(p.prompt_scored()), verb=st.sampled_from(["scored", "failed", "judged", "nonsense"]))
-def test_recorder_parse_event_raises_only_what_work_batch_dead_letters(body: bytes, verb: str) -> None:
-    raw = FakeMsg(f"evalbus.v1.batch.{p.BATCH}.prompt.{verb}", body, seq=1)
-    with contextlib.suppress(ValidationError, ValueError):  # what work_batch dead-letters
-        parse_event(raw)  # type: ignore[arg-type]
+def test_recorder_parse_event_raises_only_what_handling_dead_letters(body: bytes, verb: str) -> None:
+    msg = Incoming(f"evalbus.v1.batch.{p.BATCH}.prompt.{verb}", body, stream_seq=1)
+    with contextlib.suppress(ValidationError, ValueError):  # what handling dead-letters without a log line
+        parse_event(msg)
 
 
 @FUZZ

@@ -15,8 +15,9 @@ from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
 from services.runtime.messaging import connection as bus
 from services.runtime.messaging.consumer import Consumer
-from services.runtime.messaging.handling import work_batch
-from services.runtime.messaging.publishing import publish_events
+from services.runtime.messaging.handling import Policy, handle_batch, typed
+from services.runtime.messaging.keepalive import InProgress
+from services.runtime.messaging.publishing import JetStreamPublisher, publish_events
 from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,8 @@ async def test_batched_worker_dead_letters_bad_messages_and_keeps_the_rest(nc: C
         return []
 
     async def on_batch(raws: list[Msg]) -> None:
-        await work_batch(js, "test-worker", raws, lambda m: PromptScored.model_validate_json(m.data), work)
+        policy = Policy("test-worker", typed(PromptScored), JetStreamPublisher(lambda: js), InProgress(lambda: 10.0))
+        await handle_batch(policy, raws, work)
 
     consumer = Consumer(nc, spec, on_batch=on_batch, batch_size=50, max_wait_s=0.2)
     await consumer.start()

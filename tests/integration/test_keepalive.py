@@ -13,9 +13,9 @@ from contracts.events import Event, PromptScored
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
 from services.runtime.messaging.consumer import Consumer
-from services.runtime.messaging.handling import work_one
+from services.runtime.messaging.handling import Policy, handle_one, typed
 from services.runtime.messaging.keepalive import InProgress
-from services.runtime.messaging.publishing import publish_events
+from services.runtime.messaging.publishing import JetStreamPublisher, publish_events
 from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ async def test_work_longer_than_the_ack_wait_is_not_redelivered(nc: Client) -> N
     alive = InProgress(lambda: max(0.3, consumer.ack_wait_s / 3))
 
     async def on_message(raw: Msg) -> None:
-        await work_one(js, "test-worker", raw, PromptScored, work, alive)
+        await handle_one(Policy("test-worker", typed(PromptScored), JetStreamPublisher(lambda: js), alive), raw, work)
 
     consumer = Consumer(nc, spec, on_message=on_message, slots=8, max_wait_s=0.2)
     await consumer.start()

@@ -15,11 +15,12 @@ from contracts.events import BatchAccepted, BatchConfig, BatchRejected, StartBat
 from contracts.topology import OBJ_SUITES, suite_object_name
 from evalbus import client as cli
 from services.generator import suite_objects
-from services.generator.app import SuiteAccess, handle_start
+from services.generator.handlers import SuiteAccess
 from services.generator.suite_loader import SuiteError, count_cases
+from services.generator.suite_objects import JetStreamSuites
 from tests.integration import test_nats_permissions as locked_down
 from tests.integration.test_nats_permissions import Connect, new_batch_id
-from tests.unit.generator.fakes import FakeMsg
+from tests.unit.generator.fakes import FakeMsg, deliver_start
 
 pytestmark = pytest.mark.integration
 # The locked-down server of test_nats_permissions, started for this module too.
@@ -60,7 +61,8 @@ async def test_generator_starts_an_uploaded_suite_under_its_permissions(connect:
     await client.nc.subscribe(subjects.batch_lifecycle(batch), cb=seen)
     await client.nc.flush()
     start = StartBatchRequested(batch_id=batch, config=BatchConfig(model="m"), suite=ref)
-    await handle_start(gen.js, FakeMsg(start.subject, start.model_dump_json().encode()), SuiteAccess())  # type: ignore[arg-type]
+    msg = FakeMsg(start.subject, start.model_dump_json().encode())
+    assert await deliver_start(gen.js, msg, SuiteAccess(), JetStreamSuites(lambda: gen.js)) == "ack"
     for _ in range(100):
         if lifecycle:
             break
@@ -109,7 +111,8 @@ async def test_a_start_cannot_use_another_batchs_upload_or_a_missing_one(connect
     await client.nc.subscribe(subjects.batch_event(mine, "batch", "rejected"), cb=seen)
     await client.nc.flush()
     start = StartBatchRequested(batch_id=mine, config=BatchConfig(model="m"), suite=SuiteRef(object=missing))
-    await handle_start(gen.js, FakeMsg(start.subject, start.model_dump_json().encode()))  # type: ignore[arg-type]
+    msg = FakeMsg(start.subject, start.model_dump_json().encode())
+    assert await deliver_start(gen.js, msg, suites=JetStreamSuites(lambda: gen.js)) == "ack"
     for _ in range(100):
         if rejected:
             break

@@ -42,13 +42,17 @@ async def dead_letter(js: "JetStreamContext", service: str, msg: "Msg", reason: 
     log.warning("dead-lettered %s (seq %s) from %s: %s", msg.subject, seq, service, reason[:300])
 
 
-def retry_delay(msg: "Msg", base_s: float = 2.0, cap_s: float = 120.0) -> float:
+def delay_after(delivered: int, base_s: float = 2.0, cap_s: float = 120.0) -> float:
     """Exponential in the delivery count: a fault that lasts gets retried less and less often."""
+    return min(cap_s, base_s * 2 ** (max(1, delivered) - 1))
+
+
+def retry_delay(msg: "Msg", base_s: float = 2.0, cap_s: float = 120.0) -> float:
     try:
         delivered = int(msg.metadata.num_delivered or 1)
     except Exception:  # not a JetStream message
         delivered = 1
-    return min(cap_s, base_s * 2 ** (delivered - 1))
+    return delay_after(delivered, base_s, cap_s)
 
 
 async def settle(msgs: Sequence["Msg"], *, ok: bool) -> None:

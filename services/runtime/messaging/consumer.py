@@ -1,16 +1,9 @@
 """Pull consumers bound to the durables infra created, run inside a FastStream app's lifecycle.
 
-Why not FastStream's own pull subscribers: in FastStream 0.7.8 their fetch loop catches
-`nats.errors.TimeoutError`, but nats-py 2.16's `fetch` raises a plain `asyncio.TimeoutError` when
-idle, so the loop dies and is restarted, and the batch subscriber drops what it had fetched so
-far (redelivered only after ack_wait). Their per-message middleware and DI layers also cost
-~300 µs a message.
-
-Why not nats-py's `fetch` either: a fetch returns as soon as anything has arrived, so at a
-moderate rate a batched consumer got what had piled up since its last call (the recorder paid a
-transaction per handful of events: 1.4 ms of CPU per prompt at 300 prompts/s), nothing is read
-while a batch is being handled, and every message goes through `next_msg` with its own timer.
-This loop speaks JetStream's pull protocol itself: it keeps one pull request open
+Not FastStream's own pull subscribers (their idle fetch loop dies on nats-py 2.16's timeout and
+drops what it had fetched) and not nats-py's `fetch` (it returns as soon as anything has arrived,
+reads nothing while a batch is handled, and gives every message its own timer): docs/decisions.md
+has the measurements. This loop speaks JetStream's pull protocol itself: it keeps one pull request open
 (`{"batch": n, "expires": ns}` to `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`, answered by up
 to n messages, then a 408 status if it expires first) and takes each message the moment the
 server pushes it; n is the room the caller has, so nothing is taken that cannot be worked on.

@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -13,36 +13,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("evalbus.bus")
 
 
-class KeepAlive:
-    """Tells JetStream a message is still being worked on, so a long model call is not redelivered."""
-
-    def __init__(self, msg: "Msg", every_s: float) -> None:
-        self._msg = msg
-        self._every = every_s
-        self._task: asyncio.Task[Any] | None = None
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self._every)
-            try:
-                await self._msg.in_progress()
-            except Exception as exc:
-                log.debug("in_progress failed: %r", exc)
-
-    async def __aenter__(self) -> "KeepAlive":
-        self._task = asyncio.create_task(self._beat())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task:
-            self._task.cancel()
-
-
 class InProgress:
-    """Keeps every message a consumer works on alive with one periodic task, where `KeepAlive`
-    costs a task and a timer per message. A message held for `every_s()` gets an in-progress
-    signal, and another each `every_s()` after that (checked every half period, so at most 1.5
-    periods apart; every_s is a third of the ack wait)."""
+    """Keeps every message a consumer works on alive with one periodic task (not a task and a
+    timer per message). A message held for `every_s()` gets an in-progress signal, and another
+    each `every_s()` after that (checked every half period, so at most 1.5 periods apart;
+    every_s is a third of the ack wait)."""
 
     def __init__(self, every_s: Callable[[], float]) -> None:
         self._every_s = every_s

@@ -316,7 +316,7 @@ class ChatClient:
             return Completion(text, finish, tin, tout, latency_ms, attempts)
 
         # Most calls succeed at once: the first attempt runs without tenacity's per-call
-        # bookkeeping (~5% of a model-calling service's CPU). If it fails, tenacity takes over and
+        # bookkeeping (docs/decisions.md). If it fails, tenacity takes over and
         # sees it replayed as its own first attempt, so stops, waits and Retry-After are unchanged.
         try:
             return await attempt()

@@ -1,4 +1,10 @@
-"""In-memory stand-ins for what the generator's handlers touch: KV buckets, JetStream publishes, a message.
+"""In-memory stand-ins for what the generator's handlers touch, at two levels:
+
+- the adapters handlers are given (FakePublisher, FakeClaims, FakeSuites, FakeCancels), for
+  handler unit tests;
+- KV buckets, JetStream publishes and a message (FakeKV, FakeJS, FakeMsg), for tests that deliver
+  a message through the real handling path and the real KV adapters (`deliver_start`,
+  `deliver_cancel`).
 
 The KV yields to the event loop before each operation, as a round trip to the server does, so
 handlers running concurrently interleave as they would against a real server; `create` is atomic
@@ -6,7 +12,11 @@ as the server's expected-last-sequence check is.
 """
 
 import asyncio
+import functools
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +24,95 @@ import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchRejected, DeadLetter, PromptQueued
+from contracts.events import BatchAccepted, BatchRejected, DeadLetter, Event, PromptQueued
+from contracts.topology import KV_CANCELS, KV_STARTS
+from services.generator.cancels import KvCancelRecords
+from services.generator.claims import KvStartClaims, StartClaim, StartState
+from services.generator.handlers import (
+    SuiteAccess,
+    is_transient,
+    on_cancel_requested,
+    on_start_requested,
+    read_cancel,
+    read_start_delivery,
+)
+from services.generator.suite_loader import SuiteError, SuiteFile
+from services.generator.suite_objects import SuiteStore
+from services.runtime.messaging.handling import Policy, Unexpected, handle_one
+from services.runtime.messaging.keepalive import InProgress
+from services.runtime.messaging.publishing import JetStreamPublisher
+
+SERVICE = "generator"
+
+
+class FakePublisher:
+    """Collects what a handler publishes; `fail_after` publishes succeed, then one raises `error`."""
+
+    def __init__(self, fail_after: int | None = None, error: type[Exception] = nats.errors.TimeoutError) -> None:
+        self.events: list[Event] = []
+        self.fail_after = fail_after
+        self.error = error
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        await asyncio.sleep(0)
+        if self.fail_after is not None:
+            if self.fail_after == 0:
+                self.fail_after = None
+                raise self.error
+            self.fail_after -= 1
+        self.events.extend(events)
+
+    def of(self, kind: type[Event]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class FakeClaims:
+    """StartClaims and StartedBatches in a dict; `claim` is atomic, as KV create is."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, StartClaim] = {}
+
+    async def claim(self, batch_id: str, mine: StartClaim) -> tuple[StartClaim, bool]:
+        await asyncio.sleep(0)
+        if batch_id in self.held:
+            return self.held[batch_id], False
+        self.held[batch_id] = mine
+        return mine, True
+
+    async def settle(self, batch_id: str, mine: StartClaim, state: StartState) -> None:
+        await asyncio.sleep(0)
+        self.held[batch_id] = mine.settle(state)
+
+    async def was_started(self, batch_id: str) -> bool:
+        await asyncio.sleep(0)
+        return batch_id in self.held
+
+
+class FakeCancels:
+    def __init__(self) -> None:
+        self.recorded: dict[str, str] = {}
+
+    async def record(self, batch_id: str, reason: str) -> None:
+        self.recorded[batch_id] = reason
+
+
+class FakeSuites:
+    """Uploaded suites as local files by object name; records deletions."""
+
+    def __init__(self, objects: dict[str, Path] | None = None) -> None:
+        self.objects = dict(objects or {})
+        self.deleted: list[str] = []
+
+    async def download(self, batch_id: str, name: str, label: str, into: Path, max_bytes: int) -> SuiteFile:
+        if name not in self.objects:
+            raise SuiteError(f"no uploaded suite {name!r} (upload it before the start, once per batch)")
+        target = into / f"{batch_id}{self.objects[name].suffix}"
+        shutil.copyfile(self.objects[name], target)
+        return SuiteFile(path=target, label=label)
+
+    async def delete(self, name: str) -> None:
+        self.deleted.append(name)
+        self.objects.pop(name, None)
 
 
 @dataclass
@@ -140,3 +238,38 @@ class FakeMsg:
     @property
     def outcome(self) -> str:
         return self.settled[-1][0] if self.settled else "unsettled"
+
+
+def _policy(js: Any, parse: Any) -> Policy[Any]:
+    return Policy(
+        SERVICE,
+        parse,
+        JetStreamPublisher(lambda: js),
+        InProgress(lambda: 60.0),
+        transient=is_transient,
+        unexpected=Unexpected.DEAD_LETTER,
+    )
+
+
+async def deliver_start(js: Any, msg: Any, access: SuiteAccess | None = None, suites: SuiteStore | None = None) -> str:
+    """Deliver a start as the generator's consumer does: the real parser, handling path and KV
+    adapters over `js` (a FakeJS, or a real JetStream context). Returns how it was settled."""
+    work = functools.partial(
+        on_start_requested,
+        publisher=JetStreamPublisher(lambda: js),
+        claims=KvStartClaims(lambda: js.key_value(KV_STARTS)),
+        suites=suites or FakeSuites(),
+        access=access or SuiteAccess(),
+    )
+    await handle_one(_policy(js, read_start_delivery), msg, work)
+    return str(msg.outcome)
+
+
+async def deliver_cancel(js: Any, msg: FakeMsg) -> str:
+    work = functools.partial(
+        on_cancel_requested,
+        starts=KvStartClaims(lambda: js.key_value(KV_STARTS)),
+        cancels=KvCancelRecords(lambda: js.key_value(KV_CANCELS)),
+    )
+    await handle_one(_policy(js, read_cancel), msg, work)
+    return msg.outcome

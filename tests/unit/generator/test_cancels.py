@@ -6,8 +6,8 @@ import json
 from contracts import subjects
 from contracts.events import CancelBatchRequested
 from contracts.topology import GENERATOR_CANCEL, KV_CANCELS
-from services.generator.app import CANCEL_WAITS_FOR_START_S, handle_cancel, handle_start, run_handler
-from tests.unit.generator.fakes import FakeJS, FakeMsg
+from services.generator.handlers import CANCEL_WAITS_FOR_START_S
+from tests.unit.generator.fakes import FakeJS, FakeMsg, deliver_cancel, deliver_start
 from tests.unit.generator.test_start_claims import start_msg
 
 BATCH = "b-cancel"
@@ -18,9 +18,8 @@ def cancel_msg(batch_id: str = BATCH, subject_batch: str | None = None) -> FakeM
     return FakeMsg(subjects.cancel_requested(subject_batch or batch_id), body)
 
 
-async def deliver(js: FakeJS, msg: FakeMsg, handle=handle_cancel) -> str:  # type: ignore[no-untyped-def]
-    await run_handler(js, msg, handle, keepalive_s=60)  # type: ignore[arg-type]
-    return msg.outcome
+async def deliver(js: FakeJS, msg: FakeMsg) -> str:
+    return await deliver_cancel(js, msg)
 
 
 def cancelled(js: FakeJS) -> dict[str, bytes]:
@@ -51,7 +50,7 @@ async def test_starting_an_id_after_its_refused_cancel_runs_every_prompt() -> No
         await deliver(js, msg)
         msg = msg.redelivered()
     assert await deliver(js, msg) == "ack"
-    assert await deliver(js, start_msg(batch_id=BATCH), handle_start) == "ack"
+    assert await deliver_start(js, start_msg(batch_id=BATCH)) == "ack"
     assert len(js.accepted()) == 1 and BATCH not in cancelled(js)
 
 
@@ -59,15 +58,15 @@ async def test_cancel_handled_just_before_its_start_is_recorded_once_the_start_c
     js = FakeJS()
     early = cancel_msg()
     assert await deliver(js, early) == "nak"
-    assert await deliver(js, start_msg(batch_id=BATCH), handle_start) == "ack"
+    assert await deliver_start(js, start_msg(batch_id=BATCH)) == "ack"
     assert await deliver(js, early.redelivered()) == "ack"
     assert cancelled(js) == {BATCH: b"user asked"} and js.dead_letters == []
 
 
 async def test_cancel_whose_body_names_another_batch_is_dead_lettered() -> None:
     js = FakeJS()
-    assert await deliver(js, start_msg(batch_id="b-victim"), handle_start) == "ack"
-    assert await deliver(js, start_msg(batch_id=BATCH), handle_start) == "ack"
+    assert await deliver_start(js, start_msg(batch_id="b-victim")) == "ack"
+    assert await deliver_start(js, start_msg(batch_id=BATCH)) == "ack"
     forged = cancel_msg(batch_id="b-victim", subject_batch=BATCH)
     assert await deliver(js, forged) == "ack"
     assert cancelled(js) == {}

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.events import BatchConfig, Case, StartBatchRequested, SuiteRef
-from services.generator.logic import Invalid, plan_batch, read_start
+from services.generator.logic import InvalidStart, plan_batch, read_start
 
 SUBJECT = "evalbus.v1.batch.b-prop.start.requested"
 json_values = st.recursive(
@@ -22,7 +22,7 @@ VALID = StartBatchRequested(
 @given(st.binary(max_size=2000))
 def test_arbitrary_bytes_are_rejected_with_a_reason(data: bytes) -> None:
     out = read_start(SUBJECT, data)
-    assert isinstance(out, Invalid) and out.reason and out.batch_id == "b-prop"
+    assert isinstance(out, InvalidStart) and out.reason and out.batch_id == "b-prop"
     rejection = out.rejection()
     assert rejection is not None and rejection.batch_id == "b-prop"
 
@@ -30,7 +30,7 @@ def test_arbitrary_bytes_are_rejected_with_a_reason(data: bytes) -> None:
 @given(json_values)
 def test_arbitrary_json_never_raises(value: object) -> None:
     out = read_start(SUBJECT, json.dumps(value).encode())
-    assert isinstance(out, Invalid | StartBatchRequested)
+    assert isinstance(out, InvalidStart | StartBatchRequested)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], max_examples=150)
@@ -49,7 +49,7 @@ def test_a_valid_start_with_one_field_replaced(field: str, value: object) -> Non
 @given(st.text(min_size=1, max_size=30))
 def test_odd_batch_ids_in_subjects(token: str) -> None:
     out = read_start(f"evalbus.v1.batch.{token}.start.requested", b"{}")
-    assert isinstance(out, Invalid)
+    assert isinstance(out, InvalidStart)
     if out.rejection() is None:  # cannot be told on a subject: only the dead letter keeps it
         assert not token.replace("-", "").replace("_", "").isalnum() or len(token) > 64 or not token.isascii()
 
@@ -57,4 +57,4 @@ def test_odd_batch_ids_in_subjects(token: str) -> None:
 def test_deeply_nested_json_is_a_rejection_not_a_crash() -> None:
     deep = "[" * 5000 + "]" * 5000
     out = read_start(SUBJECT, json.dumps(VALID | {"config": "x"}).encode().replace(b'"x"', deep.encode()))
-    assert isinstance(out, Invalid)
+    assert isinstance(out, InvalidStart)

@@ -9,10 +9,9 @@ import pytest
 from contracts import subjects
 from contracts.events import BatchConfig, Case, StartBatchRequested, SuiteRef
 from contracts.topology import GENERATOR_START, KV_STARTS
-from services.generator import app, logic
-from services.generator.app import handle_start, run_handler
+from services.generator import claims, handlers, logic
 from services.generator.claims import StartClaim, StartState
-from tests.unit.generator.fakes import FakeJS, FakeMsg
+from tests.unit.generator.fakes import FakeJS, FakeMsg, deliver_start
 
 BATCH = "b-claims"
 
@@ -27,8 +26,7 @@ def start_msg(model: str = "m", cases: int = 2, batch_id: str = BATCH, delivered
 
 
 async def deliver(js: FakeJS, msg: FakeMsg) -> str:
-    await run_handler(js, msg, handle_start, keepalive_s=60)  # type: ignore[arg-type]
-    return msg.outcome
+    return await deliver_start(js, msg)
 
 
 async def deliver_until_settled(js: FakeJS, msg: FakeMsg) -> FakeMsg:
@@ -151,7 +149,7 @@ async def test_an_unexpected_failure_after_the_claim_is_rejected_not_retried(mon
     async def broken(*_: object) -> None:
         raise KeyError("surprise")
 
-    monkeypatch.setattr(app, "_publish_plan", broken)
+    monkeypatch.setattr(handlers, "publish_plan", broken)
     js = FakeJS()
     assert await deliver(js, start_msg()) == "ack"
     # The failure came after the accepted event could have gone out: the batch is not rejected.
@@ -163,7 +161,7 @@ async def test_an_unexpected_failure_anywhere_is_dead_lettered_and_acked(monkeyp
     async def broken(*_: object) -> None:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(app, "claim", broken)
+    monkeypatch.setattr(claims, "claim", broken)
     js = FakeJS()
     assert await deliver(js, start_msg()) == "ack"
     assert "unexpected ZeroDivisionError" in js.dead_letters[0].reason

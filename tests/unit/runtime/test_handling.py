@@ -1,14 +1,29 @@
-"""The batched worker isolates a poison message: with fakes for the broker side."""
+"""The one place a message meets its handler (services/runtime/messaging/handling.py), with fakes
+for the broker side: parse, dead letters, screens, poison isolation, and what a handler raises."""
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 
-from contracts.events import Event
-from services.runtime.messaging.handling import Refusal, handle_isolated, work_batch
+from contracts.events import Event, PromptScored
+from services.runtime.messaging.handling import (
+    Parse,
+    Policy,
+    Refusal,
+    Refused,
+    RetryLater,
+    Unexpected,
+    handle_batch,
+    handle_isolated,
+    handle_one,
+    never_transient,
+    typed,
+)
+from services.runtime.messaging.keepalive import InProgress
+from services.runtime.messaging.publishing import JetStreamPublisher
 from tests.integration.events import scored
 
 BATCH = "b-iso"
@@ -51,10 +66,18 @@ def messages(n: int) -> list[FakeMsg]:
     return [FakeMsg(scored(BATCH, i).subject, scored(BATCH, i).to_json(), i + 1) for i in range(n)]
 
 
-def parse(raw: Any) -> Event:
-    from contracts.events import PromptScored
+parse = typed(PromptScored)
 
-    return PromptScored.model_validate_json(raw.data)
+
+def policy(
+    js: FakeJs,
+    parse: Parse[Any] = parse,
+    transient: Callable[[BaseException], bool] = never_transient,
+    unexpected: Unexpected = Unexpected.RETRY,
+) -> Policy[Any]:
+    return Policy(
+        "t", parse, JetStreamPublisher(lambda: js), InProgress(lambda: 30.0), transient=transient, unexpected=unexpected
+    )  # type: ignore[arg-type, return-value]
 
 
 async def test_one_poison_message_in_100_fails_alone_and_the_99_are_acked_on_their_first_delivery() -> None:
@@ -67,7 +90,7 @@ async def test_one_poison_message_in_100_fails_alone_and_the_99_are_acked_on_the
             raise RuntimeError("poison")
         return []
 
-    await work_batch(FakeJs(), "t", raws, parse, work)  # type: ignore[arg-type]
+    await handle_batch(policy(FakeJs(), parse), raws, work)  # type: ignore[arg-type]
     assert [m.settled for i, m in enumerate(raws) if i != 37] == [[("ack", None)]] * 99
     assert raws[37].settled == [("nak", 2.0)]  # retried alone, with the first retry delay
     assert len(calls) <= 2 * 7 + 1  # a bisection, not one call per message
@@ -81,7 +104,7 @@ async def test_a_transient_fault_retries_the_batch_as_a_whole_without_splitting(
         calls.append(len(events))
         raise ConnectionRefusedError("database down")
 
-    await work_batch(FakeJs(), "t", raws, parse, work, transient=lambda e: isinstance(e, OSError))  # type: ignore[arg-type]
+    await handle_batch(policy(FakeJs(), parse, transient=lambda e: isinstance(e, OSError)), raws, work)  # type: ignore[arg-type]
     assert calls == [50] and all(m.settled == [("nak", 2.0)] for m in raws)
 
 
@@ -108,7 +131,7 @@ async def test_an_event_on_another_batchs_subject_is_dead_lettered_never_worked_
         worked.extend(events)
         return []
 
-    await work_batch(js, "t", [raw], parse, work)  # type: ignore[arg-type, list-item]
+    await handle_batch(policy(js, parse), [raw], work)  # type: ignore[arg-type, list-item]
     assert worked == [] and raw.settled == [("ack", None)]
     [letter] = js.letters()
     assert "does not match the event" in letter["reason"] and "b-other" in letter["reason"]
@@ -127,7 +150,7 @@ async def test_a_screen_refuses_or_defers_single_messages() -> None:
         worked.extend(events)
         return []
 
-    await work_batch(js, "t", raws, parse, work, screen=screen)  # type: ignore[arg-type]
+    await handle_batch(policy(js, parse), raws, work, screen=screen)  # type: ignore[arg-type]
     assert [getattr(e, "index", None) for e in worked] == [0]
     assert [m.settled for m in raws] == [[("ack", None)], [("ack", None)], [("nak", 2.0)]]
     assert [d["reason"] for d in js.letters()] == ["not one of the batch's prompts"]
@@ -137,10 +160,10 @@ async def test_a_parse_that_raises_anything_dead_letters_that_message_alone() ->
     js = FakeJs()
     raws = messages(3)
 
-    def fragile(raw: Any) -> Event:
-        if raw is raws[1]:
+    def fragile(msg: Any) -> Event:
+        if msg.data == raws[1].data:
             raise RecursionError("maximum recursion depth exceeded")
-        return parse(raw)
+        return parse(msg)
 
     worked: list[Event] = []
 
@@ -148,7 +171,7 @@ async def test_a_parse_that_raises_anything_dead_letters_that_message_alone() ->
         worked.extend(events)
         return []
 
-    await work_batch(js, "t", raws, fragile, work)  # type: ignore[arg-type]
+    await handle_batch(policy(js, fragile), raws, work)  # type: ignore[arg-type]
     assert len(worked) == 2 and all(m.settled == [("ack", None)] for m in raws)
     assert [d["reason"] for d in js.letters()] == ["could not parse: RecursionError"]
 
@@ -164,7 +187,7 @@ async def test_a_deferred_message_is_dead_lettered_after_a_few_deliveries() -> N
     async def work(events: list[Event]) -> Sequence[Event]:
         raise AssertionError("not worked on")
 
-    await work_batch(js, "t", [raw], parse, work, screen=screen)  # type: ignore[arg-type, list-item]
+    await handle_batch(policy(js, parse), [raw], work, screen=screen)  # type: ignore[arg-type, list-item]
     assert raw.settled == [("ack", None)]
     assert [d["reason"] for d in js.letters()] == ["batch not recorded yet after 5 deliveries"]
 
@@ -181,5 +204,91 @@ async def test_results_the_broker_does_not_take_retry_the_batch_without_splittin
         calls.append(len(events))
         return list(events)
 
-    await work_batch(DownJs(), "t", raws, parse, work)  # type: ignore[arg-type, list-item]
+    await handle_batch(policy(DownJs(), parse), raws, work)  # type: ignore[arg-type, list-item]
     assert calls == [8] and all(m.settled == [("nak", 2.0)] for m in raws)
+
+
+# ---- one message, one handler call: what the handler returns or raises -------------------------
+
+
+def one() -> FakeMsg:
+    return messages(1)[0]
+
+
+async def test_what_a_handler_returns_is_published_then_the_message_acked() -> None:
+    js, raw = FakeJs(), one()
+    seen: list[PromptScored] = []
+
+    async def work(evt: PromptScored) -> Event:
+        seen.append(evt)
+        return scored(BATCH, 5)
+
+    await handle_one(policy(js), raw, work)  # type: ignore[arg-type]
+    assert [e.index for e in seen] == [0] and raw.settled == [("ack", None)]
+    assert [s for s, _ in js.published] == [scored(BATCH, 5).subject]
+
+
+async def test_retry_later_naks_with_the_handlers_delay() -> None:
+    raw = one()
+
+    async def work(evt: PromptScored) -> Event:
+        raise RetryLater(7.5, "not started yet")
+
+    await handle_one(policy(FakeJs()), raw, work)  # type: ignore[arg-type]
+    assert raw.settled == [("nak", 7.5)]
+
+
+async def test_refused_dead_letters_with_the_reason_and_acks() -> None:
+    js, raw = FakeJs(), one()
+
+    async def work(evt: PromptScored) -> Event:
+        raise Refused("no batch b-iso was started")
+
+    await handle_one(policy(js), raw, work)  # type: ignore[arg-type]
+    assert raw.settled == [("ack", None)] and [d["reason"] for d in js.letters()] == ["no batch b-iso was started"]
+
+
+async def test_an_unexpected_error_is_retried_or_dead_lettered_as_the_consumer_declares() -> None:
+    async def work(evt: PromptScored) -> Event:
+        raise KeyError("bug")
+
+    retried, js = one(), FakeJs()
+    await handle_one(policy(js), retried, work)  # type: ignore[arg-type]
+    assert retried.settled == [("nak", 2.0)] and js.letters() == []
+    lettered, js = one(), FakeJs()
+    await handle_one(policy(js, unexpected=Unexpected.DEAD_LETTER), lettered, work)  # type: ignore[arg-type]
+    assert lettered.settled == [("ack", None)]
+    assert [d["reason"] for d in js.letters()] == ["unexpected KeyError in the t; not retried"]
+
+
+async def test_a_transient_error_is_retried_even_where_unexpected_ones_are_dead_lettered() -> None:
+    js, raw = FakeJs(), one()
+
+    async def work(evt: PromptScored) -> Event:
+        raise ConnectionRefusedError("broker away")
+
+    pol = policy(js, transient=lambda e: isinstance(e, OSError), unexpected=Unexpected.DEAD_LETTER)
+    await handle_one(pol, raw, work)  # type: ignore[arg-type]
+    assert raw.settled == [("nak", 2.0)] and js.letters() == []
+
+
+async def test_a_message_that_does_not_parse_never_reaches_the_handler() -> None:
+    js = FakeJs()
+    raw = FakeMsg(scored(BATCH, 0).subject, b'{"batch_id": 3}', 1)
+
+    async def work(evt: PromptScored) -> Event:
+        raise AssertionError("not called")
+
+    await handle_one(policy(js), raw, work)  # type: ignore[arg-type]
+    [letter] = js.letters()
+    assert raw.settled == [("ack", None)] and letter["reason"].startswith("invalid PromptScored: ")
+
+
+async def test_a_message_the_parser_passes_by_is_acked_unworked() -> None:
+    js, raw = FakeJs(), one()
+
+    async def work(evt: PromptScored) -> Event:
+        raise AssertionError("not called")
+
+    await handle_one(policy(js, parse=lambda msg: None), raw, work)  # type: ignore[arg-type]
+    assert raw.settled == [("ack", None)] and js.published == []
