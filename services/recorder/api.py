@@ -12,7 +12,7 @@ log); no reply exceeds the connection's max payload.
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import nats.micro
 from nats.aio.client import Client
@@ -30,7 +30,6 @@ from services.recorder.sample_queries import samples_page
 
 log = logging.getLogger("evalbus.recorder.api")
 Query = Callable[[AsyncConnection, str], Awaitable[BaseModel | None]]
-Resume = Callable[[str, str], Awaitable[BaseModel | None]]
 Handler = Callable[[Request], Awaitable[None]]
 Q = TypeVar("Q", bound=BaseModel)
 # Room left in a reply for the page's envelope and the micro service's headers.
@@ -39,6 +38,12 @@ REPLY_HEADROOM_BYTES = 16 * 1024
 MAX_ERROR_CHARS = 1000
 MAX_PROBLEMS = 5
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Redrives(Protocol):
+    """What answers `batch.resume` (redrive.Redriver): None for no such batch."""
+
+    async def redrive(self, batch_id: str, token: str) -> BaseModel | None: ...
 
 
 def _clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -130,7 +135,7 @@ def _endpoint(engine: AsyncEngine, query: Query) -> Handler:
     return _typed_endpoint(engine, BatchRef, answer, lambda ref: f"no batch {ref.batch_id!r}")
 
 
-def _resume_endpoint(resume: Resume) -> Handler:
+def _redrive_endpoint(redriver: Redrives) -> Handler:
     async def handle(req: Request) -> None:
         try:
             ask = ResumeRequest.model_validate_json(req.data or b"{}")
@@ -138,9 +143,9 @@ def _resume_endpoint(resume: Resume) -> Handler:
             await _error(req, "400", f"bad ResumeRequest (fields: batch_id, token): {_problems(exc)}")
             return
         try:
-            result = await resume(ask.batch_id, ask.token)
+            result = await redriver.redrive(ask.batch_id, ask.token)
         except Exception as exc:
-            log.warning("resume of %s failed: %s", ask.batch_id, _clip(repr(exc), 2000))
+            log.warning("re-drive of %s failed: %s", ask.batch_id, _clip(repr(exc), 2000))
             await _error(req, "503", "could not resume: database or broker unavailable")
             return
         if result is None:
@@ -151,7 +156,7 @@ def _resume_endpoint(resume: Resume) -> Handler:
     return handle
 
 
-async def start_api(nc: Client, engine: AsyncEngine, resume: Resume) -> Service:
+async def start_api(nc: Client, engine: AsyncEngine, redriver: Redrives) -> Service:
     svc = await nats.micro.add_service(
         nc, name="evalbus-recorder", version="0.1.0", description="evalbus queries over recorded batches"
     )
@@ -165,7 +170,7 @@ async def start_api(nc: Client, engine: AsyncEngine, resume: Resume) -> Service:
 
     await add(group, "status", _endpoint(engine, progress))
     await add(group, "report", _endpoint(engine, report))
-    await add(group, "resume", _resume_endpoint(resume))
+    await add(group, "resume", _redrive_endpoint(redriver))  # the wire keeps its name
     await add(group, "quality", _endpoint(engine, batch_quality))
     budget = max(64 * 1024, nc.max_payload - REPLY_HEADROOM_BYTES)
 

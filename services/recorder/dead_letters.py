@@ -1,21 +1,17 @@
-"""Dead letters: kept as rows, and a prompt whose event ran out of deliveries becomes a failure,
-so its batch still finishes (terminal exactly once: succeeded, failed or dead-lettered)."""
+"""What a dead letter means: kept as a row, and a prompt whose event ran out of deliveries becomes
+a failure, so its batch still finishes (terminal exactly once: succeeded, failed or dead-lettered).
+The rows are written by repository.record_dead_letters."""
 
 from typing import Any
 
 import orjson
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from pydantic import ValidationError
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ids, subjects
 from contracts.enums import FailureCategory, Stage
 from contracts.events import DeadLetter, PromptEvent
-from services.recorder import tables as t
-from services.recorder.checks import batch_totals
+from services.recorder.parsing import Advisory
+from services.runtime.messaging.handling import Incoming
 
 # The stage that did not happen when a message of this kind could not be processed.
 STAGE_OF = {"queued": Stage.CHAT, "responded": Stage.JUDGE, "judged": Stage.SCORE}
@@ -24,25 +20,14 @@ STAGE_OF = {"queued": Stage.CHAT, "responded": Stage.JUDGE, "judged": Stage.SCOR
 ENDING = {"scored", "failed"}
 
 
-async def from_advisory(js: JetStreamContext, raw: Msg) -> DeadLetter | None:
-    """Turn a MAX_DELIVERIES advisory into a dead letter holding the original message."""
-    advisory = orjson.loads(raw.data)
-    if not isinstance(advisory, dict):
-        raise ValueError("an advisory must be a JSON object")
-    seq = int(advisory["stream_seq"])  # typed as a string by some server versions
-    if not 0 < seq < 2**63:
-        raise ValueError(f"stream_seq {seq} out of range")
-    consumer = str(advisory.get("consumer", "unknown"))
-    try:
-        original = await js.get_msg(subjects.STREAM_EVENTS, seq)
-    except NotFoundError:
-        return None  # aged out of the stream already: nothing left to keep
+def from_advisory(advisory: Advisory, original: Incoming) -> DeadLetter:
+    """The dead letter a MAX_DELIVERIES advisory stands for, holding the original message."""
     return DeadLetter(
-        service=consumer,
-        subject=original.subject or "",
-        reason=f"not processed after {advisory.get('deliveries', '?')} deliveries to {consumer}",
-        payload=printable((original.data or b"")[:65_536].decode("utf-8", errors="backslashreplace")),
-        stream_seq=seq,
+        service=advisory.consumer,
+        subject=original.subject,
+        reason=f"not processed after {advisory.deliveries} deliveries to {advisory.consumer}",
+        payload=printable(original.data[:65_536].decode("utf-8", errors="backslashreplace")),
+        stream_seq=advisory.stream_seq,
     )
 
 
@@ -81,28 +66,3 @@ def prompt_failure(letter: DeadLetter) -> dict[str, Any] | None:
         "attempts": 0,
         "raw_output": None,
     }
-
-
-async def record_dead_letters(conn: AsyncConnection, letters: list[DeadLetter]) -> set[str]:
-    """Store the letters and the failures they imply; returns the batches touched."""
-    if not letters:
-        return set()
-    rows = [
-        {
-            "service": printable(dl.service),
-            "subject": printable(dl.subject),
-            "stream_seq": dl.stream_seq,
-            "reason": printable(dl.reason),
-            "payload": printable(dl.payload),
-        }
-        for dl in letters
-    ]
-    await conn.execute(insert(t.dead_letters).on_conflict_do_nothing(), rows)
-    failures = [f for f in (prompt_failure(dl) for dl in letters) if f is not None]
-    # Only prompts their batch has become failures (one query): a dead letter of a forged or
-    # refused event must not finish, or count in, a batch. A batch without a row is left out.
-    totals = await batch_totals(conn, {f["batch_id"] for f in failures})
-    failures = [f for f in failures if f.pop("idx") < (totals.get(f["batch_id"]) or 0)]
-    if failures:
-        await conn.execute(insert(t.failures).on_conflict_do_nothing(), failures)
-    return {f["batch_id"] for f in failures}

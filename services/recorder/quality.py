@@ -11,11 +11,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.quality import FieldLength, QualityConfig, QualityFlag, QualityReport, Rating
-from services.recorder import tables as t
 
 OTHER = "(other)"
 TOP_VALUES = 20  # values shown per distribution; the rest are summed under "(other)"
@@ -248,21 +246,6 @@ async def compute_quality(conn: AsyncConnection, batch_id: str) -> QualityReport
         judge_averages=dict(sorted(judge_averages.items())),
         flags=flags,
         rating=rating(cfg, pass_rate, flags),
-    )
-
-
-async def store_quality(conn: AsyncConnection, report: QualityReport) -> None:
-    row = {"batch_id": report.batch_id, "rating": report.rating, "report": report.model_dump(mode="json")}
-    stmt = insert(t.quality_reports).values(row)
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["batch_id"],
-            set_={
-                "rating": stmt.excluded.rating,
-                "report": stmt.excluded.report,
-                "computed_at": stmt.excluded.computed_at,
-            },
-        )
     )
 
 

@@ -1,17 +1,21 @@
 """Re-driving a batch from the database, the system of record: every prompt that is neither
-scored nor failed gets its next step's event again, rebuilt from its rows. Used when events were
-lost from the stream (or every service was down) and by the stall check.
+scored nor failed gets its next step's event again, rebuilt from its rows. Asked for over the API
+(`evalbus resume`, when events were lost from the stream or every service was down), and done by
+the recorder itself for a running batch that has made no progress for `stall_after_s`.
 
 Re-driven events carry new ids (`token` makes them distinct from the originals, which the
 stream's dedup window would otherwise drop); consumers are idempotent, so a prompt that was only
 slow, not lost, costs at most one more model call and is still recorded once."""
 
+import asyncio
+import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts.events import (
     BatchConfig,
@@ -22,9 +26,17 @@ from contracts.events import (
     PromptJudged,
     PromptQueued,
     PromptResponded,
+    ResumeResult,
     Usage,
 )
 from contracts.ids import event_id
+from services.recorder import reporting
+from services.runtime.messaging.publishing import Publisher
+
+log = logging.getLogger("evalbus.recorder")
+REDRIVE_PUBLISH_CHUNK = 1000
+# How often running batches are looked at for progress: a quarter of the wait, at most 30 s.
+REDRIVE_CHECK_MAX_S = 30.0
 
 _UNFINISHED = text(
     """
@@ -122,3 +134,56 @@ async def redrive_events(conn: AsyncConnection, batch_id: str, token: str) -> Se
 
 def summary(events: Sequence[Event]) -> dict[str, int]:
     return dict(Counter(f"{e.entity}.{e.verb}" for e in events))
+
+
+class Redriver:
+    """Re-drives batches: on request (`redrive`), and those that made no progress
+    (`redrive_idle`)."""
+
+    def __init__(self, engine: AsyncEngine, publisher: Publisher) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self._last_moved: dict[str, tuple[tuple[int, int, int, int], float]] = {}
+
+    async def redrive(self, batch_id: str, token: str) -> ResumeResult | None:
+        """Send every unfinished prompt of a running batch on again, rebuilt from its rows
+        (None: no such batch)."""
+        async with self.engine.connect() as conn:
+            events = await redrive_events(conn, batch_id, token)
+        if events is None:
+            return None
+        for start in range(0, len(events), REDRIVE_PUBLISH_CHUNK):
+            await self.publisher.publish(events[start : start + REDRIVE_PUBLISH_CHUNK])
+        if events:
+            log.warning("re-drove %d prompts of batch %s (%s)", len(events), batch_id, token)
+        return ResumeResult(batch_id=batch_id, redriven=len(events), by_event=summary(events))
+
+    async def redrive_idle(self, idle_after_s: float) -> None:
+        """Re-drive running batches whose committed state has not moved for `idle_after_s`."""
+        now = time.monotonic()
+        async with self.engine.connect() as conn:
+            running = await reporting.running_batches(conn)
+            snapshots = {b: await reporting.progress(conn, b) for b in running}
+        for batch_id, prog in snapshots.items():
+            if prog is None:
+                continue
+            key = (prog.responded, prog.judged, prog.scored, prog.failed)
+            seen = self._last_moved.get(batch_id)
+            if seen is None or seen[0] != key:
+                self._last_moved[batch_id] = (key, now)
+            elif now - seen[1] >= idle_after_s:
+                self._last_moved[batch_id] = (key, now)
+                try:  # one batch whose rows cannot be re-driven must not stop the others'
+                    await self.redrive(batch_id, f"stall-{int(time.time())}")  # the token's wire spelling
+                except Exception as exc:
+                    log.warning("could not re-drive batch %s (no progress for %.0f s): %r", batch_id, idle_after_s, exc)
+        for gone in set(self._last_moved) - set(snapshots):
+            del self._last_moved[gone]
+
+    async def redrive_idle_forever(self, idle_after_s: float) -> None:
+        while True:
+            await asyncio.sleep(min(REDRIVE_CHECK_MAX_S, idle_after_s / 4))
+            try:
+                await self.redrive_idle(idle_after_s)
+            except Exception as exc:
+                log.warning("re-drive check failed: %r", exc)

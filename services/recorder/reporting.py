@@ -239,32 +239,6 @@ async def component_summaries(conn: AsyncConnection, batch_id: str) -> list[Comp
     ]
 
 
-async def store_final(conn: AsyncConnection, rep: BatchReport) -> bool:
-    """Mark a running batch finished with its totals; False if it was already finished."""
-    result = await conn.execute(
-        text(
-            """
-            UPDATE batches SET status = :status, completed_prompts = :completed, failed_prompts = :failed,
-              passed_prompts = :passed, tokens_in = :tin, tokens_out = :tout, cost_usd = :cost,
-              report = CAST(:report AS jsonb), finished_at = now()
-            WHERE batch_id = :b AND status = 'running'
-            """
-        ),
-        {
-            "b": rep.batch_id,
-            "status": rep.status.value,
-            "completed": rep.completed,
-            "failed": rep.failed,
-            "passed": rep.passed,
-            "tin": rep.tokens_in,
-            "tout": rep.tokens_out,
-            "cost": rep.cost_usd,
-            "report": rep.model_dump_json(),
-        },
-    )
-    return bool(result.rowcount)
-
-
 async def running_batches(conn: AsyncConnection) -> list[str]:
     rows = await conn.execute(text("SELECT batch_id FROM batches WHERE status = 'running'"))
     return [r[0] for r in rows]

@@ -1,4 +1,6 @@
-"""Writing events as rows: one bulk upsert per table per batch of events, keyed by natural ids.
+"""Every write of the recorder: events as rows (one bulk upsert per table per batch of events,
+keyed by natural ids), dead letters and the failures they imply, breaker events, and a finished
+batch's report and quality.
 
 `execute(insert(...).on_conflict_do_nothing(), [dicts])` takes SQLAlchemy's insertmanyvalues
 path, about 8x faster than one `.values([...])` statement per batch.
@@ -8,14 +10,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table
+import orjson
+from sqlalchemy import Table, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from contracts.enums import BatchStatus
 from contracts.events import (
     BatchAccepted,
     BatchRejected,
+    BatchReport,
+    DeadLetter,
     Event,
     PromptFailed,
     PromptJudged,
@@ -23,7 +28,11 @@ from contracts.events import (
     PromptResponded,
     PromptScored,
 )
+from contracts.quality import QualityReport
 from services.recorder import tables as t
+from services.recorder.checks import batch_totals
+from services.recorder.dead_letters import printable, prompt_failure
+from services.recorder.parsing import BreakerRow
 
 # Parents first, so a batch row exists before the rows that point at it.
 ORDER: tuple[Table, ...] = (
@@ -204,3 +213,111 @@ async def record(conn: AsyncConnection, events: Sequence[Event]) -> set[str]:
             # neither a late `accepted` nor a `rejected` changes a batch that is already recorded.
             await conn.execute(insert(table).on_conflict_do_nothing(), shaped)
     return touched
+
+
+async def record_dead_letters(conn: AsyncConnection, letters: list[DeadLetter]) -> set[str]:
+    """Store the letters and the failures they imply; returns the batches touched."""
+    if not letters:
+        return set()
+    rows = [
+        {
+            "service": printable(dl.service),
+            "subject": printable(dl.subject),
+            "stream_seq": dl.stream_seq,
+            "reason": printable(dl.reason),
+            "payload": printable(dl.payload),
+        }
+        for dl in letters
+    ]
+    await conn.execute(insert(t.dead_letters).on_conflict_do_nothing(), rows)
+    failures = [f for f in (prompt_failure(dl) for dl in letters) if f is not None]
+    # Only prompts their batch has become failures (one query): a dead letter of a forged or
+    # refused event must not finish, or count in, a batch. A batch without a row is left out.
+    totals = await batch_totals(conn, {f["batch_id"] for f in failures})
+    failures = [f for f in failures if f.pop("idx") < (totals.get(f["batch_id"]) or 0)]
+    if failures:
+        await conn.execute(insert(t.failures).on_conflict_do_nothing(), failures)
+    return {f["batch_id"] for f in failures}
+
+
+BREAKER_FIELDS = {"service", "endpoint", "old_state", "new_state", "occurred_at"}
+
+
+async def record_breaker_events(conn: AsyncConnection, rows: Sequence[BreakerRow]) -> None:
+    """One row per breaker event, keyed by its stream sequence (a redelivery changes nothing)."""
+    if rows:
+        await conn.execute(
+            insert(t.breaker_events).on_conflict_do_nothing(),
+            [{"stream_seq": r.stream_seq, **r.event.model_dump(include=BREAKER_FIELDS)} for r in rows],
+        )
+
+
+async def store_final(conn: AsyncConnection, rep: BatchReport) -> bool:
+    """Mark a running batch finished with its totals; False if it was already finished."""
+    result = await conn.execute(
+        text(
+            """
+            UPDATE batches SET status = :status, completed_prompts = :completed, failed_prompts = :failed,
+              passed_prompts = :passed, tokens_in = :tin, tokens_out = :tout, cost_usd = :cost,
+              report = CAST(:report AS jsonb), finished_at = now()
+            WHERE batch_id = :b AND status = 'running'
+            """
+        ),
+        {
+            "b": rep.batch_id,
+            "status": rep.status.value,
+            "completed": rep.completed,
+            "failed": rep.failed,
+            "passed": rep.passed,
+            "tin": rep.tokens_in,
+            "tout": rep.tokens_out,
+            "cost": rep.cost_usd,
+            "report": rep.model_dump_json(),
+        },
+    )
+    return bool(result.rowcount)
+
+
+async def store_quality(conn: AsyncConnection, report: QualityReport) -> None:
+    row = {"batch_id": report.batch_id, "rating": report.rating, "report": report.model_dump(mode="json")}
+    stmt = insert(t.quality_reports).values(row)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["batch_id"],
+            set_={
+                "rating": stmt.excluded.rating,
+                "report": stmt.excluded.report,
+                "computed_at": stmt.excluded.computed_at,
+            },
+        )
+    )
+
+
+def connect(database_url: str) -> AsyncEngine:
+    """The recorder's engine (one per process)."""
+    return create_async_engine(
+        database_url,
+        pool_size=5,
+        max_overflow=5,
+        pool_pre_ping=True,
+        # A paused or partitioned database surfaces as an error (and a retry), not a hang.
+        connect_args={"command_timeout": 20},
+        # orjson for JSONB columns: the stdlib encoder was a tenth of the recorder's write path.
+        json_serializer=lambda value: orjson.dumps(value).decode(),
+        json_deserializer=orjson.loads,
+    )
+
+
+class Repository:
+    """The writes handlers make, each in a transaction of its own on the recorder's engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def record_dead_letters(self, letters: list[DeadLetter]) -> set[str]:
+        async with self.engine.begin() as conn:
+            return await record_dead_letters(conn, letters)
+
+    async def record_breaker_events(self, rows: Sequence[BreakerRow]) -> None:
+        async with self.engine.begin() as conn:
+            await record_breaker_events(conn, rows)

@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
 from services.recorder.api import start_api
-from services.recorder.app import Recorder
+from services.recorder.redrive import Redriver
 from services.recorder.repository import record
+from services.runtime.messaging.publishing import JetStreamPublisher
 from tests.fuzz import payloads as p
 from tests.integration.test_queries import events
 
@@ -60,9 +61,10 @@ class Api:
         async with self.engine.begin() as conn:
             await record(conn, events(self.batch_id, "s-fz", "e-fz"))
         self.server_nc = await nats.connect(nats_url)
-        recorder = Recorder(self.engine)
         js = self.server_nc.jetstream()
-        self.service = await start_api(self.server_nc, self.engine, lambda b, t: recorder.resume(js, b, t))
+        self.service = await start_api(
+            self.server_nc, self.engine, Redriver(self.engine, JetStreamPublisher(lambda: js))
+        )
         self.nc: Client = await nats.connect(nats_url)
 
     async def _ask(self, endpoint: str, body: bytes) -> Reply:

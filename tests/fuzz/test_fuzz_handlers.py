@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 from contracts import subjects
 from contracts.events import DeadLetter, Event, PromptJudged, PromptQueued, PromptResponded
 from contracts.text import storable
-from services.recorder.app import parse_event
-from services.recorder.dead_letters import from_advisory, prompt_failure
+from services.recorder.dead_letters import prompt_failure
+from services.recorder.parsing import parse_dead_letter, parse_event
 from services.runtime.messaging.handling import Incoming, Parse, Policy, handle_batch, handle_one, typed
 from services.runtime.messaging.keepalive import InProgress
 from services.runtime.messaging.publishing import JetStreamPublisher
@@ -202,14 +202,9 @@ def test_a_dead_letters_prompt_failure_never_raises(payload: bytes, verb: str) -
     assert row is None or (row["batch_id"] and row["prompt_id"])
 
 
-class _NoStream:
-    async def get_msg(self, stream: str, seq: int) -> Any:
-        return SimpleNamespace(subject="evalbus.v1.batch.b-fuzz.prompt.queued", data=b"{}")
-
-
 @FUZZ
 @given(body=st.one_of(p.json_values().map(p.dumps), st.binary(max_size=100)))
-def test_advisory_parsing_raises_only_what_the_dead_letter_consumer_catches(body: bytes) -> None:
-    raw = FakeMsg("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EVALBUS_EVENTS.x", body, seq=1)
-    with contextlib.suppress(ValidationError, ValueError, KeyError):  # what on_dead_letters skips
-        asyncio.run(from_advisory(_NoStream(), raw))  # type: ignore[arg-type]
+def test_advisory_parsing_raises_only_what_the_dead_letter_consumer_expects(body: bytes) -> None:
+    msg = Incoming("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EVALBUS_EVENTS.x", body, stream_seq=1)
+    with contextlib.suppress(ValidationError, ValueError, KeyError, TypeError):  # dropped with a warning
+        parse_dead_letter(msg)

@@ -13,9 +13,12 @@ from contracts.enums import FailureCategory, Stage
 from contracts.events import BatchAccepted, BatchConfig, ChatMessage, DeadLetter, PromptFailed, PromptQueued
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
-from services.recorder.dead_letters import from_advisory, record_dead_letters
-from services.recorder.repository import record
-from services.runtime.messaging.publishing import publish_events
+from services.recorder.handlers import dead_letter_of
+from services.recorder.parsing import parse_dead_letter
+from services.recorder.repository import record, record_dead_letters
+from services.recorder.streams import StreamOriginals
+from services.runtime.messaging.handling import Incoming
+from services.runtime.messaging.publishing import JetStreamPublisher, publish_events
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +55,10 @@ async def test_max_deliveries_advisory_becomes_a_dead_letter_and_a_failure(serve
     with contextlib.suppress(TimeoutError):  # the server gives up when it would deliver a third time
         await sub.fetch(1, timeout=1)
     advisory = (await advisories.fetch(1, timeout=10))[0]  # captured by the DLQ stream
-    letter = await from_advisory(js, advisory)
+    # As the recorder's dead-letter consumer resolves it: parsed, then the original read from the stream.
+    letter = await dead_letter_of(
+        parse_dead_letter(Incoming.of(advisory)), StreamOriginals(JetStreamPublisher(lambda: js))
+    )
     await nc.close()  # (drain would wait out the open pull requests)
     assert isinstance(letter, DeadLetter) and letter.subject == evt.subject and "2 deliveries" in letter.reason
 

@@ -368,7 +368,7 @@ async def test_recorder_reads_back_the_event_a_max_deliveries_advisory_names(con
     scorer, rec = await connect("scorer"), await connect("recorder")
     subject = subjects.batch_event(new_batch_id(), "prompt", "scored")
     ack = await scorer.js.publish(subject, b"{}", headers=msg_id(), stream=subjects.STREAM_EVENTS)
-    # As services.recorder.dead_letters.from_advisory does.
+    # As services.recorder.streams.StreamOriginals does.
     assert (await rec.js.get_msg(subjects.STREAM_EVENTS, ack.seq)).subject == subject
     assert rec.errors == [] and scorer.errors == []
 
@@ -591,14 +591,16 @@ async def recorder_services(connect: Connect, servers) -> AsyncIterator[Conn]:  
     rec = await connect("recorder")
     engine = create_async_engine(servers.database_url)
 
-    async def resume(batch_id: str, token: str) -> ResumeResult:
-        # What Recorder.resume does with a prompt the database says never got an answer.
-        subject = subjects.batch_event(batch_id, "prompt", "queued")
-        await rec.js.publish(subject, b"{}", headers={"Nats-Msg-Id": f"redrive-{token}"}, stream=subjects.STREAM_EVENTS)
-        return ResumeResult(batch_id=batch_id, redriven=1, by_event={"prompt.queued": 1})
+    class OnePrompt:
+        async def redrive(self, batch_id: str, token: str) -> ResumeResult:
+            # What Redriver.redrive does with a prompt the database says never got an answer.
+            subject = subjects.batch_event(batch_id, "prompt", "queued")
+            headers = {"Nats-Msg-Id": f"redrive-{token}"}
+            await rec.js.publish(subject, b"{}", headers=headers, stream=subjects.STREAM_EVENTS)
+            return ResumeResult(batch_id=batch_id, redriven=1, by_event={"prompt.queued": 1})
 
     health = await Health("recorder", lambda: rec.nc).serve()
-    api = await start_api(rec.nc, engine, resume)
+    api = await start_api(rec.nc, engine, OnePrompt())
     await rec.nc.flush()
     try:
         yield rec

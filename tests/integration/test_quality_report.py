@@ -25,7 +25,7 @@ from contracts.events import (
 from contracts.quality import QualityConfig
 from contracts.references import ComponentScore
 from services.recorder import quality, reporting
-from services.recorder.repository import record
+from services.recorder.repository import record, store_quality
 
 pytestmark = pytest.mark.integration
 CFG = BatchConfig(
@@ -154,8 +154,8 @@ async def test_quality_report_and_scoring_figures_match_hand_computed_values(ser
         assert by_name["orders"].mean_score == 0.5
 
         async with engine.begin() as conn:
-            await quality.store_quality(conn, live)
-            await quality.store_quality(conn, live)  # a second finish (after a crash) overwrites
+            await store_quality(conn, live)
+            await store_quality(conn, live)  # a second finish (after a crash) overwrites
         async with engine.connect() as conn:
             stored = await quality.batch_quality(conn, batch_id)
         assert stored is not None and stored.model_dump(exclude={"computed_at"}) == live.model_dump(

@@ -47,7 +47,7 @@ from evalbus import client, export
 from infra.embedded import free_port
 from services.recorder import history_queries, reporting, sample_queries
 from services.recorder.api import start_api
-from services.recorder.repository import record
+from services.recorder.repository import record, store_final
 
 pytestmark = pytest.mark.integration
 CRITERIA = ["accuracy", "clarity"]
@@ -233,10 +233,11 @@ class Api:
 async def api(servers, recorded: Recorded) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
     nc = await nats.connect(servers.nats_url)
 
-    async def resume(batch_id: str, token: str) -> ResumeResult:
-        return ResumeResult(batch_id=batch_id, redriven=0, by_event={})
+    class NothingToRedrive:
+        async def redrive(self, batch_id: str, token: str) -> ResumeResult:
+            return ResumeResult(batch_id=batch_id, redriven=0, by_event={})
 
-    service = await start_api(nc, recorded.engine, resume)
+    service = await start_api(nc, recorded.engine, NothingToRedrive())
     await nc.flush()
     try:
         yield Api(nc, servers.nats_url)
@@ -445,11 +446,11 @@ async def test_a_huge_request_gets_a_bounded_error_and_the_next_request_an_answe
 
 
 async def test_resume_answers_404_for_an_unknown_batch_and_never_leaks_a_fault(servers, recorded: Recorded) -> None:  # type: ignore[no-untyped-def]
-    from services.recorder.app import Recorder
+    from services.recorder.redrive import Redriver
+    from services.runtime.messaging.publishing import JetStreamPublisher
 
     nc = await nats.connect(servers.nats_url)
-    recorder = Recorder(recorded.engine)
-    service = await start_api(nc, recorded.engine, lambda b, t: recorder.resume(nc.jetstream(), b, t))
+    service = await start_api(nc, recorded.engine, Redriver(recorded.engine, JetStreamPublisher(nc.jetstream)))
     try:
         # (the module's service answers too, from the same queue group: ask until this one does)
         for _ in range(50):
@@ -463,12 +464,13 @@ async def test_resume_answers_404_for_an_unknown_batch_and_never_leaks_a_fault(s
     finally:
         await service.stop()
 
-    async def failing(batch_id: str, token: str) -> ResumeResult:
-        raise RuntimeError(
-            '(sqlalchemy.dialects.postgresql.asyncpg.Error) SELECT status FROM batches [parameters: ("x",)]'
-        )
+    class Failing:
+        async def redrive(self, batch_id: str, token: str) -> ResumeResult:
+            raise RuntimeError(
+                '(sqlalchemy.dialects.postgresql.asyncpg.Error) SELECT status FROM batches [parameters: ("x",)]'
+            )
 
-    service = await start_api(nc, recorded.engine, failing)
+    service = await start_api(nc, recorded.engine, Failing())
     try:
         for _ in range(50):
             try:
@@ -489,10 +491,11 @@ async def test_database_down_is_a_503(servers) -> None:  # type: ignore[no-untyp
     nc = await nats.connect(servers.nats_url)
     engine = create_async_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none")
 
-    async def resume(batch_id: str, token: str) -> ResumeResult:
-        raise AssertionError("not asked")
+    class NotAsked:
+        async def redrive(self, batch_id: str, token: str) -> ResumeResult:
+            raise AssertionError("not asked")
 
-    service = await start_api(nc, engine, resume)
+    service = await start_api(nc, engine, NotAsked())
     try:
         for subject, body in [
             ("batch.samples", b'{"batch_id": "b-x"}'),
@@ -626,7 +629,7 @@ async def test_history_counts_finished_batches_from_their_stored_totals(recorded
         await record(conn, events(batch_id, f"{recorded.session}-f", recorded.experiment))
         rep = await reporting.report(conn, batch_id, BatchStatus.PARTIAL_FAILURE)
         assert rep is not None
-        await reporting.store_final(conn, rep)
+        await store_final(conn, rep)
     async with recorded.engine.connect() as conn:
         found = await history_queries.history(
             conn, HistoryQuery(experiment=recorded.experiment, status=BatchStatus.PARTIAL_FAILURE)

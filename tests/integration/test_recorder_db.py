@@ -24,8 +24,9 @@ from contracts.events import (
     Usage,
 )
 from services.recorder import reporting
-from services.recorder.app import Recorder
-from services.recorder.repository import record
+from services.recorder.repository import record, store_final
+from services.recorder.tracker import Tracker
+from services.runtime.messaging.publishing import JetStreamPublisher
 
 pytestmark = pytest.mark.integration
 CFG = BatchConfig(model="m", criteria=["accuracy", "clarity"])
@@ -136,8 +137,8 @@ async def test_redelivered_events_change_nothing_and_reports_derive_from_rows(se
         assert rep.latency_p50_ms == pytest.approx((latencies[7]), abs=0.6)
         assert rep.cost_usd == pytest.approx(0.015)
         async with engine.begin() as conn:
-            assert await reporting.store_final(conn, rep) is True
-            assert await reporting.store_final(conn, rep) is False  # finished once
+            assert await store_final(conn, rep) is True
+            assert await store_final(conn, rep) is False  # finished once
         async with engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -212,21 +213,21 @@ async def test_redrive_rebuilds_each_unfinished_prompts_next_event(servers) -> N
 
 async def test_the_write_that_may_finish_a_batch_gets_it_checked_before_the_next_tick(servers, nc) -> None:  # type: ignore[no-untyped-def]
     engine = create_async_engine(servers.database_url)
-    recorder = Recorder(engine)
     js = nc.jetstream()
+    recorder = Tracker(engine, JetStreamPublisher(lambda: js))
     batch_id = "b-finish-" + secrets.token_hex(3)
     events = batch_events(batch_id, 8)  # prompts 0 and 4 fail; the last four events are prompt 7's
     completed = await nc.subscribe(subjects.batch_event(batch_id, "batch", "completed"))
     try:
         await recorder.write([*events[:-4]])
         assert recorder.finishing.is_set()  # nothing known about the batch yet: check it
-        await recorder.flush(js)  # a regular tick: one prompt left
+        await recorder.flush()  # a regular tick: one prompt left
         assert not recorder.finishing.is_set() and not recorder.may_have_finished
         await recorder.write([*events[-4:-1]])  # queued, responded, judged: nothing finishes
         assert not recorder.finishing.is_set()
         await recorder.write([events[-1]])  # the last score
         assert recorder.finishing.is_set() and recorder.may_have_finished == {batch_id}
-        await recorder.flush(js, only_finishing=True)
+        await recorder.flush(only_finishing=True)
         done = BatchCompleted.model_validate_json((await completed.next_msg(timeout=10)).data)
         assert done.status is BatchStatus.PARTIAL_FAILURE and done.report.completed == 6
     finally:

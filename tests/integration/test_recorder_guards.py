@@ -30,10 +30,13 @@ from contracts.events import (
     PromptScored,
     Usage,
 )
-from services.recorder import checks, reporting
-from services.recorder.app import Recorder, parse_event
-from services.recorder.dead_letters import record_dead_letters
-from services.runtime.messaging.handling import work_batch
+from services.recorder import checks, handlers, reporting
+from services.recorder.parsing import parse_event
+from services.recorder.repository import record_dead_letters
+from services.recorder.tracker import Tracker
+from services.runtime.messaging.handling import Policy, Refusal, handle_batch
+from services.runtime.messaging.keepalive import InProgress
+from services.runtime.messaging.publishing import JetStreamPublisher
 from tests.integration.events import scored
 
 pytestmark = pytest.mark.integration
@@ -45,7 +48,7 @@ class Rig:
     nc: Client
     js: JetStreamContext
     engine: AsyncEngine
-    recorder: Recorder
+    tracker: Tracker
     letters: list[DeadLetter]
 
     async def publish(self, subject: str, data: bytes) -> None:
@@ -73,17 +76,30 @@ class Rig:
         raws: list[Msg] = []
         while len(raws) < count:
             raws += await sub.fetch(count - len(raws), timeout=10)
-        await work_batch(
-            self.js,
-            "recorder",
-            raws,
-            parse_event,
-            write or self.recorder.write,  # type: ignore[arg-type]
-            screen=self.recorder.screen,
-            transient=checks.database_down,
-        )
+        await self.work(raws, write)
         await self.nc.flush()
         return sub
+
+    async def work(self, raws: list[Msg], write: object = None) -> None:
+        """As the recorder's events consumer handles what it fetched (service.batch_consumer)."""
+        policy = Policy(
+            "recorder",
+            parse_event,
+            JetStreamPublisher(lambda: self.js),
+            InProgress(lambda: 20.0),
+            transient=checks.database_down,
+        )
+
+        async def on_events(events: list[Event | None]) -> None:
+            await handlers.on_events(events, self.tracker)
+
+        async def screen(events: list[Event | None]) -> list[Refusal | None]:
+            return await handlers.screen_events(events, self.tracker)
+
+        try:
+            await handle_batch(policy, raws, write or on_events, screen)  # type: ignore[arg-type]
+        finally:
+            await policy.alive.aclose()
 
     first_seq: int = 0
 
@@ -117,7 +133,8 @@ async def rig(servers) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
         letters.append(DeadLetter.model_validate_json(msg.data))
 
     await nc.subscribe(subjects.dlq("recorder"), cb=keep)
-    rig = Rig(nc, nc.jetstream(), engine, Recorder(engine), letters)
+    js = nc.jetstream()
+    rig = Rig(nc, js, engine, Tracker(engine, JetStreamPublisher(lambda: js)), letters)
     await rig.mark()
     try:
         yield rig
@@ -144,7 +161,7 @@ async def test_scores_for_prompts_a_batch_does_not_have_do_not_count(rig: Rig) -
     done = await rig.nc.subscribe(subjects.batch_event(batch_id, "batch", "completed"))
     await rig.handle(252)
     assert await rig.progress(batch_id) == (200, 200, 0, 0)
-    await rig.recorder.flush(rig.js)
+    await rig.tracker.flush()
     report = BatchCompleted.model_validate_json((await done.next_msg(timeout=20)).data).report
     assert (report.total, report.completed, report.failed) == (200, 200, 0)
     letters = await rig.wait_letters(51)
@@ -163,7 +180,7 @@ async def test_a_prompt_event_for_a_batch_not_recorded_yet_comes_back_later(rig:
 
         await record(conn, [accepted(early, 1)])
     redelivered = await sub.fetch(1, timeout=30)  # after the first retry delay
-    await work_batch(rig.js, "recorder", redelivered, parse_event, rig.recorder.write, screen=rig.recorder.screen)
+    await rig.work(redelivered)
     assert await rig.progress(early) == (1, 1, 0, 0)
 
 
@@ -232,12 +249,12 @@ async def test_one_poison_event_in_a_fetch_of_100_delays_none_of_the_others(rig:
     await rig.publish_events([scored(batch_id, i) for i in range(100)])
     attempts: list[int] = []
 
-    async def write(events: list[Event | None]) -> Sequence[Event]:
+    async def write(events: list[Event | None]) -> None:
         # A fault no check foresaw, on one event: everything fetched beside it must still land.
         attempts.append(len(events))
         if any(isinstance(e, PromptScored) and e.index == 37 for e in events):
             raise RuntimeError("poison")
-        return await rig.recorder.write(events)
+        await handlers.on_events(events, rig.tracker)
 
     sub = await rig.handle(100, write)
     assert await rig.progress(batch_id) == (100, 99, 0, 0)  # in the first handling: no retry delay

@@ -3,7 +3,6 @@ either yields an event that fits the database or raises ValueError (a dead lette
 either validates or gives a bounded 400 text. Nothing else escapes."""
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -18,7 +17,8 @@ from contracts.queries import BatchRef, HistoryQuery, ResumeRequest, SamplesQuer
 from contracts.text import storable_json
 from services.recorder import checks
 from services.recorder.api import MAX_ERROR_CHARS, _clip, _problems
-from services.recorder.app import parse_event
+from services.recorder.parsing import parse_event
+from services.runtime.messaging.handling import Incoming
 from tests.integration.events import scored
 
 KEYS = sorted(EVENT_TYPES)
@@ -39,7 +39,7 @@ def _mutated(base: dict[str, Any], key: str, value: Any) -> bytes:
 
 
 @st.composite
-def messages(draw: st.DrawFn) -> SimpleNamespace:
+def messages(draw: st.DrawFn) -> Incoming:
     batch = draw(st.sampled_from(["b-1", "b-2"]))
     entity, verb = draw(st.sampled_from(KEYS))
     subject = subjects.batch_event(batch, entity, verb)
@@ -51,14 +51,14 @@ def messages(draw: st.DrawFn) -> SimpleNamespace:
         data = _mutated(base, draw(st.sampled_from([*base, "stage", "usage"])), draw(json_values))
     else:
         data = _dumps(draw(json_values))
-    return SimpleNamespace(subject=subject, data=data)
+    return Incoming(subject, data)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages())
-def test_parse_event_yields_a_storable_event_or_a_value_error(msg: SimpleNamespace) -> None:
+def test_parse_event_yields_a_storable_event_or_a_value_error(msg: Incoming) -> None:
     try:
-        evt = parse_event(msg)  # type: ignore[arg-type]
+        evt = parse_event(msg)
     except ValueError:
         return
     if evt is None:

@@ -1,20 +1,19 @@
 """What the recorder's parse step refuses (a dead letter) before anything reaches the database."""
 
-from types import SimpleNamespace
-
 import orjson
 import pytest
 
 from contracts import subjects
 from contracts.events import BatchAccepted, BatchConfig, ChatMessage, PromptResponded, Usage
-from services.recorder.app import parse_event
+from services.recorder.parsing import parse_event
+from services.runtime.messaging.handling import Incoming
 from tests.integration.events import scored
 
 CFG = BatchConfig(model="m")
 
 
-def msg(subject: str, data: bytes) -> object:
-    return SimpleNamespace(subject=subject, data=data)
+def msg(subject: str, data: bytes) -> Incoming:
+    return Incoming(subject, data)
 
 
 def responded(**usage: object) -> PromptResponded:
@@ -32,12 +31,12 @@ def responded(**usage: object) -> PromptResponded:
 
 def test_a_good_event_parses() -> None:
     evt = scored("b-1", 3)
-    assert parse_event(msg(evt.subject, evt.to_json())) == evt  # type: ignore[arg-type]
+    assert parse_event(msg(evt.subject, evt.to_json())) == evt
 
 
 def test_a_completion_on_the_subject_is_passed_by_unread() -> None:
     # The recorder makes completions itself; a forged one (even garbage) is neither stored nor parsed.
-    assert parse_event(msg(subjects.batch_event("b-1", "batch", "completed"), b"FORGED")) is None  # type: ignore[arg-type]
+    assert parse_event(msg(subjects.batch_event("b-1", "batch", "completed"), b"FORGED")) is None
 
 
 def _with(evt: PromptResponded, key: bytes, value: bytes) -> bytes:
@@ -82,7 +81,7 @@ def _with(evt: PromptResponded, key: bytes, value: bytes) -> bytes:
 )
 def test_refused(subject: str, data: bytes, says: str) -> None:
     with pytest.raises(ValueError, match=says):
-        parse_event(msg(subject, data))  # type: ignore[arg-type]
+        parse_event(msg(subject, data))
 
 
 def test_judge_calls_beyond_smallint_are_refused() -> None:
@@ -98,4 +97,4 @@ def test_judge_calls_beyond_smallint_are_refused() -> None:
         "calls": {"unbatched": 40_000},
     }
     with pytest.raises(ValueError, match="unbatched"):
-        parse_event(msg(subjects.batch_event("b-1", "prompt", "judged"), orjson.dumps(fields)))  # type: ignore[arg-type]
+        parse_event(msg(subjects.batch_event("b-1", "prompt", "judged"), orjson.dumps(fields)))
