@@ -167,7 +167,7 @@ async def test_a_check_that_fails_unexpectedly_is_a_failed_component(monkeypatch
 
 
 async def test_an_event_the_scorer_cannot_score_fails_its_prompt_not_the_fetch() -> None:
-    from services.scorer.app import failed_scoring
+    from services.scorer.handlers import failed_scoring
 
     failed = failed_scoring(judged(3, "x", []), RecursionError())
     assert (failed.index, failed.stage, failed.category) == (3, "score", "invalid_input")
