@@ -47,7 +47,7 @@ _NON_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
 
 
 def check(ref: Reference, answer: str, deadline: Deadline | None = None) -> ComponentScore:
-    """Score `answer` against one check; SQL checks go through `sql_equivalence` instead.
+    """Score `answer` against one check; SQL checks go through `services.scorer.sql` instead.
 
     Blocking (up to the deadline, `PATTERN_TIMEOUT_S` when none is given): call it off the loop."""
     deadline = deadline or Deadline(PATTERN_TIMEOUT_S)
@@ -79,7 +79,7 @@ def _check(ref: Reference, answer: str, deadline: Deadline) -> ComponentScore:
         case NumericTolerance():
             return _numeric(ref, answer)
         case SqlEquivalence():
-            raise ValueError("an sql check needs a database: use services.scorer.sql_equivalence")
+            raise ValueError("an sql check needs a database: use services.scorer.sql.execution")
         case _:
             assert_never(ref)
 
