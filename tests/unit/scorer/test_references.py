@@ -106,7 +106,7 @@ def test_component_score_bounds() -> None:
 
 
 def test_sql_checks_are_not_scored_synchronously() -> None:
-    with pytest.raises(ValueError, match="services.scorer.sql"):
+    with pytest.raises(ValueError, match=r"services\.scorer\.sql"):
         check(SqlEquivalence(expected_sql="SELECT 1", database="shop"), "SELECT 1")
 
 
