@@ -15,7 +15,6 @@ one `$schema` names; 2020-12 when none is named), bounded against hostile schema
   makes the schema unusable. `format` is an annotation, as the drafts have it by default.
 """
 
-import functools
 import itertools
 import re
 import threading
@@ -128,15 +127,20 @@ def _with_deadline(keyword: Keyword) -> Keyword:
     return checked
 
 
-@functools.cache
+_BOUNDED: dict[object, type[Validator]] = {}  # by draft class; a race only builds one twice
+
+
 def _bounded(draft: type[Validator]) -> type[Validator]:
     """`draft`'s validator class with the bounds above (not registered: `$schema` still finds `draft`)."""
+    if (known := _BOUNDED.get(draft)) is not None:
+        return known
     keywords: dict[str, Keyword] = dict(draft.VALIDATORS)
     if "additionalProperties" in keywords:
         keywords["additionalProperties"] = _additional_properties
     if "uniqueItems" in keywords:
         keywords["uniqueItems"] = _unique_items
-    return extend(draft, validators={name: _with_deadline(k) for name, k in keywords.items()})
+    bounded: type[Validator] = extend(draft, validators={name: _with_deadline(k) for name, k in keywords.items()})
+    return _BOUNDED.setdefault(draft, bounded)
 
 
 def schema_errors(value: Any, schema: dict[str, Any], deadline: Deadline) -> tuple[list[str], bool]:
