@@ -15,6 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+# The fake model's answer building and the token counter it uses: their own category, apart from
+# the rest of `services`, so that a benchmark shows what the stand-in model costs.
+FAKE_ANSWER_FILES = frozenset(
+    {
+        *(f"services/fake_model/{m}.py" for m in ("chat", "criteria", "draws", "judge_requests", "tokens", "verdicts")),
+        "services/runtime/models/tokens.py",
+    }
+)
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Source lines that are one blocking system call: a socket read or write, the selector's poll.
 SYSCALL_LINE = re.compile(
@@ -34,7 +42,7 @@ CATEGORIES: tuple[tuple[str, frozenset[str]], ...] = (
     ),
     ("SQL (SQLAlchemy, asyncpg)", frozenset({"sqlalchemy", "asyncpg", "greenlet"})),
     ("breaker and retries (aiobreaker, tenacity)", frozenset({"aiobreaker", "tenacity"})),
-    (FAKE_ANSWERS, frozenset({"tiktoken", "services/fake_model/answers"})),
+    (FAKE_ANSWERS, frozenset({"tiktoken", "fake model answers"})),
     ("evalbus logic (services)", frozenset({"services"})),
 )
 OTHER = "other (stdlib, logging, ...)"
@@ -59,14 +67,14 @@ def frame_location(frame: str) -> tuple[str, int | None]:
 
 
 def package(file: str) -> str:
-    """`services/fake_model/answers.py` stays whole (it has its own category); otherwise the top package."""
+    """The fake model's answer modules as one package (they have their own category); otherwise the top package."""
     if file.startswith("<"):
         return file
     parts = file.split("/")
     if "site-packages" in parts:
         parts = parts[parts.index("site-packages") + 1 :]
-    if parts[:3] == ["services", "fake_model", "answers.py"]:
-        return "services/fake_model/answers"
+    if "/".join(parts[:4]) in FAKE_ANSWER_FILES or "/".join(parts[:3]) in FAKE_ANSWER_FILES:
+        return "fake model answers"
     return parts[0].removesuffix(".py") if parts else file
 
 

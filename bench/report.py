@@ -82,9 +82,9 @@ def _version(argv: list[str]) -> str:
 
 def _postgres_version() -> str:
     try:
-        from infra.embedded import _pg_bin_path  # the same binaries the stack runs
+        from infra.embedded import postgres_bin_dir  # the same binaries the stack runs
 
-        return _version([str(_pg_bin_path() / "postgres"), "--version"])
+        return _version([str(postgres_bin_dir() / "postgres"), "--version"])
     except Exception:
         return "unknown"
 

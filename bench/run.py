@@ -12,7 +12,8 @@ import traceback
 from typing import Any
 
 from bench import report
-from bench.scenarios import SCENARIOS, Plan, say
+from bench.scenarios import SCENARIOS
+from bench.scenarios.common import RunBudget, say
 
 ALL = ("blocks", "overhead", "profile", "latency", "scaleout", "memory")  # memory last: it takes what time is left
 
@@ -35,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
-    plan = Plan(repeats=max(1, args.repeats), quick=args.quick, deadline=started + args.budget_min * 60)
+    budget = RunBudget(repeats=max(1, args.repeats), quick=args.quick, deadline=started + args.budget_min * 60)
     names = list(ALL) if args.scenario == "all" else [args.scenario]
     machine = report.machine()
     say(
-        f"evalbus bench: {', '.join(names)}; {plan.repeats} runs each{' (quick: N/10)' if plan.quick else ''}; "
+        f"evalbus bench: {', '.join(names)}; {budget.repeats} runs each{' (quick: N/10)' if budget.quick else ''}; "
         f"{machine['cpu_count']} x {machine['cpu_model']}, {machine['memory_gb']} GB"
     )
     failed = 0
@@ -48,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         result: dict[str, Any] = {"scenario": name}
         try:
-            result.update(SCENARIOS[name](plan))
+            result.update(SCENARIOS[name](budget))
         except KeyboardInterrupt:
             raise
         except Exception as exc:
             failed += 1
             result.update(title=name, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
             say(f"  {name} failed: {exc!r}")
-        result.update(machine=machine | {"date": report.machine()["date"]}, quick=plan.quick, repeats=plan.repeats)
+        result.update(machine=machine | {"date": report.machine()["date"]}, quick=budget.quick, repeats=budget.repeats)
         result["duration_s"] = round(time.monotonic() - t0, 1)
         report.write_scenario(result)
         say(f"  {name} took {result['duration_s']:.0f} s")

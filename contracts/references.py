@@ -1,10 +1,10 @@
 """Reference checks a test case (or a whole suite) may carry, and the score each one yields.
 
-Pure: pydantic, the standard library and the `regex` engine only. A check is chosen by its
+Pure: pydantic, the standard library, the `regex` engine and `jsonschema` only. A check is chosen by its
 `kind`; unknown fields are rejected so that a typo in a suite fails when the suite loads, not
 silently at scoring time.
 
-Patterns (a `regex` check's, and a JSON schema's `pattern` keywords) are user input that every
+Patterns (a `regex` check's, and a JSON schema's `pattern` keywords and `patternProperties` keys) are user input that every
 service parses: each is compiled once, here, and whatever goes wrong in compiling it (a syntax
 error, groups nested deep enough to exhaust the parser's recursion, repeat counts that would take
 the compiler seconds or gigabytes) is a validation error with a reason, never an exception later.
@@ -13,15 +13,19 @@ whose matching takes a timeout and releases the GIL: the scorer bounds every mat
 """
 
 import functools
-import math
+import json
 import operator
 import re
 import re._constants as _sre_constants
 import re._parser as _sre_parser
 from collections.abc import Iterator
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self, cast
 
 import regex
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from contracts.text import JsonObject, StoredStr
@@ -32,7 +36,7 @@ MAX_SQL = 100_000
 # Compiling costs a few microseconds per character on the loop of every service that parses
 # the event (once per distinct pattern, then cached): bounded so that one event stays cheap.
 MAX_PATTERN = 500
-MAX_SCHEMA_PATTERN_CHARS = 1_000  # all the `pattern` keywords of one JSON schema together
+MAX_SCHEMA_PATTERN_CHARS = 1_000  # all the patterns of one JSON schema together
 # Groups nested deeper than this are refused before any parser recurses into them.
 MAX_PATTERN_NESTING = 50
 # The compiled program's size, counting each repeat's minimum as that many copies (the `regex`
@@ -46,32 +50,8 @@ SqlVerdict = Literal["equal", "different", "invalid_sql", "timeout", "write_atte
 HARD_FAILURES: Final[frozenset[str]] = frozenset({"invalid_sql", "write_attempt"})
 MAX_DETAIL = 1_000  # a component's detail (the scorer clips its own at 500)
 
-# The JSON Schema subset the scorer implements; a schema using anything else is refused when
-# the suite loads rather than half-checked.
-SCHEMA_TYPES: Final[frozenset[str]] = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
-SCHEMA_ANNOTATIONS: Final[frozenset[str]] = frozenset(
-    {"$schema", "$id", "$comment", "title", "description", "default", "examples"}
-)
-SCHEMA_KEYWORDS: Final[frozenset[str]] = frozenset(
-    {
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "items",
-        "enum",
-        "const",
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "minLength",
-        "maxLength",
-        "pattern",
-        "minItems",
-        "maxItems",
-    }
-)
+# A JSON schema without `$schema` is read as this draft; with one, as the draft it names.
+DEFAULT_SCHEMA_DRAFT: Final[type[Validator]] = Draft202012Validator
 
 
 class ReferenceCheck(BaseModel):
@@ -140,18 +120,24 @@ class JsonSchema(ReferenceCheck):
 
     @field_validator("schema_")
     @classmethod
-    def _supported(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _valid(cls, value: dict[str, Any]) -> dict[str, Any]:
         if _schema_size(value) > MAX_SCHEMA_KEYS:
             raise ValueError(f"more than {MAX_SCHEMA_KEYS} keywords and properties")
-        if sum(len(p) for p in _schema_patterns(value)) > MAX_SCHEMA_PATTERN_CHARS:
+        patterns = list(_schema_patterns(value))
+        if sum(len(p) for _, p in patterns) > MAX_SCHEMA_PATTERN_CHARS:
             raise ValueError(f"its patterns have more than {MAX_SCHEMA_PATTERN_CHARS} characters together")
-        problems = schema_problems(value, "$")
+        # Every pattern is compiled (bounded) before the draft's metaschema sees it: that check
+        # compiles them too, with the stdlib `re` and no bounds.
+        problems = [problem for path, source in patterns for problem in _pattern_problems(source, path)]
         if problems:
             raise ValueError("; ".join(problems[:5]))
+        problem = metaschema_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     def pattern(self, source: str) -> "regex.Pattern[str]":
-        """A `pattern` keyword of this schema, compiled at validation (by `schema_problems`)."""
+        """A pattern of this schema, compiled at validation (by `_pattern_problems`)."""
         return compile_pattern(source)
 
 
@@ -210,74 +196,68 @@ class ComponentScore(BaseModel):
         return self.verdict in HARD_FAILURES
 
 
-def schema_problems(schema: object, path: str) -> list[str]:
-    """Why `schema` is outside the supported JSON Schema subset (empty when it is inside)."""
-    if isinstance(schema, bool):
-        return []
-    if not isinstance(schema, dict):
-        return [f"{path}: a schema must be an object or a boolean"]
-    problems = [
-        f"{path}: unsupported keyword {key!r}"
-        for key in schema
-        if key not in SCHEMA_KEYWORDS and key not in SCHEMA_ANNOTATIONS
-    ]
-    problems += _type_problems(schema.get("type"), path)
-    props = schema.get("properties")
-    if props is not None and not isinstance(props, dict):
-        problems.append(f"{path}.properties: must be an object")
-    elif props is not None:
-        for prop, sub in props.items():
-            problems += schema_problems(sub, f"{path}.properties.{prop}")
-    for key in ("items", "additionalProperties"):
-        if key in schema:
-            problems += schema_problems(schema[key], f"{path}.{key}")
-    required = schema.get("required")
-    if required is not None and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
-        problems.append(f"{path}.required: must be a list of strings")
-    if "enum" in schema and not isinstance(schema["enum"], list):
-        problems.append(f"{path}.enum: must be a list")
-    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        if key in schema and not _is_finite_number(schema[key]):
-            problems.append(f"{path}.{key}: must be a number")
-    for key in ("minLength", "maxLength", "minItems", "maxItems"):
-        if key in schema and not (
-            isinstance(schema[key], int) and not isinstance(schema[key], bool) and schema[key] >= 0
-        ):
-            problems.append(f"{path}.{key}: must be a non-negative integer")
-    if "pattern" in schema:
-        problems += _pattern_problems(schema["pattern"], path)
-    return problems
+def schema_draft(schema: dict[str, Any]) -> type[Validator]:
+    """The `jsonschema` validator class of the draft `schema` names in `$schema` (2020-12 when it
+    names none), or ValueError when it names one `jsonschema` does not know."""
+    if "$schema" not in schema:
+        return DEFAULT_SCHEMA_DRAFT
+    uri = schema["$schema"]
+    if not isinstance(uri, str):
+        raise ValueError("$schema: must be a string")
+    found = validator_for(schema, default=cast(type[Validator], _UNKNOWN_DRAFT))
+    if found is _UNKNOWN_DRAFT:
+        raise ValueError(f"$schema: {uri[:100]!r} is not a JSON Schema draft the scorer knows")
+    return found
 
 
-def _type_problems(value: object, path: str) -> list[str]:
-    if value is None:
-        return []
-    names = value if isinstance(value, list) else [value]
-    if not names or not all(isinstance(n, str) and n in SCHEMA_TYPES for n in names):
-        return [f"{path}.type: must be one of {sorted(SCHEMA_TYPES)} or a list of them"]
-    return []
+_UNKNOWN_DRAFT = object()  # what `validator_for` answers for a `$schema` it does not know
 
 
-def _pattern_problems(value: object, path: str) -> list[str]:
-    if not isinstance(value, str):
-        return [f"{path}.pattern: must be a string"]
+@functools.lru_cache(maxsize=256)  # the same schema arrives in every event of a batch
+def _cached_metaschema_problem(canonical: str) -> str | None:
+    schema = json.loads(canonical)
+    try:
+        draft = schema_draft(schema)
+    except ValueError as exc:
+        return str(exc)
+    try:
+        draft.check_schema(schema)
+    except SchemaError as exc:
+        return f"{exc.json_path}: {_clip(exc.message, 300)}"
+    return None
+
+
+def metaschema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is not a valid schema of its draft (None when it is one)."""
+    return _cached_metaschema_problem(json.dumps(schema, sort_keys=True, allow_nan=False))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _pattern_problems(value: str, path: str) -> list[str]:
     try:
         compile_pattern(value)
     except ValueError as exc:
-        return [f"{path}.pattern: {exc}"]
+        return [f"{path}: {exc}"]
     return []
 
 
-def _schema_patterns(value: object) -> Iterator[str]:
-    """Every string `pattern` keyword anywhere in the tree (checked before any is compiled)."""
+def _schema_patterns(value: object, path: str = "$") -> Iterator[tuple[str, str]]:
+    """(where, pattern) of every string `pattern` keyword and `patternProperties` key anywhere in
+    the tree (checked before any is compiled)."""
     if isinstance(value, dict):
         if isinstance(value.get("pattern"), str):
-            yield value["pattern"]
-        for item in value.values():
-            yield from _schema_patterns(item)
+            yield f"{path}.pattern", value["pattern"]
+        if isinstance(value.get("patternProperties"), dict):
+            for key in value["patternProperties"]:
+                yield f"{path}.patternProperties[{key[:60]!r}]", key
+        for key, item in value.items():
+            yield from _schema_patterns(item, f"{path}.{key}")
     elif isinstance(value, list):
-        for item in value:
-            yield from _schema_patterns(item)
+        for i, item in enumerate(value):
+            yield from _schema_patterns(item, f"{path}[{i}]")
 
 
 def _schema_size(value: object) -> int:
@@ -367,7 +347,3 @@ def _subpatterns(av: object) -> list[object]:
     if isinstance(av, list | tuple):
         return [sub for item in av for sub in _subpatterns(item)]
     return []
-
-
-def _is_finite_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

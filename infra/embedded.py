@@ -140,7 +140,7 @@ class PostgresServer:
         return f"postgresql+asyncpg://{login}@127.0.0.1:{self.port}/{PG_DB}"
 
     def _bin(self, name: str) -> str:
-        return str(_pg_bin_path() / name)
+        return str(postgres_bin_dir() / name)
 
     def _run_as(self) -> str | None:
         # PostgreSQL refuses to run as root; pgserver's convention is a 'pgserver' system user.
@@ -151,7 +151,7 @@ class PostgresServer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pgserver's import warns about XDG_RUNTIME_DIR
             from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
-        bin_path = _pg_bin_path()
+        bin_path = postgres_bin_dir()
 
         ensure_user_exists("pgserver")
         ensure_prefix_permissions(self.data_dir)
@@ -286,7 +286,10 @@ class PostgresServer:
         self.proc = None
 
 
-def _pg_bin_path() -> Path:
+def postgres_bin_dir() -> Path:
+    """The directory of the PostgreSQL binaries (postgres, initdb, pg_ctl, ...) the embedded
+    server runs: those of the `pgserver` wheel. Tools that report or call the same binaries
+    (bench/report.py's version line) use this."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pgserver's import warns about XDG_RUNTIME_DIR
         from pgserver._commands import POSTGRES_BIN_PATH

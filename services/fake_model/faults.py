@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 
-class Outcome(StrEnum):
+class FaultOutcome(StrEnum):
+    """What the fake model does with one request: answer it, or fail it in one of four ways."""
+
     OK = "ok"
     SERVER_ERROR = "500"
     RATE_LIMITED = "429"
@@ -37,21 +39,21 @@ def uniform(seed: int, digest: bytes, attempt: int) -> float:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / _TWO_64
 
 
-def choose(u: float, rates: FaultRates, *, judge: bool) -> Outcome:
+def choose(u: float, rates: FaultRates, *, judge: bool) -> FaultOutcome:
     """Cumulative ranges in a fixed order: 500, then 429, then hang, then malformed (judge only)."""
     edge = rates.error_500
     if u < edge:
-        return Outcome.SERVER_ERROR
+        return FaultOutcome.SERVER_ERROR
     edge += rates.rate_limit
     if u < edge:
-        return Outcome.RATE_LIMITED
+        return FaultOutcome.RATE_LIMITED
     edge += rates.hang
     if u < edge:
-        return Outcome.HANG
+        return FaultOutcome.HANG
     edge += rates.malformed
     if judge and u < edge:
-        return Outcome.MALFORMED
-    return Outcome.OK
+        return FaultOutcome.MALFORMED
+    return FaultOutcome.OK
 
 
 @dataclass
@@ -65,9 +67,9 @@ class FaultPlanner:
     max_tracked: int = 1_000_000
     _seen: dict[bytes, int] = field(default_factory=dict, repr=False)
 
-    def decide(self, digest: bytes, *, judge: bool) -> Outcome:
+    def decide(self, digest: bytes, *, judge: bool) -> FaultOutcome:
         if not (self.rates.error_500 or self.rates.rate_limit or self.rates.hang or self.rates.malformed):
-            return Outcome.OK  # nothing to draw, so nothing to count (and no memory spent on it)
+            return FaultOutcome.OK  # nothing to draw, so nothing to count (and no memory spent on it)
         attempt = self._seen.get(digest, 0)
         if attempt == 0 and len(self._seen) >= self.max_tracked:
             del self._seen[next(iter(self._seen))]

@@ -12,18 +12,16 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
-from services.fake_model.answers import (
-    MODELS,
-    chat_answer,
-    completion_tokens,
-    encoding,
-    is_judge_request,
-    judge_reply,
-    prompt_tokens,
-)
-from services.fake_model.faults import FaultPlanner, FaultRates, Outcome, body_digest
+from services.fake_model.chat import chat_answer
+from services.fake_model.faults import FaultOutcome, FaultPlanner, FaultRates, body_digest
+from services.fake_model.judge_requests import is_judge_request
 from services.fake_model.settings import FakeModelSettings
+from services.fake_model.tokens import completion_tokens
+from services.fake_model.verdicts import judge_reply
 from services.runtime.malloc import trim_heap_forever
+from services.runtime.models.tokens import count_chat_tokens, encoding
+
+MODELS = ("evalbus-fake", "evalbus-fake-judge")
 
 KINDS = ("chat", "judge")
 _TWO_64 = float(1 << 64)
@@ -114,7 +112,7 @@ STATE = web.AppKey("state", State)
 
 def _completion(req: ChatRequest, request_hash: str, answer: str) -> web.Response:
     text, n_completion, cut = completion_tokens(answer, req.max_tokens)
-    n_prompt = prompt_tokens(req.contents)
+    n_prompt = count_chat_tokens(req.contents)
     return _json(
         {
             "id": f"chatcmpl-{request_hash}",
@@ -145,12 +143,12 @@ def _error(status: int, message: str, kind: str, headers: dict[str, str] | None 
     return _json({"error": {"message": message, "type": kind}}, status=status, headers=headers)
 
 
-def _answer(state: State, req: ChatRequest, judge_request: bool, outcome: Outcome, digest: bytes) -> str:
+def _answer(state: State, req: ChatRequest, judge_request: bool, outcome: FaultOutcome, digest: bytes) -> str:
     if not judge_request:
         return chat_answer(req.model, req.question, adversarial=state.settings.adversarial)
     return judge_reply(
         req.question,
-        malformed=outcome is Outcome.MALFORMED,
+        malformed=outcome is FaultOutcome.MALFORMED,
         variant=digest[15],
         malformed_batch_marker=state.settings.malformed_batch_marker,
     )
@@ -182,21 +180,21 @@ async def chat_completions(request: web.Request) -> web.Response:
         # The latency is the time to the response, as with a real API: the response is built
         # first and the wait is what is left of it, so this server's own CPU is not added on top.
         response = None
-        if outcome in (Outcome.OK, Outcome.MALFORMED):
+        if outcome in (FaultOutcome.OK, FaultOutcome.MALFORMED):
             response = _completion(req, request_hash, _answer(state, req, judge_request, outcome, digest))
         remaining_s = started + delay_ms / 1000 - time.perf_counter() - TIMER_LATE_S
         if remaining_s > 0:
             await asyncio.sleep(remaining_s)
-        if outcome is Outcome.SERVER_ERROR:
+        if outcome is FaultOutcome.SERVER_ERROR:
             return _error(500, "injected server error", "server_error")
-        if outcome is Outcome.RATE_LIMITED:
+        if outcome is FaultOutcome.RATE_LIMITED:
             return _error(
                 429,
                 "injected rate limit",
                 "rate_limit_error",
                 headers={"Retry-After": f"{settings.retry_after_s:g}"},
             )
-        if outcome is Outcome.HANG:
+        if outcome is FaultOutcome.HANG:
             await asyncio.sleep(settings.hang_s)
         return response or _completion(req, request_hash, _answer(state, req, judge_request, outcome, digest))
     finally:
@@ -229,7 +227,7 @@ async def models(_: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     counts = request.app[STATE].stats
-    by_kind = {kind: {o.value: counts[kind][o.value] for o in Outcome} for kind in KINDS}
+    by_kind = {kind: {o.value: counts[kind][o.value] for o in FaultOutcome} for kind in KINDS}
     return _json(
         {
             **by_kind,

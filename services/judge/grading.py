@@ -64,7 +64,7 @@ class Failure:
     raw: str | None = None
 
 
-Outcome = Graded | Failure
+ChunkOutcome = Graded | Failure  # what grading one chunk of criteria (one call, or its retries) ends in
 
 
 def apportion(total: int, weights: Sequence[int]) -> list[int]:
@@ -113,7 +113,7 @@ def _tags(evts: Sequence[PromptResponded]) -> dict[str, str]:
 
 async def grade_alone(
     model: ChatModel, evt: PromptResponded, cfg: BatchConfig, opts: CallOptions, criteria: list[str]
-) -> Outcome:
+) -> ChunkOutcome:
     """The single-answer prompt: one call for this answer on `criteria`."""
     messages = build_messages(cfg, evt.messages, evt.answer, evt.expected, criteria=criteria)
     call = replace(opts, response_format=single_format(criteria))
@@ -130,7 +130,7 @@ async def grade_alone(
     return Graded(judgments, split_usage(done, [evt], opts.model, cfg)[0], batch_size=1)
 
 
-def _after_bad_batch(spent: Spent, alone: Outcome, why: str) -> Outcome:
+def _after_bad_batch(spent: Spent, alone: ChunkOutcome, why: str) -> ChunkOutcome:
     """A fallback's outcome, carrying its share of the unusable batched call."""
     if isinstance(alone, Failure):
         error = f"graded alone after an unusable batched reply ({why}): {alone.error}"
@@ -140,7 +140,7 @@ def _after_bad_batch(spent: Spent, alone: Outcome, why: str) -> Outcome:
 
 async def grade_chunk(
     model: ChatModel, evts: Sequence[PromptResponded], cfg: BatchConfig, opts: CallOptions, criteria: list[str]
-) -> list[Outcome]:
+) -> list[ChunkOutcome]:
     """One outcome per answer, in order, from one call (plus one call per answer on fallback)."""
     if len(evts) == 1:
         return [await grade_alone(model, evts[0], cfg, opts, criteria)]

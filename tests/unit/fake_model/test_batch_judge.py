@@ -5,15 +5,14 @@ import orjson
 import pytest
 
 from contracts.events import BatchConfig, ChatMessage
-from services.fake_model.answers import (
+from services.fake_model.chat import chat_answer
+from services.fake_model.judge_requests import is_judge_request, parse_batch_judge_prompt
+from services.fake_model.verdicts import (
     MALFORMED_BATCH_KINDS,
-    chat_answer,
-    is_judge_request,
     judge,
     judge_reply,
     judgment_text,
     malformed_batch_judgment,
-    parse_batch_judge_prompt,
 )
 from services.judge.parsing import JudgeParseError, parse_batch_judgment
 from services.judge.prompt import Item, batch_response_format, build_batch_messages, build_messages, item_ids

