@@ -17,7 +17,7 @@ from infra.nats_topology import consumer_config
 from services.runtime.messaging import consumer as consumer_module
 from services.runtime.messaging.consumer import BatchHandler, Consumer
 from services.runtime.messaging.publishing import publish_events
-from tests.integration.events import scored
+from tests.factories import BatchEvents
 from tests.integration.test_bus import make_consumer
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ async def test_a_lone_message_is_worked_on_without_waiting_for_a_full_batch(nc: 
     await consumer.start()
     await asyncio.sleep(0.3)  # the consumer is idle, its pull request open on the server
     sent = time.monotonic()
-    await publish_events(nc.jetstream(), [scored(batch_id, 0)])
+    await publish_events(nc.jetstream(), [BatchEvents(batch_id).scored(0)])
     await wait_until(lambda: got)
     await consumer.stop()
     # Not after the open request expires (PULL_EXPIRES_S, 5 s): it delivers at once. Half of it is
@@ -71,14 +71,14 @@ async def test_batches_form_by_size_or_by_wait_and_take_every_message_once(nc: C
     js = nc.jetstream()
     batch_id = "b-batches-" + secrets.token_hex(3)
     spec = await make_consumer(nc, batch_id)
-    await publish_events(js, [scored(batch_id, i) for i in range(45)])
+    await publish_events(js, [BatchEvents(batch_id).scored(i) for i in range(45)])
     batches, on_batch = acking_batches()
     consumer = Consumer(nc, spec, on_batch=on_batch, batch_size=20, max_wait_s=0.2)
     await consumer.start()
     await wait_until(lambda: sum(map(len, batches)) == 45)
     # One more, alone: handed over after max_wait, not after the pull request expires.
     sent = time.monotonic()
-    await publish_events(js, [scored(batch_id, 45)])
+    await publish_events(js, [BatchEvents(batch_id).scored(45)])
     await wait_until(lambda: sum(map(len, batches)) == 46)
     waited = time.monotonic() - sent
     await consumer.stop()
@@ -99,7 +99,7 @@ async def test_a_trickle_is_gathered_into_one_batch(nc: Client) -> None:
     await consumer.start()
     await asyncio.sleep(0.2)
     for i in range(8):
-        await publish_events(js, [scored(batch_id, i)])
+        await publish_events(js, [BatchEvents(batch_id).scored(i)])
         await asyncio.sleep(0.02)
     await wait_until(lambda: sum(map(len, batches)) == 8)
     await consumer.stop()
@@ -120,7 +120,7 @@ async def test_expired_pull_requests_are_renewed(nc: Client, monkeypatch: pytest
     consumer = Consumer(nc, spec, on_message=on_message, slots=4)
     await consumer.start()
     await asyncio.sleep(1.0)  # several requests expire (408) and are asked again at once
-    await publish_events(nc.jetstream(), [scored(batch_id, 7)])
+    await publish_events(nc.jetstream(), [BatchEvents(batch_id).scored(7)])
     # Were an expired request not renewed, this would wait for PULL_LOST_AFTER_S.
     started = time.monotonic()
     await wait_until(lambda: got)
@@ -131,7 +131,7 @@ async def test_expired_pull_requests_are_renewed(nc: Client, monkeypatch: pytest
 async def test_slots_bound_the_messages_taken(nc: Client) -> None:
     batch_id = "b-slots-" + secrets.token_hex(3)
     spec = await make_consumer(nc, batch_id)
-    await publish_events(nc.jetstream(), [scored(batch_id, i) for i in range(30)])
+    await publish_events(nc.jetstream(), [BatchEvents(batch_id).scored(i) for i in range(30)])
     release = asyncio.Event()
     running = 0
     most = 0
@@ -161,7 +161,7 @@ async def test_a_stopping_consumer_gives_back_what_it_had_gathered(nc: Client) -
     js = nc.jetstream()
     batch_id = "b-giveback-" + secrets.token_hex(3)
     spec = await make_consumer(nc, batch_id)  # ack wait 30 s: a message not given back waits that long
-    await publish_events(js, [scored(batch_id, i) for i in range(10)])
+    await publish_events(js, [BatchEvents(batch_id).scored(i) for i in range(10)])
     stuck = asyncio.Event()
     first: list[int] = []
 
@@ -213,7 +213,7 @@ async def test_a_pull_request_lost_without_an_answer_is_asked_again(
     monkeypatch.setattr(nc, "publish", drop_first_pull)
     await consumer.start()
     await wait_until(lambda: dropped)
-    await publish_events(nc.jetstream(), [scored(batch_id, 3)])
+    await publish_events(nc.jetstream(), [BatchEvents(batch_id).scored(3)])
     await wait_until(lambda: got, timeout_s=30)  # heartbeats missing for PULL_SILENT_S: asked again
     await consumer.stop()
     assert got == [3] and consumer.lost_requests >= 1
@@ -249,7 +249,7 @@ async def test_the_watchdog_rebinds_a_consumer_that_receives_nothing(
     sub = consumer._inbox_sub
     assert sub is not None
     await sub.unsubscribe()  # replies to this inbox now go nowhere
-    await publish_events(nc.jetstream(), [scored(batch_id, i) for i in range(3)])
+    await publish_events(nc.jetstream(), [BatchEvents(batch_id).scored(i) for i in range(3)])
     await wait_until(lambda: len(got) == 3, timeout_s=30)
     await consumer.stop()
     assert sorted(got) == [0, 1, 2] and consumer.rebinds >= 1

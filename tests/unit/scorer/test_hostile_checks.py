@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from contracts.events import BatchConfig, PromptJudged, Usage
+from contracts.events import BatchConfig, PromptJudged
 from contracts.references import JsonSchema, Regex, compile_pattern, parse_references
 from services.scorer.logic import score_prompt
 from services.scorer.references import check, extract_fenced
+from tests.factories import BatchEvents
 
 # Catastrophic for a backtracking engine: 2^n ways to split the answer before the \x01 that ends
 # it cannot be found after the last character.
@@ -24,17 +25,9 @@ SLOW_ANSWER = "\u0001" + "a" * 5_000
 
 
 def judged(index: int, answer: str, references: list[dict[str, Any]]) -> PromptJudged:
-    return PromptJudged(
-        batch_id="b",
-        prompt_id=f"b-{index:06d}",
-        index=index,
-        judge_model=None,
-        judgments=[],
-        usage=Usage(),
-        answer=answer,
-        references=parse_references(references),
-        config=BatchConfig(model="m"),
-    )
+    """An answer not judged (its reference checks alone decide)."""
+    batch = BatchEvents("b", config=BatchConfig(model="m"))
+    return batch.judged(index, judge_model=None, judgments=[], answer=answer, references=parse_references(references))
 
 
 # ---- defect 7: patterns that cannot be compiled are refused with a reason, never raised later ----
@@ -164,14 +157,6 @@ async def test_a_check_that_fails_unexpectedly_is_a_failed_component(monkeypatch
     monkeypatch.setattr(logic, "check", broken)
     scored = await score_prompt(judged(0, "x", [{"kind": "contains", "value": "x"}]))
     assert scored.components[0].verdict == "error" and "RuntimeError" in scored.components[0].detail
-
-
-async def test_an_event_the_scorer_cannot_score_fails_its_prompt_not_the_fetch() -> None:
-    from services.scorer.app import failed_scoring
-
-    failed = failed_scoring(judged(3, "x", []), RecursionError())
-    assert (failed.index, failed.stage, failed.category) == (3, "score", "invalid_input")
-    assert "RecursionError" in failed.error
 
 
 # ---- fences: linear, and the same blocks as before ---------------------------------------------
