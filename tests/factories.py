@@ -44,15 +44,11 @@ from contracts.events import (
     SuiteRef,
     Usage,
 )
+from contracts.ids import prompt_id
 from contracts.quality import FieldLength, QualityConfig, QualityFlag, QualityReport
 from contracts.references import ComponentScore, parse_references
 
 DEFAULT_CONFIG = BatchConfig(model="m", criteria=["accuracy", "clarity"])
-
-
-def prompt_id(batch_id: str, i: int) -> str:
-    """The id the generator gives the batch's i-th prompt."""
-    return f"{batch_id}-{i:06d}"
 
 
 @dataclass(frozen=True)
