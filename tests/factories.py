@@ -18,7 +18,7 @@ so that a test can reach each string field of each event through its JSON form.
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from contracts.enums import BatchStatus, FailureCategory, Stage
 from contracts.events import (
@@ -49,6 +49,7 @@ from contracts.quality import FieldLength, QualityConfig, QualityFlag, QualityRe
 from contracts.references import ComponentScore, parse_references
 
 DEFAULT_CONFIG = BatchConfig(model="m", criteria=["accuracy", "clarity"])
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True)
@@ -287,3 +288,10 @@ SAMPLES: dict[type[Event], Event] = {
     ),
     PromptFailed: _FULL.failed(0, error="timed out", attempts=3, raw_output="partial"),
 }
+
+
+def sample(cls: type[E]) -> E:
+    """The fully populated instance of `cls`, typed as such."""
+    evt = SAMPLES[cls]
+    assert isinstance(evt, cls)
+    return evt

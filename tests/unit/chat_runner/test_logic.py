@@ -3,16 +3,15 @@ came back. A model's output is untrusted too: the events built from it must stil
 contracts refuse NUL, lone surrogates and out-of-range counts), so it is kept made storable."""
 
 from contracts.enums import FailureCategory
-from contracts.events import INT_MAX, BatchConfig, ChatMessage, PromptQueued, PromptResponded
+from contracts.events import INT_MAX, BatchConfig, ChatMessage, PromptFailed, PromptQueued, PromptResponded
 from contracts.text import storable
 from services.chat_runner.logic import run_prompt
 from services.runtime.models.client import Completion, ModelCallError
-from tests.factories import SAMPLES, BatchEvents
+from tests.factories import BatchEvents, sample
 from tests.unit.chat_runner.fakes import FakeModel
 from tests.unit.judge.fakes import ENDPOINTS
 
-QUEUED = SAMPLES[PromptQueued]
-assert isinstance(QUEUED, PromptQueued)
+QUEUED = sample(PromptQueued)
 
 
 async def test_the_call_carries_the_batchs_settings_messages_and_tags() -> None:
@@ -64,4 +63,5 @@ async def test_an_answer_with_nul_and_lone_surrogates_is_kept_storable() -> None
 async def test_an_error_quoting_a_response_body_is_kept_storable() -> None:
     error = ModelCallError(FailureCategory.SERVER_ERROR, "HTTP 500: \x00" + "x" * 9000, retryable=False)
     out = await run_prompt(FakeModel(error), QUEUED, ENDPOINTS)
+    assert isinstance(out, PromptFailed)
     assert storable(out.error) == out.error and len(out.error) <= 4000

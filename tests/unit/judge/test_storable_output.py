@@ -11,12 +11,11 @@ from contracts.text import storable
 from services.judge.grading import Failure
 from services.judge.logic import failed
 from services.judge.parsing import JudgeParseError, parse_judgment
-from tests.factories import SAMPLES
+from tests.factories import sample
 
 
 def test_a_judge_failure_keeps_its_raw_output_storable() -> None:
-    responded = SAMPLES[PromptResponded]
-    assert isinstance(responded, PromptResponded)
+    responded = sample(PromptResponded)
     out = failed(responded, Failure(FailureCategory.JUDGE_PARSE_ERROR, "bad\x00", 1, raw="{\x00" * 5000))
     assert storable(out.raw_output or "") == out.raw_output and len(out.raw_output or "") == 8000
     assert storable(out.error) == out.error
@@ -24,7 +23,7 @@ def test_a_judge_failure_keeps_its_raw_output_storable() -> None:
 
 @pytest.mark.parametrize("field", ["reasoning", "suggestions"])
 def test_judge_output_with_nul_is_a_parse_failure_not_a_crash(field: str) -> None:
-    cfg = SAMPLES[PromptResponded].config
+    cfg = sample(PromptResponded).config
     items = [
         {"criterion": c, "score": 7, "passed": True, "reasoning": "r", "confidence": 0.5, "suggestions": []}
         for c in cfg.criteria
