@@ -12,7 +12,9 @@ import random
 import signal
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import psutil
@@ -97,6 +99,58 @@ async def wait_terminal(
     raise AssertionError(f"batch {batch_id} stalled: {rows_written} rows written, none more for {no_progress_s}s")
 
 
+async def start_stack(stack: Stack, fake_model: dict[str, str]) -> None:
+    """Servers with a quick redelivery after a kill, the fake model, and services that retry fast."""
+    await asyncio.to_thread(stack.start_servers)
+    await apply_topology(stack.nats_url, ack_wait_s=ACK_WAIT_S)
+    await asyncio.to_thread(stack.start_fake_model, fake_model)
+    stack.start_services(extra_env={"EVALBUS_RETRY_BASE_S": "0.05", "EVALBUS_RETRY_MAX_S": "0.5"})
+
+
+async def start_batch(nc: nats.NATS, batch_id: str, suite: Path, **config: Any) -> None:
+    """The suite uploaded and the batch started against the fake model and its judge."""
+    cfg = BatchConfig(model="evalbus-fake", judge_model="evalbus-fake-judge", **config)
+    start = StartBatchRequested(batch_id=batch_id, config=cfg, suite=await upload_suite(nc, batch_id, suite))
+    await publish_start(nc, start)
+
+
+async def restart_broker(stack: Stack, *, kill: bool, down_s: float) -> None:
+    """nats-server stopped (kill -9 or a clean stop) and started again on its port and store."""
+    assert stack.nats
+    stack.nats.stop(kill=kill)
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(stack.nats.start)
+
+
+@dataclass(frozen=True)
+class Accounted:
+    """A finished batch's prompts as rows: scored, failed (never scored), and its stored totals."""
+
+    scored: int
+    failed: int
+    totals: tuple[object, ...]
+
+
+async def accounted(db: str, batch_id: str) -> Accounted:
+    scored = (await query(db, "SELECT count(*) FROM scores WHERE batch_id = :b", b=batch_id))[0][0]
+    failed = (
+        await query(
+            db,
+            "SELECT count(DISTINCT prompt_id) FROM failures f WHERE batch_id = :b AND NOT EXISTS"
+            " (SELECT 1 FROM scores s WHERE s.prompt_id = f.prompt_id)",
+            b=batch_id,
+        )
+    )[0][0]
+    totals = (
+        await query(
+            db,
+            "SELECT completed_prompts, failed_prompts, total_prompts FROM batches WHERE batch_id = :b",
+            b=batch_id,
+        )
+    )[0]
+    return Accounted(int(str(scored)), int(str(failed)), totals)
+
+
 async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     print(f"chaos seed {SEED}, {N} prompts")
@@ -105,8 +159,6 @@ async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
     batch_id = f"b-chaos-{SEED % 100000}"
     events: list[str] = []
     try:
-        await asyncio.to_thread(stack.start_servers)
-        await apply_topology(stack.nats_url, ack_wait_s=ACK_WAIT_S)  # quick redelivery after a kill
         await chaos_run(stack, rng, log_path, batch_id, events)
     finally:
         stack.stop()
@@ -116,25 +168,14 @@ async def test_nothing_lost_nothing_twice_under_faults(tmp_path: Path) -> None:
 
 
 async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: str, events: list[str]) -> None:
-    await asyncio.to_thread(stack.start_fake_model, {
+    await start_stack(stack, {
         "latency_ms": "80", "jitter_ms": "40", "error_rate_500": "0.05", "rate_limit_rate": "0.02",
         "retry_after_s": "0.2", "hang_rate": "0.01", "hang_s": "30", "malformed_rate": "0.01",
         "seed": str(SEED), "request_log": str(log_path),
     })  # fmt: skip
-    stack.start_services(extra_env={"EVALBUS_RETRY_BASE_S": "0.05", "EVALBUS_RETRY_MAX_S": "0.5"})
     nc = await nats.connect(stack.nats_url, max_reconnect_attempts=-1)
-    start = StartBatchRequested(
-        batch_id=batch_id,
-        config=BatchConfig(
-            model="evalbus-fake",
-            judge_model="evalbus-fake-judge",
-            concurrency=CONCURRENCY,
-            timeout_s=1.5,
-            max_retries=MAX_RETRIES,
-        ),
-        suite=await upload_suite(nc, batch_id, write_suite(log_path.with_name("suite.jsonl"), N)),
-    )
-    await publish_start(nc, start)
+    suite = write_suite(log_path.with_name("suite.jsonl"), N)
+    await start_batch(nc, batch_id, suite, concurrency=CONCURRENCY, timeout_s=1.5, max_retries=MAX_RETRIES)
     t0 = time.monotonic()
     # a poison message the test injects: the only thing allowed in the dead-letter stream
     await nc.jetstream().publish(
@@ -155,10 +196,7 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
             hit_running += not state or state[0][0] == "running"  # no row yet: not even recorded
             seen_states.append(f"{fault}:{state[0][0] if state else 'none'}@{time.monotonic() - t0:.1f}")
         if fault == "nats":
-            assert stack.nats
-            stack.nats.stop(kill=True)
-            await asyncio.sleep(1)
-            await asyncio.to_thread(stack.nats.start)
+            await restart_broker(stack, kill=True, down_s=1)
         elif fault == "postgres":
             pause_postgres(stack, signal.SIGSTOP)
             await asyncio.sleep(PG_PAUSE_S)
@@ -178,25 +216,11 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
 
     # no loss: every prompt terminal; no duplicates: natural keys hold and totals equal rows
     prompts = (await query(db, "SELECT count(*) FROM prompts WHERE batch_id = :b", b=batch_id))[0][0]
-    scored = (await query(db, "SELECT count(*) FROM scores WHERE batch_id = :b", b=batch_id))[0][0]
-    failed = (
-        await query(
-            db,
-            "SELECT count(DISTINCT prompt_id) FROM failures f WHERE batch_id = :b AND NOT EXISTS"
-            " (SELECT 1 FROM scores s WHERE s.prompt_id = f.prompt_id)",
-            b=batch_id,
-        )
-    )[0][0]
+    done = await accounted(db, batch_id)
+    scored, failed, totals = done.scored, done.failed, done.totals
     responses = (await query(db, "SELECT count(*) FROM responses WHERE batch_id = :b", b=batch_id))[0][0]
     judgments = (await query(db, "SELECT count(*) FROM judgments WHERE batch_id = :b", b=batch_id))[0][0]
     judged = (await query(db, "SELECT count(*) FROM judge_calls WHERE batch_id = :b", b=batch_id))[0][0]
-    totals = (
-        await query(
-            db,
-            "SELECT completed_prompts, failed_prompts, total_prompts FROM batches WHERE batch_id = :b",
-            b=batch_id,
-        )
-    )[0]
     categories = dict(
         await query(db, "SELECT category, count(*) FROM failures WHERE batch_id = :b GROUP BY category", b=batch_id)
     )
@@ -256,50 +280,22 @@ async def test_broker_restarts_mid_batch_end_terminal_every_time(tmp_path: Path)
     batch still ends, with every prompt accounted for once, and no service has exited."""
     stack = Stack(tmp_path / "restarts")
     try:
-        await asyncio.to_thread(stack.start_servers)
-        await apply_topology(stack.nats_url, ack_wait_s=ACK_WAIT_S)
-        await asyncio.to_thread(stack.start_fake_model, {"latency_ms": "100", "jitter_ms": "20", "seed": str(SEED)})
-        stack.start_services(extra_env={"EVALBUS_RETRY_BASE_S": "0.05", "EVALBUS_RETRY_MAX_S": "0.5"})
+        await start_stack(stack, {"latency_ms": "100", "jitter_ms": "20", "seed": str(SEED)})
         await asyncio.to_thread(stack.wait_healthy, 120)
         suite = write_suite(tmp_path / "suite.jsonl", RESTART_PROMPTS)
         for round_no, kill in enumerate((True, False, True)):
             batch_id = f"b-restart-{SEED % 100000}-{round_no}"
             nc = await nats.connect(stack.nats_url)
-            start = StartBatchRequested(
-                batch_id=batch_id,
-                config=BatchConfig(
-                    model="evalbus-fake", judge_model="evalbus-fake-judge", concurrency=4, timeout_s=5, max_retries=2
-                ),
-                suite=await upload_suite(nc, batch_id, suite),
-            )
-            await publish_start(nc, start)
+            await start_batch(nc, batch_id, suite, concurrency=4, timeout_s=5, max_retries=2)
             await nc.close()
             await wait_some_done(stack.database_url, batch_id)  # mid-batch: recorded, running, not done
-            assert stack.nats
-            stack.nats.stop(kill=kill)
-            await asyncio.sleep(0.5)
-            await asyncio.to_thread(stack.nats.start)  # same port, same store
+            await restart_broker(stack, kill=kill, down_s=0.5)
             status = await wait_terminal(stack.database_url, batch_id)
-            db = stack.database_url
-            scored = (await query(db, "SELECT count(*) FROM scores WHERE batch_id = :b", b=batch_id))[0][0]
-            failed = (
-                await query(
-                    db,
-                    "SELECT count(DISTINCT prompt_id) FROM failures f WHERE batch_id = :b AND NOT EXISTS"
-                    " (SELECT 1 FROM scores s WHERE s.prompt_id = f.prompt_id)",
-                    b=batch_id,
-                )
-            )[0][0]
-            totals = (
-                await query(
-                    db,
-                    "SELECT completed_prompts, failed_prompts, total_prompts FROM batches WHERE batch_id = :b",
-                    b=batch_id,
-                )
-            )[0]
-            print(f"restart {round_no} ({'kill -9' if kill else 'stop'}): {status}, {scored} scored, {failed} failed")
+            done = await accounted(stack.database_url, batch_id)
+            how = "kill -9" if kill else "stop"
+            print(f"restart {round_no} ({how}): {status}, {done.scored} scored, {done.failed} failed")
             assert status in ("completed", "partial_failure")
-            assert totals == (scored, failed, RESTART_PROMPTS)
+            assert done.totals == (done.scored, done.failed, RESTART_PROMPTS)
         assert stack.check_alive() == []
     finally:
         stack.stop()

@@ -11,15 +11,16 @@ import httpx
 import nats
 import orjson
 import pytest
-from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from contracts import ids, subjects
-from contracts.events import BatchConfig, ChatMessage, PromptQueued, PromptResponded, Usage
+from contracts import subjects
+from contracts.events import BatchConfig, PromptQueued, PromptResponded
 from contracts.topology import STREAMS
 from evalbus.cli.common import EXIT_REJECTED
 from evalbus.stack import Stack
+from tests.factories import BatchEvents
+from tests.scripted_model import ScriptedModel, ok, scripted_server
 
 pytestmark = pytest.mark.e2e
 SECRET = "sk-evalbus-" + secrets.token_hex(16)
@@ -128,34 +129,12 @@ async def test_injection_probes_do_not_get_the_scores_they_ask_for(stack: Stack,
     assert stats["unauthorized"] == 0
 
 
-class Collector:
-    """A server of a client's own that would collect keys: records every request's Authorization
-    header and answers like a model, so a leaked call would succeed and be seen."""
-
-    def __init__(self) -> None:
-        self.seen: list[str | None] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append(request.headers.get("Authorization"))
-        body = {"choices": [{"message": {"role": "assistant", "content": "thanks"}, "finish_reason": "stop"}]}
-        return web.json_response(body)
-
-
 @pytest.fixture
-async def collector() -> AsyncIterator[Collector]:
-    col = Collector()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", col.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    col.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    try:
+async def collector() -> AsyncIterator[ScriptedModel]:
+    """A server of a client's own that would collect keys: records every request (its
+    Authorization header too) and answers like a model, so a leaked call would succeed and be seen."""
+    async with scripted_server(ok("thanks")) as col:
         yield col
-    finally:
-        await runner.cleanup()
 
 
 async def first_event(stack: Stack, subject: str, publish: Callable[[nats.NATS], object]) -> dict[str, object]:
@@ -171,12 +150,13 @@ async def first_event(stack: Stack, subject: str, publish: Callable[[nats.NATS],
 
 
 async def test_a_start_naming_an_unlisted_url_is_rejected_before_any_call(  # type: ignore[no-untyped-def]
-    stack: Stack, cli, tmp_path: Path, collector: Collector
+    stack: Stack, cli, tmp_path: Path, collector: ScriptedModel
 ) -> None:
     suite = str(write_suite(tmp_path / "unlisted.jsonl", 3))
+    url = collector.base_url
     for option, value, reason in [
-        ("--base-url", collector.url, "model endpoint: base URL " + collector.url + " is not a configured endpoint"),
-        ("--judge-base-url", collector.url, "judge endpoint: base URL " + collector.url + " is not a configured"),
+        ("--base-url", url, "model endpoint: base URL " + url + " is not a configured endpoint"),
+        ("--judge-base-url", url, "judge endpoint: base URL " + url + " is not a configured"),
         ("--endpoint", "elsewhere", "model endpoint: no endpoint named 'elsewhere'"),
         ("--judge-endpoint", "elsewhere", "judge endpoint: no endpoint named 'elsewhere'"),
     ]:
@@ -218,26 +198,15 @@ async def test_non_http_base_urls_are_refused_by_the_cli_and_the_generator(  # t
 
 
 async def test_forged_prompt_events_naming_an_unlisted_url_fail_without_a_call(  # type: ignore[no-untyped-def]
-    stack: Stack, collector: Collector
+    stack: Stack, collector: ScriptedModel
 ) -> None:
     """The chat-runner and the judge check again: an internal event that names a URL of the
     sender's choosing becomes a failure, not a call carrying the key."""
     batch_id = "b-forged-" + secrets.token_hex(3)
-    config = BatchConfig(model="evalbus-fake", base_url=collector.url, judge_base_url=collector.url)
-    messages = [ChatMessage(role="user", content="hi")]
-    queued = PromptQueued(
-        batch_id=batch_id, prompt_id=ids.prompt_id(batch_id, 0), index=0, messages=messages, config=config
-    )
-    responded = PromptResponded(
-        batch_id=batch_id,
-        prompt_id=ids.prompt_id(batch_id, 1),
-        index=1,
-        messages=messages,
-        answer="an answer",
-        model="evalbus-fake",
-        usage=Usage(),
-        config=config,
-    )
+    config = BatchConfig(model="evalbus-fake", base_url=collector.base_url, judge_base_url=collector.base_url)
+    batch = BatchEvents(batch_id, 2, config=config)
+    queued = batch.queued(0)
+    responded = batch.responded(1, "an answer")
     forged: list[tuple[PromptQueued | PromptResponded, str]] = [(queued, "chat"), (responded, "judge")]
     for evt, stage in forged:
 

@@ -18,7 +18,12 @@ from services.runtime.messaging.consumer import Consumer
 from services.runtime.messaging.handling import Policy, handle_batch, typed
 from services.runtime.messaging.keepalive import InProgress
 from services.runtime.messaging.publishing import JetStreamPublisher, publish_events
-from tests.integration.events import scored
+from tests.factories import BatchEvents
+
+
+def _scored(batch_id: str, i: int) -> PromptScored:
+    return BatchEvents(batch_id).scored(i)
+
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +31,8 @@ pytestmark = pytest.mark.integration
 async def test_same_event_published_twice_is_stored_once(nc: Client) -> None:
     js = nc.jetstream()
     batch_id = "b-dup-" + secrets.token_hex(3)
-    first = await publish_events(js, [scored(batch_id, 0), scored(batch_id, 1)])
-    again = await publish_events(js, [scored(batch_id, 0)])
+    first = await publish_events(js, [_scored(batch_id, 0), _scored(batch_id, 1)])
+    again = await publish_events(js, [_scored(batch_id, 0)])
     assert not any(a.duplicate for a in first) and again[0].duplicate
     assert again[0].seq == first[0].seq
 
@@ -49,7 +54,7 @@ async def test_batched_worker_dead_letters_bad_messages_and_keeps_the_rest(nc: C
     js = nc.jetstream()
     batch_id = "b-dlq-" + secrets.token_hex(3)
     spec = await make_consumer(nc, batch_id)
-    await publish_events(js, [scored(batch_id, i) for i in range(5)])
+    await publish_events(js, [_scored(batch_id, i) for i in range(5)])
     subject = subjects.batch_event(batch_id, "prompt", "scored")
     await js.publish(subject, b"{not json", stream=subjects.STREAM_EVENTS)
     await js.publish(subject, b'{"batch_id": "%s"}' % batch_id.encode(), stream=subjects.STREAM_EVENTS)
@@ -82,7 +87,7 @@ async def test_failed_work_is_redelivered_with_a_delay_and_not_lost(nc: Client) 
     js = nc.jetstream()
     batch_id = "b-nak-" + secrets.token_hex(3)
     spec = await make_consumer(nc, batch_id)
-    await publish_events(js, [scored(batch_id, i) for i in range(3)])
+    await publish_events(js, [_scored(batch_id, i) for i in range(3)])
     attempts: dict[str, int] = {}
     done: set[str] = set()
 

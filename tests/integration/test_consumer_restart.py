@@ -21,7 +21,7 @@ from infra.embedded import NatsServer
 from infra.nats_topology import apply_topology, consumer_config
 from services.runtime.messaging.consumer import Consumer
 from services.runtime.messaging.publishing import publish_events
-from tests.integration.events import scored
+from tests.factories import BatchEvents
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ async def publish_until_stored(nc: Client, batch_id: str, indexes: range, pace_s
     for i in indexes:
         while True:
             try:
-                await publish_events(js, [scored(batch_id, i)])
+                await publish_events(js, [BatchEvents(batch_id).scored(i)])
                 break
             except Exception:
                 await asyncio.sleep(0.2)
@@ -133,7 +133,7 @@ async def test_per_message_consumer_resumes_after_every_restart(server: NatsServ
         async def on_message(raw: Msg) -> None:
             i = index_of(raw)
             # Like a real worker: publish a result, then ack (a restart may lose either).
-            await publish_events(js, [scored(f"{spec.durable}-out", i)])
+            await publish_events(js, [BatchEvents(f"{spec.durable}-out").scored(i)])
             await raw.ack()
             handled.add(i)
 
@@ -163,13 +163,13 @@ async def test_publishes_refused_while_reconnecting_leave_no_pending_slot(server
     js = nc.jetstream()
     batch_id = "b-orphan-" + secrets.token_hex(3)
     try:
-        await publish_events(js, [scored(batch_id, 0)])  # connected: stored
+        await publish_events(js, [BatchEvents(batch_id).scored(0)])  # connected: stored
         await asyncio.to_thread(server.stop, True)
         await wait_until(lambda: not nc.is_connected, 10, "the client did not notice the server was gone")
         refused = 0
         for attempt in range(5):
             with contextlib.suppress(Exception):
-                await publish_events(js, [scored(batch_id, 100 * attempt + i) for i in range(40)])
+                await publish_events(js, [BatchEvents(batch_id).scored(100 * attempt + i) for i in range(40)])
                 continue
             refused += 1
         assert refused == 5  # 40 events do not fit a 4 KiB reconnect buffer

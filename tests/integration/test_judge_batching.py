@@ -13,13 +13,14 @@ import orjson
 import pytest
 
 from contracts.enums import FailureCategory
-from contracts.events import BatchConfig, ChatMessage, PromptFailed, PromptJudged, PromptResponded, Usage
+from contracts.events import BatchConfig, ChatMessage, PromptFailed, PromptJudged, PromptResponded
 from services.fake_model.server import start_server
 from services.fake_model.settings import FakeModelSettings
 from services.fake_model.testing import support_answer
 from services.judge.batcher import JudgeBatcher
 from services.runtime.models.client import ChatClient
 from services.runtime.models.endpoints import Endpoint, Endpoints
+from tests.factories import BatchEvents
 
 MARKER = "<<break this batch>>"
 CRITERIA = ["helpfulness", "accuracy", "clarity"]
@@ -38,22 +39,12 @@ async def judge_server(**overrides: Any) -> AsyncIterator[tuple[str, ChatClient]
 
 def answers(batch_id: str, **cfg: Any) -> list[PromptResponded]:
     config = BatchConfig(model="evalbus-fake", judge_model="evalbus-fake-judge", criteria=CRITERIA, **cfg)
+    batch = BatchEvents(batch_id, 6, config=config)
     out = []
     for i in range(6):
         question = f"My order {i} of a PulseBuds Pro never arrived"
         answer = support_answer(question) + (f" {MARKER}" if i == 1 else "")
-        out.append(
-            PromptResponded(
-                batch_id=batch_id,
-                prompt_id=f"{batch_id}-{i:06d}",
-                index=i,
-                messages=[ChatMessage(role="user", content=question)],
-                answer=answer,
-                model="evalbus-fake",
-                usage=Usage(),
-                config=config,
-            )
-        )
+        out.append(batch.responded(i, answer, messages=[ChatMessage(role="user", content=question)]))
     return out
 
 

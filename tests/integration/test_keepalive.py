@@ -16,7 +16,12 @@ from services.runtime.messaging.consumer import Consumer
 from services.runtime.messaging.handling import Policy, handle_one, typed
 from services.runtime.messaging.keepalive import InProgress
 from services.runtime.messaging.publishing import JetStreamPublisher, publish_events
-from tests.integration.events import scored
+from tests.factories import BatchEvents
+
+
+def _scored(batch_id: str, i: int) -> PromptScored:
+    return BatchEvents(batch_id).scored(i)
+
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +38,14 @@ async def test_work_longer_than_the_ack_wait_is_not_redelivered(nc: Client) -> N
         max_ack_pending=100,
     )
     await js.add_consumer(spec.stream, consumer_config(spec))
-    await publish_events(js, [scored(batch_id, i) for i in range(3)])
+    await publish_events(js, [_scored(batch_id, i) for i in range(3)])
     calls: Counter[str] = Counter()
     out = "b-alive-out-" + secrets.token_hex(3)
 
     async def work(evt: PromptScored) -> Event:
         calls[evt.prompt_id] += 1
         await asyncio.sleep(2.5)  # 2.5 ack waits
-        return scored(out, evt.index)
+        return _scored(out, evt.index)
 
     consumer: Consumer
     alive = InProgress(lambda: max(0.3, consumer.ack_wait_s / 3))

@@ -7,25 +7,12 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from contracts.enums import FailureCategory, Stage
-from contracts.events import (
-    BatchAccepted,
-    BatchConfig,
-    ChatMessage,
-    CriterionJudgment,
-    Event,
-    JudgeCalls,
-    PromptFailed,
-    PromptJudged,
-    PromptQueued,
-    PromptResponded,
-    PromptScored,
-    Usage,
-)
+from contracts.events import BatchConfig, Event, JudgeCalls, Usage
 from contracts.quality import QualityConfig
 from contracts.references import ComponentScore
 from services.recorder import quality, reporting
 from services.recorder.repository import record, store_quality
+from tests.factories import BatchEvents
 
 pytestmark = pytest.mark.integration
 CFG = BatchConfig(
@@ -43,45 +30,12 @@ SAMPLES = [
 
 
 def events(batch_id: str) -> list[Event]:
-    out: list[Event] = [BatchAccepted(batch_id=batch_id, config=CFG, suite_name="s", total_prompts=len(SAMPLES) + 1)]
-    msgs = [ChatMessage(role="user", content="q")]
+    batch = BatchEvents(batch_id, len(SAMPLES) + 1, config=CFG)
+    out: list[Event] = [batch.accepted()]
     for i, (ans, why, cites, diff, topic, tin, tout, scores, verdict) in enumerate(SAMPLES):
-        pid = f"{batch_id}-{i:06d}"
         answer = orjson.dumps({"answer": ans, "reasoning": why, "citations": cites}).decode()
-        meta = {"difficulty": diff, "topic": topic}
-        usage = Usage(tokens_in=tin, tokens_out=tout)
-        out.append(PromptQueued(batch_id=batch_id, prompt_id=pid, index=i, messages=msgs, metadata=meta, config=CFG))
-        out.append(
-            PromptResponded(
-                batch_id=batch_id,
-                prompt_id=pid,
-                index=i,
-                messages=msgs,
-                answer=answer,
-                model="m",
-                usage=usage,
-                config=CFG,
-            )
-        )
-        judgments = [
-            CriterionJudgment(criterion=c, score=s, passed=s >= 7, reasoning="r", confidence=1)
-            for c, s in zip(CFG.criteria, scores, strict=True)
-        ]
         calls = JudgeCalls(
             share=0.25 + (1 if i == 3 else 0), unbatched=1, batch_size=1 if i == 3 else 4, fallback=i == 3
-        )
-        out.append(
-            PromptJudged(
-                batch_id=batch_id,
-                prompt_id=pid,
-                index=i,
-                judge_model="j",
-                judgments=judgments,
-                usage=Usage(tokens_in=100, tokens_out=5),
-                answer=answer,
-                calls=calls,
-                config=CFG,
-            )
         )
         sql = ComponentScore(
             name="orders",
@@ -95,31 +49,20 @@ def events(batch_id: str) -> list[Event]:
         judge = ComponentScore(
             name="judge", kind="judge", score=(sum(scores) / 2 - 1) / 9, passed=min(scores) >= 7, weight=1, detail="-"
         )
-        out.append(
-            PromptScored(
-                batch_id=batch_id,
-                prompt_id=pid,
-                index=i,
+        out += [
+            batch.queued(i, metadata={"difficulty": diff, "topic": topic}),
+            batch.responded(i, answer, usage=Usage(tokens_in=tin, tokens_out=tout)),
+            batch.judged(i, scores, answer=answer, usage=Usage(tokens_in=100, tokens_out=5), calls=calls),
+            batch.scored(
+                i,
                 overall_score=sum(scores) / 2,
                 passed=judge.passed and sql.passed,
-                criteria_passed={},
                 components=[judge, sql],
                 verdict_score=(judge.score + sql.score) / 2,
-            )
-        )
-    pid = f"{batch_id}-{len(SAMPLES):06d}"
-    out.append(PromptQueued(batch_id=batch_id, prompt_id=pid, index=len(SAMPLES), messages=msgs, config=CFG))
-    out.append(
-        PromptFailed(
-            batch_id=batch_id,
-            prompt_id=pid,
-            index=len(SAMPLES),
-            stage=Stage.CHAT,
-            category=FailureCategory.TIMEOUT,
-            error="slow",
-        )
-    )
-    return out
+            ),
+        ]
+    last = len(SAMPLES)
+    return [*out, batch.queued(last), batch.failed(last, error="slow")]
 
 
 async def test_quality_report_and_scoring_figures_match_hand_computed_values(servers) -> None:  # type: ignore[no-untyped-def]

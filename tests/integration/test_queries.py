@@ -28,16 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from contracts import subjects
 from contracts.enums import BatchStatus, FailureCategory, Stage
 from contracts.events import (
-    BatchAccepted,
     BatchConfig,
     ChatMessage,
     CriterionJudgment,
     Event,
-    PromptFailed,
-    PromptJudged,
-    PromptQueued,
-    PromptResponded,
-    PromptScored,
     ResumeResult,
     Usage,
 )
@@ -48,6 +42,7 @@ from infra.embedded import free_port
 from services.recorder import history_queries, reporting, sample_queries
 from services.recorder.api import start_api
 from services.recorder.repository import record, store_final
+from tests.factories import BatchEvents
 
 pytestmark = pytest.mark.integration
 CRITERIA = ["accuracy", "clarity"]
@@ -105,93 +100,35 @@ def answer_of(i: int) -> str:
 
 def events(batch_id: str, session: str, experiment: str) -> list[Event]:
     cfg = BatchConfig(model="m", judge_model="j", criteria=CRITERIA, session_id=session, experiment=experiment)
-    out: list[Event] = [BatchAccepted(batch_id=batch_id, config=cfg, suite_name="s", total_prompts=N)]
+    batch = BatchEvents(batch_id, N, config=cfg)
+    out: list[Event] = [batch.accepted()]
     for sp in specs():
-        i, pid = sp.index, f"{batch_id}-{sp.index:06d}"
+        i = sp.index
         msgs = [ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content=f"question {i}")]
-        out.append(
-            PromptQueued(
-                batch_id=batch_id,
-                prompt_id=pid,
-                index=i,
-                case_id=f"c{i}",
-                messages=msgs,
-                expected=f"expected {i}",
-                metadata=sp.metadata,
-                config=cfg,
-            )
-        )
+        out.append(batch.queued(i, case_id=f"c{i}", messages=msgs, expected=f"expected {i}", metadata=sp.metadata))
         if i in FAILED:
             stage, category = FAILED[i]
             if stage is Stage.JUDGE:
                 usage = Usage(tokens_in=1, tokens_out=1, latency_ms=1)
-                out.append(
-                    PromptResponded(
-                        batch_id=batch_id,
-                        prompt_id=pid,
-                        index=i,
-                        messages=msgs,
-                        answer="a",
-                        model="m",
-                        usage=usage,
-                        config=cfg,
-                    )
-                )
-            out.append(
-                PromptFailed(
-                    batch_id=batch_id, prompt_id=pid, index=i, stage=stage, category=category, error=f"err {i}"
-                )
-            )
+                out.append(batch.responded(i, "a", messages=msgs, usage=usage))
+            out.append(batch.failed(i, stage, category, f"err {i}"))
         if sp.scores is None:
             continue
         if i == RETRIED:
-            out.append(
-                PromptFailed(
-                    batch_id=batch_id,
-                    prompt_id=pid,
-                    index=i,
-                    stage=Stage.CHAT,
-                    category=FailureCategory.TIMEOUT,
-                    error="slow",
-                )
-            )
+            out.append(batch.failed(i, Stage.CHAT, FailureCategory.TIMEOUT, "slow"))
         assert sp.tokens is not None and sp.latency is not None
         usage = Usage(tokens_in=sp.tokens[0], tokens_out=sp.tokens[1], latency_ms=sp.latency, cost_usd=0.001 * i)
-        out.append(
-            PromptResponded(
-                batch_id=batch_id,
-                prompt_id=pid,
-                index=i,
-                messages=msgs,
-                answer=answer_of(i),
-                model="m",
-                usage=usage,
-                config=cfg,
-            )
-        )
+        out.append(batch.responded(i, answer_of(i), messages=msgs, usage=usage))
         judgments = [
             CriterionJudgment(criterion=c, score=v, passed=v >= 7, reasoning=f"{c} of {i}", confidence=0.5)
             for c, v in zip(CRITERIA, sp.scores, strict=True)
         ]
-        out.append(
-            PromptJudged(
-                batch_id=batch_id,
-                prompt_id=pid,
-                index=i,
-                judge_model="j",
-                judgments=judgments,
-                usage=Usage(tokens_in=5, tokens_out=5),
-                answer=answer_of(i),
-                config=cfg,
-            )
-        )
+        out.append(batch.judged(i, judgments=judgments, usage=Usage(tokens_in=5, tokens_out=5), answer=answer_of(i)))
         assert sp.verdict is not None and sp.passed is not None
         judge = ComponentScore(name="judge", kind="judge", score=sp.verdict, passed=sp.passed, weight=1, detail="-")
         out.append(
-            PromptScored(
-                batch_id=batch_id,
-                prompt_id=pid,
-                index=i,
+            batch.scored(
+                i,
                 overall_score=sp.overall,
                 passed=sp.passed,
                 criteria_passed={c: v >= 7 for c, v in zip(CRITERIA, sp.scores, strict=True)},
@@ -643,25 +580,9 @@ async def test_a_sample_too_big_for_any_reply_comes_without_its_bulk(recorded: R
     batch_id = "b-qb-" + secrets.token_hex(3)
     cfg = BatchConfig(model="m")
     bulky = {"values": list(range(5000))}  # no string to clip: only dropping it makes the sample fit
-    msgs = [ChatMessage(role="user", content="q")]
+    batch = BatchEvents(batch_id, 2, config=cfg)
     async with recorded.engine.begin() as conn:
-        await record(
-            conn,
-            [
-                BatchAccepted(batch_id=batch_id, config=cfg, suite_name="s", total_prompts=2),
-                *(
-                    PromptQueued(
-                        batch_id=batch_id,
-                        prompt_id=f"{batch_id}-{i}",
-                        index=i,
-                        messages=msgs,
-                        metadata=bulky,
-                        config=cfg,
-                    )
-                    for i in range(2)
-                ),
-            ],
-        )
+        await record(conn, [batch.accepted(), *(batch.queued(i, metadata=bulky) for i in range(2))])
     async with recorded.engine.connect() as conn:
         got = await sample_queries.samples_page(conn, SamplesQuery(batch_id=batch_id, after_index=-1), 4000)
     assert got is not None and [s.index for s in got.items] == [0] and got.truncated and got.next_after_index == 0

@@ -37,7 +37,12 @@ from services.recorder.tracker import Tracker
 from services.runtime.messaging.handling import Policy, Refusal, handle_batch
 from services.runtime.messaging.keepalive import InProgress
 from services.runtime.messaging.publishing import JetStreamPublisher
-from tests.integration.events import scored
+from tests.factories import BatchEvents
+
+
+def _scored(batch_id: str, i: int) -> PromptScored:
+    return BatchEvents(batch_id).scored(i)
+
 
 pytestmark = pytest.mark.integration
 CFG = BatchConfig(model="m")
@@ -153,9 +158,9 @@ def accepted(batch_id: str, total: int) -> BatchAccepted:
 
 async def test_scores_for_prompts_a_batch_does_not_have_do_not_count(rig: Rig) -> None:
     batch_id = new_batch()
-    forged = [scored(batch_id, i) for i in range(100_000, 100_050)]
-    wrong_id = scored(batch_id, 5).model_copy(update={"prompt_id": f"{batch_id}-x"})
-    real = [scored(batch_id, i) for i in range(200)]
+    forged = [_scored(batch_id, i) for i in range(100_000, 100_050)]
+    wrong_id = _scored(batch_id, 5).model_copy(update={"prompt_id": f"{batch_id}-x"})
+    real = [_scored(batch_id, i) for i in range(200)]
     # accepted in the same fetch as the scores: the write's own `accepted` counts
     await rig.publish_events([accepted(batch_id, 200), *forged, wrong_id, *real])
     done = await rig.nc.subscribe(subjects.batch_event(batch_id, "batch", "completed"))
@@ -171,7 +176,7 @@ async def test_scores_for_prompts_a_batch_does_not_have_do_not_count(rig: Rig) -
 
 async def test_a_prompt_event_for_a_batch_not_recorded_yet_comes_back_later(rig: Rig) -> None:
     early = new_batch()
-    await rig.publish_events([scored(early, 0)])
+    await rig.publish_events([_scored(early, 0)])
     sub = await rig.handle(1)
     info = await sub.consumer_info()
     assert info.num_ack_pending == 1 and rig.letters == []  # nak'ed with a delay, not dead-lettered
@@ -216,9 +221,9 @@ async def test_nul_bytes_and_values_beyond_their_columns_are_dead_lettered_and_s
     )
     beyond = answer.to_json().replace(b'"tokens_in":5', b'"tokens_in":1000000000000')  # past integer
     assert beyond != answer.to_json()
-    nul_reason = orjson.loads(scored(batch_id, 1).to_json()) | {"reasons": ["bad\u0000"]}
-    infinite = scored(batch_id, 2).to_json().replace(b'"overall_score":7.0', b'"overall_score":Infinity')
-    await rig.publish_events([accepted(batch_id, 4), scored(batch_id, 3)])
+    nul_reason = orjson.loads(_scored(batch_id, 1).to_json()) | {"reasons": ["bad\u0000"]}
+    infinite = _scored(batch_id, 2).to_json().replace(b'"overall_score":7.0', b'"overall_score":Infinity')
+    await rig.publish_events([accepted(batch_id, 4), _scored(batch_id, 3)])
     await rig.publish(answer.subject, beyond)
     await rig.publish(subjects.batch_event(batch_id, "prompt", "scored"), b"\x00\xff not json \x00")
     await rig.publish(subjects.batch_event(batch_id, "prompt", "scored"), orjson.dumps(nul_reason))
@@ -246,7 +251,7 @@ async def test_one_poison_event_in_a_fetch_of_100_delays_none_of_the_others(rig:
     await rig.publish_events([accepted(batch_id, 100)])
     await rig.handle(1)
     await rig.mark()
-    await rig.publish_events([scored(batch_id, i) for i in range(100)])
+    await rig.publish_events([_scored(batch_id, i) for i in range(100)])
     attempts: list[int] = []
 
     async def write(events: list[Event | None]) -> None:

@@ -27,7 +27,7 @@ from contracts.events import (
 from contracts.references import MAX_REFERENCES, parse_references
 from contracts.text import storable, storable_text
 from services.generator.logic import plan_batch, with_defaults
-from tests.unit.contract_samples import SAMPLES
+from tests.factories import SAMPLES
 
 # Owned by other parts of issue 12 (suite sources, endpoint URLs): checked there.
 NOT_HERE = {("suite", "name"), ("suite", "path"), ("suite", "builtin"), ("config", "base_url")}

@@ -17,7 +17,7 @@ from contracts.events import EVENT_TYPES, Event, PromptJudged
 from contracts.references import compile_pattern, parse_references
 from contracts.text import storable
 from services.scorer.logic import score_prompt
-from tests.unit.contract_samples import SAMPLES
+from tests.factories import SAMPLES
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CLASSES = sorted(EVENT_TYPES.values(), key=lambda c: c.__name__)

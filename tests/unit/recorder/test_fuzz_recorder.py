@@ -12,14 +12,19 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.events import EVENT_TYPES, Event, PromptEvent
+from contracts.events import EVENT_TYPES, Event, PromptEvent, PromptScored
 from contracts.queries import BatchRef, HistoryQuery, ResumeRequest, SamplesQuery
 from contracts.text import storable_json
 from services.recorder import checks
 from services.recorder.api import MAX_ERROR_CHARS, _clip, _problems
 from services.recorder.parsing import parse_event
 from services.runtime.messaging.handling import Incoming
-from tests.integration.events import scored
+from tests.factories import BatchEvents
+
+
+def _scored(batch_id: str, i: int) -> PromptScored:
+    return BatchEvents(batch_id).scored(i)
+
 
 KEYS = sorted(EVENT_TYPES)
 texts = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(["\x00", "=", ".", "\n"]), max_size=80)
@@ -43,7 +48,7 @@ def messages(draw: st.DrawFn) -> Incoming:
     batch = draw(st.sampled_from(["b-1", "b-2"]))
     entity, verb = draw(st.sampled_from(KEYS))
     subject = subjects.batch_event(batch, entity, verb)
-    base = orjson.loads(scored(draw(st.sampled_from(["b-1", "b-2"])), draw(st.integers(0, 3))).to_json())
+    base = orjson.loads(_scored(draw(st.sampled_from(["b-1", "b-2"])), draw(st.integers(0, 3))).to_json())
     kind = draw(st.integers(0, 2))
     if kind == 0:
         data = draw(st.binary(max_size=200))

@@ -21,6 +21,7 @@ from contracts.events import (
     Event,
     PromptFailed,
     PromptQueued,
+    PromptScored,
 )
 from services.recorder import handlers, parsing
 from services.recorder.parsing import Advisory, BreakerRow
@@ -35,7 +36,12 @@ from services.runtime.messaging.handling import (
 )
 from services.runtime.messaging.keepalive import InProgress
 from services.runtime.messaging.publishing import JetStreamPublisher
-from tests.integration.events import scored
+from tests.factories import BatchEvents
+
+
+def _scored(batch_id: str, i: int) -> PromptScored:
+    return BatchEvents(batch_id).scored(i)
+
 
 BATCH = "b-hnd"
 CFG = BatchConfig(model="m")
@@ -135,7 +141,7 @@ def policy(js: FakeJs, parse: Any, invalid: Invalid = Invalid.DEAD_LETTER) -> Po
 
 async def test_on_events_writes_what_it_is_given() -> None:
     tracker = FakeTracker()
-    events: list[Event | None] = [scored(BATCH, 0), scored(BATCH, 1)]
+    events: list[Event | None] = [_scored(BATCH, 0), _scored(BATCH, 1)]
     await handlers.on_events(events, tracker)
     assert tracker.written == [events]
 
@@ -143,18 +149,18 @@ async def test_on_events_writes_what_it_is_given() -> None:
 async def test_the_screen_passes_the_trackers_verdicts_on() -> None:
     refusal = Refusal("no such prompt")
     tracker = FakeTracker(refusals={1: refusal})
-    assert await handlers.screen_events([scored(BATCH, 0), scored(BATCH, 1)], tracker) == [None, refusal]
+    assert await handlers.screen_events([_scored(BATCH, 0), _scored(BATCH, 1)], tracker) == [None, refusal]
 
 
 def test_verdicts_refuse_prompts_a_batch_does_not_have_and_defer_those_of_unrecorded_batches() -> None:
     events: list[Event | None] = [
-        scored("b-known", 1),
-        scored("b-known", 2),  # the batch has 2 prompts: no prompt 2
-        scored("b-rejected", 0),
-        scored("b-later", 0),  # no row yet: deferred
+        _scored("b-known", 1),
+        _scored("b-known", 2),  # the batch has 2 prompts: no prompt 2
+        _scored("b-rejected", 0),
+        _scored("b-later", 0),  # no row yet: deferred
         BatchAccepted(batch_id="b-here", config=CFG, suite_name="s", total_prompts=1),
-        scored("b-here", 0),  # accepted in this very write
-        scored("b-here", 1),
+        _scored("b-here", 0),  # accepted in this very write
+        _scored("b-here", 1),
     ]
     verdicts = screen_verdicts(events, {"b-known": 2, "b-rejected": None})
     assert verdicts[0] is None and verdicts[4] is None and verdicts[5] is None
@@ -167,8 +173,8 @@ def test_verdicts_refuse_prompts_a_batch_does_not_have_and_defer_those_of_unreco
 async def test_a_refused_event_is_dead_lettered_a_deferred_one_comes_back_and_the_rest_are_written() -> None:
     js = FakeJs()
     tracker = FakeTracker(refusals={1: Refusal("no prompt 1"), 2: Refusal("not recorded yet", retry=True)})
-    raws = [FakeMsg(scored(BATCH, i).subject, scored(BATCH, i).to_json(), i + 1) for i in range(3)]
-    late = FakeMsg(scored(BATCH, 2).subject, scored(BATCH, 2).to_json(), 9, delivered=DEFERRED_DELIVERIES)
+    raws = [FakeMsg(_scored(BATCH, i).subject, _scored(BATCH, i).to_json(), i + 1) for i in range(3)]
+    late = FakeMsg(_scored(BATCH, 2).subject, _scored(BATCH, 2).to_json(), 9, delivered=DEFERRED_DELIVERIES)
 
     async def screen(events: list[Event | None]) -> list[Refusal | None]:
         return await handlers.screen_events(events, tracker)
@@ -186,11 +192,11 @@ async def test_a_refused_event_is_dead_lettered_a_deferred_one_comes_back_and_th
 async def test_an_event_that_does_not_parse_is_dead_lettered_and_never_reaches_the_tracker() -> None:
     js = FakeJs()
     tracker = FakeTracker()
-    forged = scored(BATCH, 0).model_copy(update={"prompt_id": "someone-else"})
+    forged = _scored(BATCH, 0).model_copy(update={"prompt_id": "someone-else"})
     raws = [
-        FakeMsg(scored(BATCH, 0).subject, forged.to_json(), 1),
+        FakeMsg(_scored(BATCH, 0).subject, forged.to_json(), 1),
         FakeMsg(subjects.batch_event(BATCH, "batch", "completed"), b"FORGED", 2),  # passed by unread
-        FakeMsg(scored(BATCH, 1).subject, scored(BATCH, 1).to_json(), 3),
+        FakeMsg(_scored(BATCH, 1).subject, _scored(BATCH, 1).to_json(), 3),
     ]
 
     async def work(events: list[Event | None]) -> None:

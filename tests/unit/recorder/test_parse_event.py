@@ -4,10 +4,15 @@ import orjson
 import pytest
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchConfig, ChatMessage, PromptResponded, Usage
+from contracts.events import BatchAccepted, BatchConfig, ChatMessage, PromptResponded, PromptScored, Usage
 from services.recorder.parsing import parse_event
 from services.runtime.messaging.handling import Incoming
-from tests.integration.events import scored
+from tests.factories import BatchEvents
+
+
+def _scored(batch_id: str, i: int) -> PromptScored:
+    return BatchEvents(batch_id).scored(i)
+
 
 CFG = BatchConfig(model="m")
 
@@ -30,7 +35,7 @@ def responded(**usage: object) -> PromptResponded:
 
 
 def test_a_good_event_parses() -> None:
-    evt = scored("b-1", 3)
+    evt = _scored("b-1", 3)
     assert parse_event(msg(evt.subject, evt.to_json())) == evt
 
 
@@ -52,16 +57,16 @@ def _with(evt: PromptResponded, key: bytes, value: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("subject", "data", "says"),
     [
-        (subjects.batch_event("b-2", "prompt", "scored"), scored("b-1", 0).to_json(), "does not match"),
-        (subjects.batch_event("b-1", "prompt", "failed"), scored("b-1", 0).to_json(), "validation error"),
+        (subjects.batch_event("b-2", "prompt", "scored"), _scored("b-1", 0).to_json(), "does not match"),
+        (subjects.batch_event("b-1", "prompt", "failed"), _scored("b-1", 0).to_json(), "validation error"),
         (
-            scored("b-1", 0).subject,
-            scored("b-1", 0).model_copy(update={"prompt_id": "b-1-7"}).to_json(),
+            _scored("b-1", 0).subject,
+            _scored("b-1", 0).model_copy(update={"prompt_id": "b-1-7"}).to_json(),
             "is not prompt 0",
         ),
-        (scored("b-1", 0).subject, scored("b-1", 0).to_json().replace(b"[]", b'["\\u0000"]'), "NUL"),
+        (_scored("b-1", 0).subject, _scored("b-1", 0).to_json().replace(b"[]", b'["\\u0000"]'), "NUL"),
         # numbers beyond their PostgreSQL columns are refused by the contract (integer, smallint)
-        (scored("b-1", 0).subject, scored("b-1", 0).to_json().replace(b'"index":0', b'"index":2147483648'), "index"),
+        (_scored("b-1", 0).subject, _scored("b-1", 0).to_json().replace(b'"index":0', b'"index":2147483648'), "index"),
         (responded().subject, _with(responded(), b'"tokens_in":', b"2147483648"), "tokens_in"),
         (responded().subject, _with(responded(), b'"attempts":', b"32768"), "attempts"),
         (

@@ -24,7 +24,12 @@ from services.runtime.messaging.handling import (
 )
 from services.runtime.messaging.keepalive import InProgress
 from services.runtime.messaging.publishing import JetStreamPublisher
-from tests.integration.events import scored
+from tests.factories import BatchEvents
+
+
+def _scored(batch_id: str, i: int) -> PromptScored:
+    return BatchEvents(batch_id).scored(i)
+
 
 BATCH = "b-iso"
 
@@ -63,7 +68,7 @@ class FakeJs:
 
 
 def messages(n: int) -> list[FakeMsg]:
-    return [FakeMsg(scored(BATCH, i).subject, scored(BATCH, i).to_json(), i + 1) for i in range(n)]
+    return [FakeMsg(_scored(BATCH, i).subject, _scored(BATCH, i).to_json(), i + 1) for i in range(n)]
 
 
 parse = typed(PromptScored)
@@ -123,8 +128,8 @@ async def test_several_poison_messages_each_fail_alone() -> None:
 
 async def test_an_event_on_another_batchs_subject_is_dead_lettered_never_worked_on() -> None:
     js = FakeJs()
-    forged = scored("b-other", 0)
-    raw = FakeMsg(scored(BATCH, 0).subject, forged.to_json(), 9)  # b-other's event on b-iso's subject
+    forged = _scored("b-other", 0)
+    raw = FakeMsg(_scored(BATCH, 0).subject, forged.to_json(), 9)  # b-other's event on b-iso's subject
     worked: list[Event] = []
 
     async def work(events: list[Event]) -> Sequence[Event]:
@@ -221,11 +226,11 @@ async def test_what_a_handler_returns_is_published_then_the_message_acked() -> N
 
     async def work(evt: PromptScored) -> Event:
         seen.append(evt)
-        return scored(BATCH, 5)
+        return _scored(BATCH, 5)
 
     await handle_one(policy(js), raw, work)  # type: ignore[arg-type]
     assert [e.index for e in seen] == [0] and raw.settled == [("ack", None)]
-    assert [s for s, _ in js.published] == [scored(BATCH, 5).subject]
+    assert [s for s, _ in js.published] == [_scored(BATCH, 5).subject]
 
 
 async def test_retry_later_naks_with_the_handlers_delay() -> None:
@@ -274,7 +279,7 @@ async def test_a_transient_error_is_retried_even_where_unexpected_ones_are_dead_
 
 async def test_a_message_that_does_not_parse_never_reaches_the_handler() -> None:
     js = FakeJs()
-    raw = FakeMsg(scored(BATCH, 0).subject, b'{"batch_id": 3}', 1)
+    raw = FakeMsg(_scored(BATCH, 0).subject, b'{"batch_id": 3}', 1)
 
     async def work(evt: PromptScored) -> Event:
         raise AssertionError("not called")

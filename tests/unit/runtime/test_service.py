@@ -9,7 +9,11 @@ from contracts.topology import CHAT_RUNNER_QUEUED, SCORER_JUDGED
 from services.runtime.messaging.handling import Incoming
 from services.runtime.messaging.service import Service
 from services.runtime.settings import Settings
-from tests.integration.events import scored
+from tests.factories import BatchEvents
+
+
+def _scored(batch_id: str, i: int) -> PromptScored:
+    return BatchEvents(batch_id).scored(i)
 
 
 def service() -> Service:
@@ -32,7 +36,7 @@ async def test_the_handlers_annotation_picks_its_parser_and_its_parameters_its_d
     svc.consumer(CHAT_RUNNER_QUEUED)(on_scored)
     svc.batch_consumer(SCORER_JUDGED)(on_many)
     one, many = svc._declared
-    evt = scored("b-svc", 3)
+    evt = _scored("b-svc", 3)
     parsed = one.parse(Incoming(evt.subject, evt.to_json()))
     assert parsed == evt and many.parse(Incoming(evt.subject, evt.to_json())) == evt
     await svc._bind(one.handler)(parsed)

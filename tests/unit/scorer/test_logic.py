@@ -2,29 +2,21 @@
 
 from typing import Any
 
-from contracts.events import BatchConfig, CriterionJudgment, PromptJudged, Usage
+from contracts.events import BatchConfig, CriterionJudgment, PromptJudged
 from contracts.references import ComponentScore, SqlEquivalence, parse_references
 from services.scorer.logic import ReferenceDatabases, score_prompt
 from services.scorer.sql.execution import sql_verdict
+from tests.factories import BatchEvents
 
 
 def judged(
     scores: dict[str, int], cfg: BatchConfig, answer: str = "a", references: list[dict[str, Any]] | None = None
 ) -> PromptJudged:
-    return PromptJudged(
-        batch_id="b",
-        prompt_id="b-000001",
-        index=1,
-        judge_model="j",
-        judgments=[
-            CriterionJudgment(criterion=c, score=s, passed=s >= 7, reasoning="r", confidence=0.5)
-            for c, s in scores.items()
-        ],
-        usage=Usage(),
-        answer=answer,
-        references=parse_references(references or []),
-        config=cfg,
-    )
+    judgments = [
+        CriterionJudgment(criterion=c, score=s, passed=s >= 7, reasoning="r", confidence=0.5) for c, s in scores.items()
+    ]
+    refs = parse_references(references or [])
+    return BatchEvents("b", config=cfg).judged(1, judgments=judgments, answer=answer, references=refs)
 
 
 async def test_passes_only_when_every_criterion_meets_its_threshold() -> None:

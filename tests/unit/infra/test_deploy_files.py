@@ -11,7 +11,7 @@ import yaml
 from infra.processes import SERVICES, service_argv
 from services.runtime.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def compose() -> dict:  # type: ignore[type-arg]
