@@ -34,19 +34,9 @@ from nats.aio.msg import Msg
 
 from contracts import ids, subjects
 from contracts.enums import FailureCategory, Stage
-from contracts.events import (
-    BatchCompleted,
-    BatchConfig,
-    BatchRejected,
-    CancelBatchRequested,
-    ChatMessage,
-    DeadLetter,
-    PromptFailed,
-    PromptResponded,
-    PromptScored,
-    StartBatchRequested,
-    Usage,
-)
+from contracts.events import BatchCompleted, BatchRejected, PromptFailed, PromptResponded, PromptScored, Usage
+from contracts.inputs import BatchConfig, CancelBatchRequested, ChatMessage, StartBatchRequested
+from contracts.ops import DeadLetter
 from evalbus import cli, client, stack
 from infra.processes import SERVICES
 from services.runtime.settings import get_settings

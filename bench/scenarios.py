@@ -20,7 +20,7 @@ from bench.blocks import measure_blocks
 from bench.harness import BatchRun, BenchStack, StackSpec, batch_config, run_batch
 from bench.profile import ProfilerUnavailable, profile_batch
 from bench.report import figure, stats
-from contracts.events import BatchConfig
+from contracts.inputs import BatchConfig
 from evalbus.stack import Stack
 
 # Per prompt with the judge on and the default five criteria (see services/recorder/repository.py):

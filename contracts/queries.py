@@ -10,11 +10,13 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from contracts.base import Strict, Wire
+from contracts.bounds import CRITERION_PATTERN, INT_MAX, MAX_TEXT
 from contracts.enums import BatchStatus, FailureCategory, Stage
-from contracts.events import CRITERION_PATTERN, MAX_TEXT, ChatMessage
 from contracts.ids import BATCH_ID_PATTERN
+from contracts.inputs import ChatMessage
 from contracts.references import ComponentScore
 from contracts.text import StoredStr, storable
 
@@ -22,8 +24,6 @@ MAX_PER_PAGE = 500
 MAX_FILTERS = 20
 MAX_FILTER_CHARS = 300  # one `field=value` filter
 MAX_TOKEN_CHARS = 100  # a resume token
-# The largest value an `integer` column (prompt indexes) holds.
-INT4_MAX = 2**31 - 1
 DEFAULT_MAX_CHARS = 2000
 MAX_HISTORY = 500
 # A metadata key path: dot-separated JSON object keys, e.g. `metadata.source.doc`.
@@ -49,21 +49,13 @@ FILTER_FIELDS = ("passed", "status", "stage", "category", "case_id", "model", "c
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Reply(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class BatchRef(Reply):
+class BatchRef(Wire):
     """A request that names one batch (status, report, quality); other keys are ignored."""
 
     batch_id: str = Field(pattern=BATCH_ID_PATTERN)
 
 
-class ResumeRequest(Reply):
+class ResumeRequest(Wire):
     """Re-drive a running batch's unfinished prompts; `token` makes the re-driven events' ids
     distinct from earlier ones (the same token again re-sends nothing the stream still holds)."""
 
@@ -76,7 +68,7 @@ def _quoted(raw: str) -> str:
     return repr(raw if len(raw) <= 60 else raw[:60] + "...")
 
 
-class SampleFilter(Reply):
+class SampleFilter(Wire):
     """One parsed `field=value` filter.
 
     - `passed=true|false`: the verdict of a scored prompt;
@@ -159,7 +151,7 @@ class SamplesQuery(Strict):
     sort: SampleSort = "index"
     page: int = Field(default=1, ge=1, le=1_000_000)
     per_page: int = Field(default=50, ge=1, le=MAX_PER_PAGE)
-    after_index: int | None = Field(default=None, ge=-1, le=INT4_MAX)
+    after_index: int | None = Field(default=None, ge=-1, le=INT_MAX)
     with_total: bool = True
     max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=50, le=MAX_TEXT)
 
@@ -180,7 +172,7 @@ class SamplesQuery(Strict):
         return [SampleFilter.parse(raw) for raw in self.filters]
 
 
-class SampleJudgment(Reply):
+class SampleJudgment(Wire):
     criterion: str
     score: int  # 1-10
     passed: bool
@@ -188,7 +180,7 @@ class SampleJudgment(Reply):
     confidence: float | None = None
 
 
-class Sample(Reply):
+class Sample(Wire):
     """One prompt with everything recorded about it; fields of steps not reached are None."""
 
     index: int
@@ -223,7 +215,7 @@ class Sample(Reply):
     clipped: dict[str, int] = Field(default_factory=dict)
 
 
-class SamplesPage(Reply):
+class SamplesPage(Wire):
     """A page of samples. `total` counts every match (None when not asked); `pages` follows.
 
     A reply stays under the server's max payload: when the page's samples do not all fit,
@@ -251,7 +243,7 @@ class HistoryQuery(Strict):
     model: StoredStr | None = Field(default=None, max_length=200)
 
 
-class BatchSummary(Reply):
+class BatchSummary(Wire):
     batch_id: str
     status: BatchStatus
     target: int  # prompts in the batch
@@ -269,5 +261,5 @@ class BatchSummary(Reply):
     finished_at: datetime | None
 
 
-class BatchHistory(Reply):
+class BatchHistory(Wire):
     items: list[BatchSummary]

@@ -21,20 +21,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from contracts import ids
 from contracts.enums import DEFAULT_CRITERIA, BatchStatus
-from contracts.events import (
-    BatchAccepted,
-    BatchConfig,
-    BatchProgress,
-    CancelBatchRequested,
-    Case,
-    JudgeMode,
-    ResumeResult,
-    StartBatchRequested,
-    SuiteRef,
-)
+from contracts.events import BatchAccepted
+from contracts.inputs import BatchConfig, CancelBatchRequested, Case, JudgeMode, StartBatchRequested, SuiteRef
 from contracts.presets import PRESETS, PresetName
 from contracts.quality import QualityReport
 from contracts.queries import DEFAULT_MAX_CHARS, MAX_PER_PAGE, HistoryQuery, SamplesQuery
+from contracts.reports import BatchProgress, ResumeResult
 from evalbus import client, export, render, render_queries, stack
 from evalbus.export import ExportFormat
 from infra import credentials

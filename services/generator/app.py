@@ -18,7 +18,8 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from contracts import ids, subjects
-from contracts.events import BatchRejected, CancelBatchRequested, StartBatchRequested
+from contracts.events import BatchRejected
+from contracts.inputs import CancelBatchRequested, StartBatchRequested
 from contracts.topology import GENERATOR_CANCEL, GENERATOR_START, KV_CANCELS, KV_STARTS
 from contracts.validation import describe_error
 from services.generator import suite_objects

@@ -20,23 +20,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
+from contracts.base import Event
 from contracts.enums import BatchStatus
-from contracts.events import (
-    EVENT_TYPES,
-    BatchAccepted,
-    BatchCompleted,
-    BatchReport,
-    BreakerStateChanged,
-    CancelBatchRequested,
-    DeadLetter,
-    Event,
-    PromptEvent,
-    PromptFailed,
-    PromptScored,
-    ResumeResult,
-    StartBatchRequested,
-)
+from contracts.events import EVENT_TYPES, BatchAccepted, BatchCompleted, PromptEvent, PromptFailed, PromptScored
+from contracts.inputs import CancelBatchRequested, StartBatchRequested
+from contracts.ops import BreakerStateChanged, DeadLetter
 from contracts.quality import QualityReport
+from contracts.reports import BatchReport, ResumeResult
 from contracts.topology import RECORDER_BREAKERS, RECORDER_DEAD_LETTERS, RECORDER_EVENTS
 from services.recorder import checks, quality, reporting, tables
 from services.recorder.api import start_api

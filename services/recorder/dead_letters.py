@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ids, subjects
 from contracts.enums import FailureCategory, Stage
-from contracts.events import DeadLetter, PromptEvent
+from contracts.events import PromptEvent
+from contracts.ops import DeadLetter
 from services.recorder import tables as t
 from services.recorder.checks import batch_totals
 

@@ -13,18 +13,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts.events import (
-    BatchConfig,
-    ChatMessage,
-    CriterionJudgment,
-    Event,
-    JudgeCalls,
-    PromptJudged,
-    PromptQueued,
-    PromptResponded,
-    Usage,
-)
+from contracts.base import Event
+from contracts.events import CriterionJudgment, JudgeCalls, PromptJudged, PromptQueued, PromptResponded, Usage
 from contracts.ids import event_id
+from contracts.inputs import BatchConfig, ChatMessage
 
 _UNFINISHED = text(
     """

@@ -12,11 +12,11 @@ from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from contracts.base import Event
 from contracts.enums import BatchStatus
 from contracts.events import (
     BatchAccepted,
     BatchRejected,
-    Event,
     PromptFailed,
     PromptJudged,
     PromptQueued,

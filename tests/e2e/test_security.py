@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import ids, subjects
-from contracts.events import BatchConfig, ChatMessage, PromptQueued, PromptResponded, Usage
+from contracts.events import PromptQueued, PromptResponded, Usage
+from contracts.inputs import BatchConfig, ChatMessage
 from contracts.topology import STREAMS
 from evalbus.cli import EXIT_REJECTED
 from evalbus.stack import Stack

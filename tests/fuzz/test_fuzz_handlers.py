@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from contracts import subjects
-from contracts.events import DeadLetter, Event, PromptQueued, PromptResponded
+from contracts.base import Event
+from contracts.events import PromptQueued, PromptResponded
+from contracts.ops import DeadLetter
 from contracts.text import storable
 from services.recorder.app import parse_event
 from services.recorder.dead_letters import from_advisory, prompt_failure

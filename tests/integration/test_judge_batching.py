@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from contracts.enums import FailureCategory
-from contracts.events import BatchConfig, ChatMessage, PromptFailed, PromptJudged, PromptResponded, Usage
+from contracts.events import PromptFailed, PromptJudged, PromptResponded, Usage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.fake_model.answers import chat_answer
 from services.fake_model.server import start_server
 from services.fake_model.settings import FakeModelSettings

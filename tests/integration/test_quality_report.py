@@ -7,13 +7,11 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from contracts.base import Event
 from contracts.enums import FailureCategory, Stage
 from contracts.events import (
     BatchAccepted,
-    BatchConfig,
-    ChatMessage,
     CriterionJudgment,
-    Event,
     JudgeCalls,
     PromptFailed,
     PromptJudged,
@@ -22,6 +20,7 @@ from contracts.events import (
     PromptScored,
     Usage,
 )
+from contracts.inputs import BatchConfig, ChatMessage
 from contracts.quality import QualityConfig
 from contracts.references import ComponentScore
 from services.recorder import quality, reporting

@@ -26,23 +26,22 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
+from contracts.base import Event
 from contracts.enums import BatchStatus, FailureCategory, Stage
 from contracts.events import (
     BatchAccepted,
-    BatchConfig,
-    ChatMessage,
     CriterionJudgment,
-    Event,
     PromptFailed,
     PromptJudged,
     PromptQueued,
     PromptResponded,
     PromptScored,
-    ResumeResult,
     Usage,
 )
+from contracts.inputs import BatchConfig, ChatMessage
 from contracts.queries import HistoryQuery, SamplesQuery
 from contracts.references import ComponentScore
+from contracts.reports import ResumeResult
 from evalbus import client, export
 from infra.embedded import free_port
 from services.recorder import queries, reporting

@@ -3,32 +3,25 @@ test can reach each string field of each event through its JSON form."""
 
 from datetime import UTC, datetime
 
+from contracts.base import Event
 from contracts.enums import BatchStatus, FailureCategory, Stage
 from contracts.events import (
     BatchAccepted,
     BatchCompleted,
-    BatchConfig,
     BatchRejected,
-    BatchReport,
-    CancelBatchRequested,
-    Case,
-    ChatMessage,
-    ComponentSummary,
     CriterionJudgment,
-    CriterionSummary,
-    Event,
     JudgeCalls,
     PromptFailed,
     PromptJudged,
     PromptQueued,
     PromptResponded,
     PromptScored,
-    StartBatchRequested,
-    SuiteRef,
     Usage,
 )
+from contracts.inputs import BatchConfig, CancelBatchRequested, Case, ChatMessage, StartBatchRequested, SuiteRef
 from contracts.quality import FieldLength, QualityConfig, QualityFlag, QualityReport
 from contracts.references import ComponentScore, parse_references
+from contracts.reports import BatchReport, ComponentSummary, CriterionSummary
 
 BATCH = "b-sample"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from contracts.bounds import INT_MAX
 from contracts.enums import FailureCategory
-from contracts.events import INT_MAX, PromptQueued, PromptResponded
+from contracts.events import PromptQueued, PromptResponded
 from contracts.text import storable
 from services.chat_runner.logic import run_prompt
 from services.judge.grading import Failure

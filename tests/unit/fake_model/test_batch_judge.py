@@ -4,7 +4,7 @@ malformed on demand."""
 import orjson
 import pytest
 
-from contracts.events import BatchConfig, ChatMessage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.fake_model.answers import (
     MALFORMED_BATCH_KINDS,
     chat_answer,

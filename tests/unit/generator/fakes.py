@@ -14,7 +14,8 @@ import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchRejected, DeadLetter, PromptQueued
+from contracts.events import BatchAccepted, BatchRejected, PromptQueued
+from contracts.ops import DeadLetter
 
 
 @dataclass

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from contracts.enums import FailureCategory
-from contracts.events import BatchConfig, ChatMessage, PromptResponded, Usage
+from contracts.events import PromptResponded, Usage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.fake_model.answers import parse_batch_judge_prompt, parse_judge_prompt
 from services.runtime.models.client import CallOptions, Completion, ModelCallError
 from services.runtime.models.endpoints import Endpoint, Endpoints

@@ -6,7 +6,8 @@ import orjson
 import pytest
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchConfig, ChatMessage, PromptResponded, Usage
+from contracts.events import BatchAccepted, PromptResponded, Usage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.recorder.app import parse_event
 from tests.integration.events import scored
 

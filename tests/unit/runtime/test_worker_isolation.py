@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from contracts.events import Event
+from contracts.base import Event
 from services.runtime.messaging.handling import Refusal, handle_isolated, work_batch
 from tests.integration.events import scored
 

@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from contracts.events import BatchConfig, CriterionJudgment, PromptJudged, Usage
+from contracts.events import CriterionJudgment, PromptJudged, Usage
+from contracts.inputs import BatchConfig
 from contracts.references import ComponentScore, SqlEquivalence, parse_references
 from services.scorer.logic import ReferenceDatabases, score_prompt
 from services.scorer.sql_equivalence import sql_verdict
