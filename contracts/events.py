@@ -175,7 +175,7 @@ class PromptScored(PromptEvent):
         ge=1,
         le=10,
         allow_inf_nan=False,
-        description="The judge's mean: the mean of its criterion scores, 1-10. None when not judged.",
+        description="The judge's mean: the mean of its criterion scores, 1-10; null when not judged.",
     )
     passed: bool = Field(
         description="The verdict: every counted component passes or, with BatchConfig.pass_threshold set, "
@@ -188,7 +188,7 @@ class PromptScored(PromptEvent):
         ge=0,
         le=1,
         description="The weighted verdict: the weighted mean of the counted components' 0-1 scores (the judge's "
-        "mean mapped onto 0-1, and each reference check's). None when no component counts.",
+        "mean mapped onto 0-1, and each reference check's); null when no component counts.",
     )
     components: list[ComponentScore] = Field(
         default_factory=list,

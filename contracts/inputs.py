@@ -90,7 +90,7 @@ class BatchConfig(Compact):
         default=None,
         ge=0,
         le=1,
-        description="None: a case passes when every counted component passes. A number in [0, 1]: when "
+        description="null: a case passes when every counted component passes. A number in [0, 1]: when "
         "its weighted verdict (PromptScored.verdict_score) reaches it and no SQL check is a hard failure.",
     )
     # Answers graded in one judge call (1 turns batching off); "combined" grades every criterion

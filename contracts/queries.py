@@ -129,9 +129,10 @@ class SamplesQuery(Strict):
     """One page of a batch's prompts with everything recorded about them.
 
     Filters on different fields must all hold; filters repeating a field match any of their
-    values (`status=failed`, `status=pending`). `min_score` is on the judge's overall score
-    (the mean of its criteria, 1-10); `min_verdict` on the weighted verdict of every component
-    (0-1). Either excludes prompts without that score. Sorts put missing values last and break
+    values (`status=failed`, `status=pending`). `min_score` is on the judge's mean (a sample's
+    `overall_score`: the mean of its criteria, 1-10); `min_verdict` on the weighted verdict of
+    every component (its `verdict_score`, 0-1). Either excludes prompts without that score. Sorts
+    (`score`: the judge's mean, `verdict`: the weighted verdict) put missing values last and break
     ties by index. `page` is 1-based.
 
     `after_index` walks a whole batch (exports): it returns the prompts after that index, in
@@ -202,8 +203,12 @@ class Sample(Wire):
     # the judge and the verdict
     judge_model: str | None = None
     judgments: list[SampleJudgment] = Field(default_factory=list)
-    overall_score: float | None = None  # the judge's mean, 1-10
-    verdict_score: float | None = None  # weighted mean of the components, 0-1
+    overall_score: float | None = Field(
+        default=None, description="The judge's mean: the mean of its criterion scores, 1-10 (PromptScored's)."
+    )
+    verdict_score: float | None = Field(
+        default=None, description="The weighted verdict: the weighted mean of the components' scores, 0-1."
+    )
     passed: bool | None = None
     reasons: list[str] = Field(default_factory=list)
     components: list[ComponentScore] = Field(default_factory=list)
@@ -213,6 +218,16 @@ class Sample(Wire):
     failure_error: str | None = None
     # clipped field -> its full length in characters (e.g. "answer", "messages.0.content")
     clipped: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def judge_mean(self) -> float | None:
+        """The judge's mean score, 1-10 (`overall_score` on the wire)."""
+        return self.overall_score
+
+    @property
+    def weighted_verdict(self) -> float | None:
+        """The weighted verdict over every component, 0-1 (`verdict_score` on the wire)."""
+        return self.verdict_score
 
 
 class SamplesPage(Wire):

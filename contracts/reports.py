@@ -84,8 +84,8 @@ class BatchReport(Wire):
     passed: Count
     pass_rate: Finite | None = Field(description="Passed verdicts over scored prompts.")
     mean_score: Finite | None = Field(
-        description="The judge's mean over the scored prompts: the mean of their overall_score, 1-10. "
-        "None when none was judged."
+        description="The judge's mean over the scored prompts: the mean of their overall_score, 1-10; "
+        "null when no prompt was judged."
     )
     criteria: list[CriterionSummary]
     failures_by_category: dict[Annotated[StoredStr, Field(max_length=MAX_NAME)], Count]
