@@ -9,7 +9,7 @@ listens on plain subscriptions, is stated here, from the code that publishes.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -144,7 +144,6 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "endpoint": {"description": "A model endpoint's base URL as one token (`subjects.endpoint_token`)."},
     "durable": {"description": "The durable consumer the message ran out of deliveries to."},
 }
-HEADERS = {"event": "EventHeaders", "dead_letter": "DeadLetterHeaders"}
 
 
 @dataclass
@@ -157,13 +156,12 @@ class _Channel:
     sends: tuple[str, ...] = ()
     receives: tuple[str, ...] = ()  # plain subscribers and services answering requests
     reply: "_Channel | None" = None
-    stream: bool = True  # kept by a stream: its durables' services receive it
-    extra: dict[str, Any] = field(default_factory=dict)
+    headers: str | None = None  # the schema of its messages' headers
 
 
 def _tokens_match(pattern: str, address: str) -> bool:
-    """Whether a NATS filter (`*`, `>`) covers every subject of a channel address, whose
-    `{parameter}` tokens stand for any token."""
+    """Whether a NATS filter covers every subject of a channel address: a `{parameter}` token is
+    covered by `*`, `>` or the same `{parameter}` (a filter for one batch covers no channel)."""
     want, have = pattern.split("."), address.split(".")
     for i, token in enumerate(want):
         if token == ">":
@@ -212,7 +210,7 @@ def _channels() -> list[_Channel]:
                 (cls.__name__,),
                 _summary(cls),
                 sends=EVENT_SENDERS[(entity, verb)],
-                extra={"header": "event"},
+                headers="EventHeaders",
             )
         )
     out.append(
@@ -232,7 +230,7 @@ def _channels() -> list[_Channel]:
             (DeadLetter.__name__,),
             "Messages a service could not use, with the reason.",
             sends=NAMES,
-            extra={"header": "dead_letter"},
+            headers="DeadLetterHeaders",
         )
     )
     out.append(
@@ -254,7 +252,7 @@ def _channels() -> list[_Channel]:
         )
     )
     status_reply = _Channel(
-        "ctl.status.reply", None, ("ServiceStatus",), "A replica's status, to the requester's inbox.", stream=False
+        "ctl.status.reply", None, ("ServiceStatus",), "A replica's status, to the requester's inbox."
     )
     out.append(
         _Channel(
@@ -266,7 +264,6 @@ def _channels() -> list[_Channel]:
             sends=(CLIENT,),
             receives=NAMES,
             reply=status_reply,
-            stream=False,
         )
     )
     out.append(status_reply)
@@ -277,7 +274,6 @@ def _channels() -> list[_Channel]:
             (api.reply.__name__,),
             f"The answer of `{api.endpoint}`, to the requester's inbox.",
             API_ERRORS,
-            stream=False,
         )
         out.append(
             _Channel(
@@ -289,7 +285,6 @@ def _channels() -> list[_Channel]:
                 sends=(CLIENT,),
                 receives=(RECORDER,),
                 reply=reply,
-                stream=False,
             )
         )
         out.append(reply)
@@ -308,7 +303,7 @@ def _channel_doc(ch: _Channel) -> dict[str, Any]:
     if params:
         doc["parameters"] = {p: PARAMETERS[p] for p in params}
     doc["messages"] = {m: _ref("components", "messages", m) for m in ch.messages}
-    stream = _stream_of(ch.address) if ch.address and ch.stream else None
+    stream = _stream_of(ch.address) if ch.address else None
     if stream is not None:
         doc["x-stream"] = stream.name
     return doc
@@ -341,7 +336,7 @@ def _operations(channels: Iterable[_Channel]) -> dict[str, dict[str, Any]]:
             _add(ops, _operation(ch, party, "send"))
         for party in ch.receives:
             _add(ops, _operation(ch, party, "receive"))
-        for spec in _durables(ch.address) if ch.stream else ():
+        for spec in _durables(ch.address):
             _add(ops, _operation(ch, _owner(spec), "receive", spec.durable))
         for party, pattern in SUBSCRIPTIONS:
             if _tokens_match(pattern, ch.address):
@@ -379,7 +374,6 @@ def _asyncapi_schema(node: Any) -> Any:
 
 
 def _messages(channels: list[_Channel], models: dict[str, type[BaseModel]]) -> dict[str, dict[str, Any]]:
-    headers = {ch.messages[0]: ch.extra["header"] for ch in channels if "header" in ch.extra}
     out: dict[str, dict[str, Any]] = {}
     for ch in channels:
         for name in ch.messages:
@@ -393,8 +387,8 @@ def _messages(channels: list[_Channel], models: dict[str, type[BaseModel]]) -> d
                 "contentType": CONTENT_TYPE,
                 "payload": _ref("components", "schemas", schema),
             }
-            if name in headers:
-                msg["headers"] = _ref("components", "schemas", HEADERS[headers[name]])
+            if ch.headers is not None:
+                msg["headers"] = _ref("components", "schemas", ch.headers)
             out[name] = msg
     return out
 
