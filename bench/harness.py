@@ -21,7 +21,9 @@ import orjson
 
 from bench.measure import RssSampler, Target, bench_process, cpu_delta, cpu_snapshot, machine_busy_s
 from contracts import ids
-from contracts.events import BatchAccepted, BatchConfig, BatchProgress, StartBatchRequested, SuiteRef
+from contracts.events import BatchAccepted
+from contracts.inputs import BatchConfig, StartBatchRequested, SuiteRef
+from contracts.reports import BatchProgress
 from evalbus.client import Follower, connect, publish_start, wait_outcome
 from evalbus.stack import Stack
 from infra.processes import SERVICES, service_argv

@@ -34,22 +34,12 @@ from nats.aio.msg import Msg
 
 from contracts import ids, subjects
 from contracts.enums import FailureCategory, Stage
-from contracts.events import (
-    BatchCompleted,
-    BatchConfig,
-    BatchRejected,
-    CancelBatchRequested,
-    ChatMessage,
-    DeadLetter,
-    PromptFailed,
-    PromptResponded,
-    PromptScored,
-    StartBatchRequested,
-    Usage,
-)
+from contracts.events import BatchCompleted, BatchRejected, PromptFailed, PromptResponded, PromptScored, Usage
+from contracts.inputs import BatchConfig, CancelBatchRequested, ChatMessage, StartBatchRequested
+from contracts.ops import DeadLetter
+from contracts.services import NAMES as SERVICE_NAMES
 from evalbus import client, stack
 from evalbus.cli.common import connect
-from infra.processes import SERVICES
 from services.runtime.settings import get_settings
 
 REJECTED, DEAD, NO_EFFECT, WRONG = "rejected", "dead-lettered", "no effect", "WRONG"
@@ -68,7 +58,6 @@ LEAKS = (
     "sqlalchemy",
     "root:",
 )
-SERVICE_NAMES = [s.replace("_", "-") for s in SERVICES]
 MODEL, JUDGE = "evalbus-fake", "evalbus-fake-judge"
 VICTIM_PROMPTS = 120
 FORGED_TOKENS, FORGED_COST = 1_000_000, 123.0  # far beyond what a normal batch of the fake model uses
@@ -105,8 +94,8 @@ class Seen:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def on_lifecycle(self, msg: Msg) -> None:
-        verb = msg.subject.rsplit(".", 1)[-1]
-        batch_id = subjects.batch_id_of(msg.subject) or ""
+        parsed = subjects.parse_batch_subject(msg.subject)
+        batch_id, verb = (parsed.batch_id, parsed.verb) if parsed else ("", "")
         try:
             if verb == "rejected":
                 self.rejected[batch_id].append(BatchRejected.model_validate_json(msg.data).reason)

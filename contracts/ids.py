@@ -32,7 +32,7 @@ def event_id(kind: str, *keys: object) -> str:
     return str(uuid.uuid5(_NAMESPACE, name))
 
 
-SESSION_TAG_MAX = 200  # the length of BatchConfig.session_id (events.MAX_NAME), which the tag fills
+SESSION_TAG_MAX = 200  # the length of BatchConfig.session_id (bounds.MAX_NAME), which the tag fills
 
 
 def session_tag(model: str, stamp: str, max_length: int = SESSION_TAG_MAX) -> str:

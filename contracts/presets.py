@@ -4,14 +4,12 @@ service setting)."""
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from contracts.base import Wire
 
 PresetName = Literal["conservative", "default", "aggressive"]
 
 
-class Limits(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class Limits(Wire):
     concurrency: int
     max_retries: int
     retry_base_s: float

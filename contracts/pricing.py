@@ -1,6 +1,6 @@
 """Estimated cost of a call: the batch's own rates, else a small table of list prices (USD per 1M tokens)."""
 
-from contracts.events import BatchConfig
+from contracts.inputs import BatchConfig
 
 # (input, output) per million tokens; a batch can always override with its own rates.
 LIST_PRICES: dict[str, tuple[float, float]] = {

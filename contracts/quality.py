@@ -7,8 +7,9 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from contracts.base import Strict, Wire
 from contracts.text import StoredStr
 
 FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
@@ -22,10 +23,8 @@ Label = Annotated[StoredStr, Field(max_length=100_000)]
 _Names = TypeVar("_Names", list[str], dict[str, int], None)
 
 
-class QualityConfig(BaseModel):
+class QualityConfig(Strict):
     """What the quality report measures and when it raises a flag; every threshold is settable."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Text fields whose average length is reported. Each is read from the answer when the answer
     # is a JSON object, else from the case's metadata; `answer` falls back to the whole answer.
@@ -52,9 +51,7 @@ class QualityConfig(BaseModel):
         return value
 
 
-class FieldLength(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class FieldLength(Wire):
     field: Text
     present: Count  # samples that have the field
     avg_chars: Finite | None
@@ -63,18 +60,14 @@ class FieldLength(BaseModel):
     below_min: Count  # samples shorter than the configured minimum
 
 
-class QualityFlag(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class QualityFlag(Wire):
     code: Text  # e.g. short_answer, single_difficulty
     message: Annotated[StoredStr, Field(max_length=200_000)]
     value: Finite | Label | None = None
     threshold: Finite | None = None
 
 
-class QualityReport(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class QualityReport(Wire):
     batch_id: Text
     samples: Count  # prompts with an answer
     scored: Count

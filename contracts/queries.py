@@ -10,11 +10,13 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from contracts.base import Strict, Wire
+from contracts.bounds import CRITERION_PATTERN, INT_MAX, MAX_TEXT
 from contracts.enums import BatchStatus, FailureCategory, Stage
-from contracts.events import CRITERION_PATTERN, MAX_TEXT, ChatMessage
 from contracts.ids import BATCH_ID_PATTERN
+from contracts.inputs import ChatMessage
 from contracts.references import ComponentScore
 from contracts.text import StoredStr, storable
 
@@ -22,8 +24,6 @@ MAX_PER_PAGE = 500
 MAX_FILTERS = 20
 MAX_FILTER_CHARS = 300  # one `field=value` filter
 MAX_TOKEN_CHARS = 100  # a resume token
-# The largest value an `integer` column (prompt indexes) holds.
-INT4_MAX = 2**31 - 1
 DEFAULT_MAX_CHARS = 2000
 MAX_HISTORY = 500
 # A metadata key path: dot-separated JSON object keys, e.g. `metadata.source.doc`.
@@ -49,21 +49,13 @@ FILTER_FIELDS = ("passed", "status", "stage", "category", "case_id", "model", "c
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Reply(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class BatchRef(Reply):
+class BatchRef(Wire):
     """A request that names one batch (status, report, quality); other keys are ignored."""
 
     batch_id: str = Field(pattern=BATCH_ID_PATTERN)
 
 
-class ResumeRequest(Reply):
+class ResumeRequest(Wire):
     """Re-drive a running batch's unfinished prompts; `token` makes the re-driven events' ids
     distinct from earlier ones (the same token again re-sends nothing the stream still holds)."""
 
@@ -76,7 +68,7 @@ def _quoted(raw: str) -> str:
     return repr(raw if len(raw) <= 60 else raw[:60] + "...")
 
 
-class SampleFilter(Reply):
+class SampleFilter(Wire):
     """One parsed `field=value` filter.
 
     - `passed=true|false`: the verdict of a scored prompt;
@@ -137,9 +129,10 @@ class SamplesQuery(Strict):
     """One page of a batch's prompts with everything recorded about them.
 
     Filters on different fields must all hold; filters repeating a field match any of their
-    values (`status=failed`, `status=pending`). `min_score` is on the judge's overall score
-    (the mean of its criteria, 1-10); `min_verdict` on the weighted verdict of every component
-    (0-1). Either excludes prompts without that score. Sorts put missing values last and break
+    values (`status=failed`, `status=pending`). `min_score` is on the judge's mean (a sample's
+    `overall_score`: the mean of its criteria, 1-10); `min_verdict` on the weighted verdict of
+    every component (its `verdict_score`, 0-1). Either excludes prompts without that score. Sorts
+    (`score`: the judge's mean, `verdict`: the weighted verdict) put missing values last and break
     ties by index. `page` is 1-based.
 
     `after_index` walks a whole batch (exports): it returns the prompts after that index, in
@@ -159,7 +152,7 @@ class SamplesQuery(Strict):
     sort: SampleSort = "index"
     page: int = Field(default=1, ge=1, le=1_000_000)
     per_page: int = Field(default=50, ge=1, le=MAX_PER_PAGE)
-    after_index: int | None = Field(default=None, ge=-1, le=INT4_MAX)
+    after_index: int | None = Field(default=None, ge=-1, le=INT_MAX)
     with_total: bool = True
     max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=50, le=MAX_TEXT)
 
@@ -180,7 +173,7 @@ class SamplesQuery(Strict):
         return [SampleFilter.parse(raw) for raw in self.filters]
 
 
-class SampleJudgment(Reply):
+class SampleJudgment(Wire):
     criterion: str
     score: int  # 1-10
     passed: bool
@@ -188,7 +181,7 @@ class SampleJudgment(Reply):
     confidence: float | None = None
 
 
-class Sample(Reply):
+class Sample(Wire):
     """One prompt with everything recorded about it; fields of steps not reached are None."""
 
     index: int
@@ -210,8 +203,12 @@ class Sample(Reply):
     # the judge and the verdict
     judge_model: str | None = None
     judgments: list[SampleJudgment] = Field(default_factory=list)
-    overall_score: float | None = None  # the judge's mean, 1-10
-    verdict_score: float | None = None  # weighted mean of the components, 0-1
+    overall_score: float | None = Field(
+        default=None, description="The judge's mean: the mean of its criterion scores, 1-10 (PromptScored's)."
+    )
+    verdict_score: float | None = Field(
+        default=None, description="The weighted verdict: the weighted mean of the components' scores, 0-1."
+    )
     passed: bool | None = None
     reasons: list[str] = Field(default_factory=list)
     components: list[ComponentScore] = Field(default_factory=list)
@@ -222,8 +219,18 @@ class Sample(Reply):
     # clipped field -> its full length in characters (e.g. "answer", "messages.0.content")
     clipped: dict[str, int] = Field(default_factory=dict)
 
+    @property
+    def judge_mean(self) -> float | None:
+        """The judge's mean score, 1-10 (`overall_score` on the wire)."""
+        return self.overall_score
 
-class SamplesPage(Reply):
+    @property
+    def weighted_verdict(self) -> float | None:
+        """The weighted verdict over every component, 0-1 (`verdict_score` on the wire)."""
+        return self.verdict_score
+
+
+class SamplesPage(Wire):
     """A page of samples. `total` counts every match (None when not asked); `pages` follows.
 
     A reply stays under the server's max payload: when the page's samples do not all fit,
@@ -251,7 +258,7 @@ class HistoryQuery(Strict):
     model: StoredStr | None = Field(default=None, max_length=200)
 
 
-class BatchSummary(Reply):
+class BatchSummary(Wire):
     batch_id: str
     status: BatchStatus
     target: int  # prompts in the batch
@@ -269,5 +276,5 @@ class BatchSummary(Reply):
     finished_at: datetime | None
 
 
-class BatchHistory(Reply):
+class BatchHistory(Wire):
     items: list[BatchSummary]

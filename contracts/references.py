@@ -26,8 +26,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from contracts.base import Strict, Wire
 from contracts.text import JsonObject, StoredStr
 
 MAX_VALUE = 200_000
@@ -54,10 +55,11 @@ MAX_DETAIL = 1_000  # a component's detail (the scorer clips its own at 500)
 DEFAULT_SCHEMA_DRAFT: Final[type[Validator]] = Draft202012Validator
 
 
-class ReferenceCheck(BaseModel):
+class ReferenceCheck(Strict):
     """Fields every check shares. `weight` 0 reports a check without letting it count."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True)
+    # JsonSchema's `schema` field is `schema_` in Python (BaseModel has a `schema` method).
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
 
     weight: float = Field(default=1.0, ge=0, le=1_000_000, allow_inf_nan=False)
     name: StoredStr | None = Field(default=None, min_length=1, max_length=100)
@@ -178,10 +180,8 @@ def parse_references(data: object) -> list[Reference]:
     return REFERENCES.validate_python(data)
 
 
-class ComponentScore(BaseModel):
+class ComponentScore(Wire):
     """The outcome of one check on one answer."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     name: StoredStr = Field(max_length=100)
     kind: StoredStr = Field(max_length=40)

@@ -63,7 +63,17 @@ def endpoint_token(base_url: str) -> str:
 
 
 def breaker(base_url: str) -> str:
-    return f"{PREFIX}.breaker.{endpoint_token(base_url)}"
+    return breaker_of(endpoint_token(base_url))
+
+
+def breaker_of(token: str) -> str:
+    """The breaker subject of an endpoint already made a token (see `endpoint_token`)."""
+    return f"{PREFIX}.breaker.{token}"
+
+
+def max_deliveries_advisory(durable: str) -> str:
+    """JetStream's notice that a message of the events stream ran out of deliveries to `durable`."""
+    return MAX_DELIVERIES_ADVISORIES.removesuffix(">") + durable
 
 
 def control(service: str) -> str:
@@ -93,7 +103,9 @@ def parse_batch_subject(subject: str) -> BatchSubject | None:
 
 
 def batch_id_of(subject: str) -> str | None:
-    """The batch id token of an `evalbus.v1.batch.<id>...` subject, if it is one."""
+    """The batch id token of any subject under `evalbus.v1.batch.<id>.` (however many tokens
+    follow), if it is one. Looser than `parse_batch_subject`, which reads only well-formed event
+    subjects: kept for the callers that compare a subject's batch with a body's."""
     parts = subject.split(".")
     if len(parts) >= 4 and parts[0] == "evalbus" and parts[1] == "v1" and parts[2] == "batch":
         return parts[3]

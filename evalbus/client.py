@@ -16,18 +16,11 @@ from nats.js.api import PubAck
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.events import (
-    BatchAccepted,
-    BatchProgress,
-    BatchRejected,
-    BatchReport,
-    CancelBatchRequested,
-    ResumeResult,
-    StartBatchRequested,
-    SuiteRef,
-)
+from contracts.events import BatchAccepted, BatchRejected
+from contracts.inputs import CancelBatchRequested, StartBatchRequested, SuiteRef
 from contracts.quality import QualityReport
 from contracts.queries import BatchHistory, HistoryQuery, SamplesPage, SamplesQuery
+from contracts.reports import BatchProgress, BatchReport, ResumeResult
 from contracts.topology import OBJ_SUITES, suite_object_name
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from nats.aio.client import Client
 
-from contracts.events import MAX_TEXT
+from contracts.bounds import MAX_TEXT
 from contracts.queries import MAX_PER_PAGE, Sample, SamplesQuery
 from evalbus import client
 

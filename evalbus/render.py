@@ -3,7 +3,7 @@
 from rich.console import Console
 from rich.table import Table
 
-from contracts.events import BatchProgress, BatchReport
+from contracts.reports import BatchProgress, BatchReport
 
 
 def fmt(value: float | None, spec: str = ".2f", unit: str = "") -> str:

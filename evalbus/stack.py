@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
+from contracts.services import NAMES as SERVICE_NAMES
 from infra.credentials import CLIENT_ROLE, Credentials, load_or_create
 from infra.embedded import NatsServer, PostgresServer, free_port, wait_for_port
 from infra.migrate import migrate
@@ -151,8 +152,7 @@ class Stack:
             try:
                 deadline = time.monotonic() + timeout_s
                 while True:
-                    names = [s.replace("_", "-") for s in SERVICES]
-                    statuses = [await service_status(nc, n, timeout_s=2) for n in names]
+                    statuses = [await service_status(nc, n, timeout_s=2) for n in SERVICE_NAMES]
                     sick = [str(st["service"]) for st in statuses if not st.get("healthy")]
                     if not sick or time.monotonic() > deadline:
                         return sick

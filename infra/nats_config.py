@@ -8,10 +8,12 @@ import re
 import secrets
 from pathlib import Path
 
+from contracts.services import NAMES
+
 CONFIG_PATH = Path(__file__).resolve().parent / "nats" / "nats-server.conf"
 
 # The users of nats-server.conf: the provisioner, the five services, and the users' CLI.
-ROLES: tuple[str, ...] = ("provisioner", "generator", "chat-runner", "judge", "scorer", "recorder", "client")
+ROLES: tuple[str, ...] = ("provisioner", *NAMES, "client")
 
 
 def config_path() -> Path:

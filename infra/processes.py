@@ -3,16 +3,23 @@ all start these same commands (a test checks compose.yaml against this list)."""
 
 import sys
 
-SERVICES: tuple[str, ...] = ("generator", "chat_runner", "judge", "scorer", "recorder")
+from contracts.services import MODULES, name_of
+
+SERVICES: tuple[str, ...] = MODULES  # by module name: `chat_runner`
 
 
 def service_app(service: str) -> str:
     return f"services.{service}.app:create_app"
 
 
-def service_role(service: str) -> str:
-    """`chat_runner` -> `chat-runner`: its NATS user, health name and log name in compose."""
-    return service.replace("_", "-")
+def service_role(process: str) -> str:
+    """A process's service name (contracts.services): `chat_runner` -> `chat-runner`, its NATS user,
+    health name and log name in compose; a replica `chat_runner-2` -> `chat-runner-2`. Other
+    processes (`fake-model`) keep their names, with '_' made '-'."""
+    module, sep, replica = process.partition("-")
+    if module in MODULES:
+        return name_of(module) + sep + replica
+    return process.replace("_", "-")
 
 
 def service_argv(service: str) -> list[str]:

@@ -20,33 +20,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from contracts.base import Event
 from contracts.enums import BatchStatus, FailureCategory, Stage
 from contracts.events import (
     BatchAccepted,
     BatchCompleted,
-    BatchConfig,
     BatchRejected,
-    BatchReport,
-    CancelBatchRequested,
-    Case,
-    ChatMessage,
-    ComponentSummary,
     CriterionJudgment,
-    CriterionSummary,
-    Event,
     JudgeCalls,
     PromptFailed,
     PromptJudged,
     PromptQueued,
     PromptResponded,
     PromptScored,
-    StartBatchRequested,
-    SuiteRef,
     Usage,
 )
 from contracts.ids import prompt_id
+from contracts.inputs import BatchConfig, CancelBatchRequested, Case, ChatMessage, StartBatchRequested, SuiteRef
 from contracts.quality import FieldLength, QualityConfig, QualityFlag, QualityReport
 from contracts.references import ComponentScore, parse_references
+from contracts.reports import BatchReport, ComponentSummary, CriterionSummary
 
 DEFAULT_CONFIG = BatchConfig(model="m", criteria=["accuracy", "clarity"])
 E = TypeVar("E", bound=Event)

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.harness import BatchRun, BenchStack, StackSpec, run_batch
 from bench.report import figure, stats
-from contracts.events import BatchConfig
+from contracts.inputs import BatchConfig
 
 TARGET_RATE = 1_000  # prompts/s end to end: the overhead-bound target
 

@@ -18,19 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from contracts import ids
 from contracts.enums import DEFAULT_CRITERIA, BatchStatus
-from contracts.events import (
-    BatchAccepted,
-    BatchConfig,
-    BatchProgress,
-    CancelBatchRequested,
-    Case,
-    JudgeMode,
-    ResumeResult,
-    StartBatchRequested,
-    SuiteRef,
-)
+from contracts.events import BatchAccepted
+from contracts.inputs import BatchConfig, CancelBatchRequested, Case, JudgeMode, StartBatchRequested, SuiteRef
 from contracts.presets import PRESETS, PresetName
 from contracts.quality import QualityReport
+from contracts.reports import BatchProgress, ResumeResult
 from evalbus import client, render, render_queries, stack
 from evalbus.cli.common import (
     EXIT_REJECTED,

@@ -9,14 +9,12 @@ from typing import Annotated
 
 import typer
 
+from contracts.services import NAMES as SERVICE_NAMES
 from evalbus import client, stack
 from evalbus.cli.common import JsonFlag, connect, console, data_dir, err
 from infra import credentials
-from infra.processes import SERVICES
 from services.runtime.messaging.health import heartbeat_path
 from services.runtime.settings import get_settings
-
-SERVICE_NAMES = [s.replace("_", "-") for s in SERVICES]
 
 
 def health(as_json: JsonFlag = False) -> None:

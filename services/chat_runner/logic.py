@@ -2,8 +2,9 @@
 
 from collections.abc import Container
 
+from contracts.bounds import INT_MAX, MAX_ANSWER
 from contracts.enums import FailureCategory, Stage
-from contracts.events import INT_MAX, MAX_ANSWER, PromptFailed, PromptQueued, PromptResponded, Usage
+from contracts.events import PromptFailed, PromptQueued, PromptResponded, Usage
 from contracts.pricing import cost_usd
 from contracts.text import storable_text
 from services.runtime.models.client import CallOptions, ChatModel, ModelCallError

@@ -13,7 +13,8 @@ from pathlib import Path
 import nats.errors
 
 from contracts import ids, subjects
-from contracts.events import BatchRejected, CancelBatchRequested, StartBatchRequested
+from contracts.events import BatchRejected
+from contracts.inputs import CancelBatchRequested, StartBatchRequested
 from contracts.topology import GENERATOR_START
 from contracts.validation import describe_error
 from services.generator.cancels import CancelRecords

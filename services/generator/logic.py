@@ -8,7 +8,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from contracts import ids, subjects
-from contracts.events import MAX_NAME, BatchAccepted, BatchConfig, BatchRejected, PromptQueued, StartBatchRequested
+from contracts.bounds import MAX_NAME
+from contracts.events import BatchAccepted, BatchRejected, PromptQueued
+from contracts.inputs import BatchConfig, StartBatchRequested
 from contracts.validation import describe_error
 from services.generator.suite_loader import SuiteError, SuiteFile, count_cases, iter_cases, locate
 from services.runtime.models.endpoints import check_batch_endpoints

@@ -21,7 +21,7 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from contracts.events import Case, SuiteRef
+from contracts.inputs import Case, SuiteRef
 from contracts.references import parse_references
 
 BUILTIN_DIR = Path(__file__).parent / "suites"

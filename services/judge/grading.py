@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from contracts.enums import FailureCategory, Stage
-from contracts.events import BatchConfig, CriterionJudgment, PromptResponded
+from contracts.events import CriterionJudgment, PromptResponded
+from contracts.inputs import BatchConfig
 from contracts.pricing import cost_usd
 from services.judge.parsing import JudgeParseError, parse_batch_judgment, parse_judgment
 from services.judge.prompt import Item, batch_response_format, build_batch_messages, build_messages, item_ids

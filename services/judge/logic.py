@@ -5,14 +5,8 @@ from collections.abc import Container, Sequence
 from functools import reduce
 
 from contracts.enums import FailureCategory, Stage
-from contracts.events import (
-    BatchConfig,
-    JudgeCalls,
-    PromptFailed,
-    PromptJudged,
-    PromptResponded,
-    Usage,
-)
+from contracts.events import JudgeCalls, PromptFailed, PromptJudged, PromptResponded, Usage
+from contracts.inputs import BatchConfig
 from services.judge.grading import ChunkOutcome, Failure, Graded, Spent, grade_chunk
 from services.runtime.models.client import CallOptions, ChatModel
 from services.runtime.models.endpoints import EndpointRejected, Endpoints

@@ -7,7 +7,8 @@ from typing import Annotated, Any, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from contracts.events import BatchConfig, CriterionJudgment
+from contracts.events import CriterionJudgment
+from contracts.inputs import BatchConfig
 from contracts.text import StoredStr
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n(.*)\n```$", re.DOTALL)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.events import BatchConfig, ChatMessage
+from contracts.inputs import BatchConfig, ChatMessage
 
 SCHEMA_NAME = "evalbus_judgment"
 BATCH_SCHEMA_NAME = "evalbus_judgment_batch"

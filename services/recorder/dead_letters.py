@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from contracts import ids, subjects
 from contracts.enums import FailureCategory, Stage
-from contracts.events import DeadLetter, PromptEvent
+from contracts.events import PromptEvent
+from contracts.ops import DeadLetter
 from services.recorder.parsing import Advisory
 from services.runtime.messaging.handling import Incoming
 

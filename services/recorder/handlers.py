@@ -7,7 +7,8 @@ returns); the flush loop, not these handlers, publishes progress and completion.
 from collections.abc import Sequence
 from typing import Protocol
 
-from contracts.events import DeadLetter, Event
+from contracts.base import Event
+from contracts.ops import DeadLetter
 from services.recorder.dead_letters import from_advisory
 from services.recorder.parsing import Advisory, BreakerRow
 from services.runtime.messaging.handling import Incoming, Refusal

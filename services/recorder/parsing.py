@@ -9,16 +9,10 @@ from dataclasses import dataclass
 
 import orjson
 
-from contracts.events import (
-    EVENT_TYPES,
-    BatchCompleted,
-    BreakerStateChanged,
-    CancelBatchRequested,
-    DeadLetter,
-    Event,
-    PromptEvent,
-    StartBatchRequested,
-)
+from contracts.base import Event
+from contracts.events import EVENT_TYPES, BatchCompleted, PromptEvent
+from contracts.inputs import CancelBatchRequested, StartBatchRequested
+from contracts.ops import BreakerStateChanged, DeadLetter
 from contracts.subjects import parse_batch_subject
 from services.recorder import checks
 from services.runtime.messaging.handling import Incoming, check_subject

@@ -17,19 +17,11 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from contracts.events import (
-    BatchConfig,
-    ChatMessage,
-    CriterionJudgment,
-    Event,
-    JudgeCalls,
-    PromptJudged,
-    PromptQueued,
-    PromptResponded,
-    ResumeResult,
-    Usage,
-)
+from contracts.base import Event
+from contracts.events import CriterionJudgment, JudgeCalls, PromptJudged, PromptQueued, PromptResponded, Usage
 from contracts.ids import event_id
+from contracts.inputs import BatchConfig, ChatMessage
+from contracts.reports import ResumeResult
 from services.recorder import reporting
 from services.runtime.messaging.publishing import Publisher
 

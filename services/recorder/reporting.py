@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.enums import BatchStatus
-from contracts.events import BatchProgress, BatchReport, ComponentSummary, CriterionSummary
+from contracts.reports import BatchProgress, BatchReport, ComponentSummary, CriterionSummary
 
 _COUNTS = text(
     """

@@ -15,20 +15,20 @@ from sqlalchemy import Table, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from contracts.base import Event
 from contracts.enums import BatchStatus
 from contracts.events import (
     BatchAccepted,
     BatchRejected,
-    BatchReport,
-    DeadLetter,
-    Event,
     PromptFailed,
     PromptJudged,
     PromptQueued,
     PromptResponded,
     PromptScored,
 )
+from contracts.ops import DeadLetter
 from contracts.quality import QualityReport
+from contracts.reports import BatchReport
 from services.recorder import tables as t
 from services.recorder.checks import batch_totals
 from services.recorder.dead_letters import printable, prompt_failure

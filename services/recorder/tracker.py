@@ -12,18 +12,11 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import subjects
+from contracts.base import Event
 from contracts.enums import BatchStatus
-from contracts.events import (
-    BatchAccepted,
-    BatchCompleted,
-    BatchProgress,
-    BatchReport,
-    Event,
-    PromptEvent,
-    PromptFailed,
-    PromptScored,
-)
+from contracts.events import BatchAccepted, BatchCompleted, PromptEvent, PromptFailed, PromptScored
 from contracts.quality import QualityReport
+from contracts.reports import BatchProgress, BatchReport
 from services.recorder import checks, quality, reporting
 from services.recorder.repository import record, store_final, store_quality
 from services.runtime.messaging.handling import Refusal

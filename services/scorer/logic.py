@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from statistics import fmean
 
-from contracts.events import BatchConfig, CriterionJudgment, PromptJudged, PromptScored
+from contracts.events import CriterionJudgment, PromptJudged, PromptScored
+from contracts.inputs import BatchConfig
 from contracts.references import ComponentScore, Reference, SqlEquivalence
 from services.scorer.references import PATTERN_TIMEOUT_S, Deadline, check, clip, combine, result
 from services.scorer.sql.execution import sql_equivalence, sql_verdict

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchConfig, StartBatchRequested
+from contracts.inputs import BatchConfig, StartBatchRequested
 from evalbus.client import publish_start, upload_suite
 from evalbus.stack import Stack
 from infra.nats_topology import apply_topology

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchConfig, BatchRejected, CancelBatchRequested, Case, StartBatchRequested, SuiteRef
+from contracts.events import BatchRejected
+from contracts.inputs import BatchConfig, CancelBatchRequested, Case, StartBatchRequested, SuiteRef
 from contracts.topology import KV_CANCELS, RECORDER_EVENTS
 from evalbus.stack import Stack
 

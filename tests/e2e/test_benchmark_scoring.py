@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchCompleted, BatchConfig, StartBatchRequested
+from contracts.events import BatchCompleted
+from contracts.inputs import BatchConfig, StartBatchRequested
 from evalbus.client import publish_start, upload_suite
 from evalbus.stack import Stack
 from services.scorer.sql.execution import asyncpg_dsn

@@ -13,7 +13,8 @@ from nats.aio.msg import Msg
 
 from contracts import subjects
 from contracts.enums import BatchStatus
-from contracts.events import BatchCompleted, BatchReport
+from contracts.events import BatchCompleted
+from contracts.reports import BatchReport
 from evalbus.stack import Stack
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchCompleted, BatchProgress
+from contracts.events import BatchCompleted
+from contracts.reports import BatchProgress
 from evalbus.stack import Stack
 from infra.embedded import wait_for_port
 from infra.processes import fake_model_argv

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchCompleted, BatchConfig, Case, StartBatchRequested, SuiteRef
+from contracts.events import BatchCompleted
+from contracts.inputs import BatchConfig, Case, StartBatchRequested, SuiteRef
 from evalbus import client
 from evalbus.stack import Stack
 

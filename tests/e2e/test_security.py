@@ -15,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchConfig, PromptQueued, PromptResponded
+from contracts.events import PromptQueued, PromptResponded
+from contracts.inputs import BatchConfig
 from contracts.topology import STREAMS
 from evalbus.cli.common import EXIT_REJECTED
 from evalbus.stack import Stack

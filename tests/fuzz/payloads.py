@@ -9,12 +9,10 @@ from typing import Any
 import orjson
 from hypothesis import strategies as st
 
+from contracts.base import Event
 from contracts.enums import FailureCategory, Stage
 from contracts.events import (
-    BatchConfig,
-    ChatMessage,
     CriterionJudgment,
-    Event,
     PromptFailed,
     PromptJudged,
     PromptQueued,
@@ -22,6 +20,7 @@ from contracts.events import (
     PromptScored,
     Usage,
 )
+from contracts.inputs import BatchConfig, ChatMessage
 
 BATCH = "b-fuzz"
 CFG = BatchConfig(model="m", judge_model="j", criteria=["accuracy"])

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from contracts import subjects
-from contracts.events import DeadLetter, Event, PromptJudged, PromptQueued, PromptResponded
+from contracts.base import Event
+from contracts.events import PromptJudged, PromptQueued, PromptResponded
+from contracts.ops import DeadLetter
 from contracts.text import storable
 from services.recorder.dead_letters import prompt_failure
 from services.recorder.parsing import parse_dead_letter, parse_event

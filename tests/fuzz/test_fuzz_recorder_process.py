@@ -20,7 +20,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchConfig, DeadLetter
+from contracts.events import BatchAccepted
+from contracts.inputs import BatchConfig
+from contracts.ops import DeadLetter
 from evalbus.client import service_status
 from evalbus.stack import Stack
 from infra.processes import service_argv

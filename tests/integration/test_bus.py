@@ -10,7 +10,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from contracts import subjects
-from contracts.events import BatchConfig, DeadLetter, Event, PromptScored
+from contracts.base import Event
+from contracts.events import PromptScored
+from contracts.inputs import BatchConfig
+from contracts.ops import DeadLetter
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
 from services.runtime.messaging import connection as bus

@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
 from contracts.enums import FailureCategory, Stage
-from contracts.events import BatchAccepted, BatchConfig, ChatMessage, DeadLetter, PromptFailed, PromptQueued
+from contracts.events import BatchAccepted, PromptFailed, PromptQueued
+from contracts.inputs import BatchConfig, ChatMessage
+from contracts.ops import DeadLetter
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
 from services.recorder.handlers import dead_letter_of

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from contracts.enums import FailureCategory
-from contracts.events import BatchConfig, ChatMessage, PromptFailed, PromptJudged, PromptResponded
+from contracts.events import PromptFailed, PromptJudged, PromptResponded
+from contracts.inputs import BatchConfig, ChatMessage
 from services.fake_model.server import start_server
 from services.fake_model.settings import FakeModelSettings
 from services.fake_model.testing import support_answer

@@ -9,7 +9,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from contracts import subjects
-from contracts.events import Event, PromptScored
+from contracts.base import Event
+from contracts.events import PromptScored
 from contracts.topology import ConsumerSpec
 from infra.nats_topology import consumer_config
 from services.runtime.messaging.consumer import Consumer

@@ -24,8 +24,8 @@ from nats.js.errors import KeyNotFoundError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
-from contracts.events import ResumeResult
 from contracts.queries import BatchHistory, HistoryQuery, SamplesQuery
+from contracts.reports import ResumeResult
 from contracts.topology import (
     CHAT_RUNNER_QUEUED,
     CONSUMERS,

@@ -7,7 +7,9 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from contracts.events import BatchConfig, Event, JudgeCalls, Usage
+from contracts.base import Event
+from contracts.events import JudgeCalls, Usage
+from contracts.inputs import BatchConfig
 from contracts.quality import QualityConfig
 from contracts.references import ComponentScore
 from services.recorder import quality, reporting

@@ -26,17 +26,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
+from contracts.base import Event
 from contracts.enums import BatchStatus, FailureCategory, Stage
-from contracts.events import (
-    BatchConfig,
-    ChatMessage,
-    CriterionJudgment,
-    Event,
-    ResumeResult,
-    Usage,
-)
+from contracts.events import CriterionJudgment, Usage
+from contracts.inputs import BatchConfig, ChatMessage
 from contracts.queries import HistoryQuery, SamplesQuery
 from contracts.references import ComponentScore
+from contracts.reports import ResumeResult
 from evalbus import client, export
 from infra.embedded import free_port
 from services.recorder import history_queries, reporting, sample_queries

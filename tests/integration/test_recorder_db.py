@@ -7,15 +7,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import subjects
+from contracts.base import Event
 from contracts.enums import BatchStatus, FailureCategory, Stage
 from contracts.events import (
     BatchAccepted,
     BatchCompleted,
-    BatchConfig,
     BatchRejected,
-    ChatMessage,
     CriterionJudgment,
-    Event,
     PromptFailed,
     PromptJudged,
     PromptQueued,
@@ -23,6 +21,7 @@ from contracts.events import (
     PromptScored,
     Usage,
 )
+from contracts.inputs import BatchConfig, ChatMessage
 from services.recorder import reporting
 from services.recorder.repository import record, store_final
 from services.recorder.tracker import Tracker

@@ -17,19 +17,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import subjects
+from contracts.base import Event
 from contracts.enums import FailureCategory, Stage
-from contracts.events import (
-    BatchAccepted,
-    BatchCompleted,
-    BatchConfig,
-    ChatMessage,
-    DeadLetter,
-    Event,
-    PromptFailed,
-    PromptResponded,
-    PromptScored,
-    Usage,
-)
+from contracts.events import BatchAccepted, BatchCompleted, PromptFailed, PromptResponded, PromptScored, Usage
+from contracts.inputs import BatchConfig, ChatMessage
+from contracts.ops import DeadLetter
 from services.recorder import checks, handlers, reporting
 from services.recorder.parsing import parse_event
 from services.recorder.repository import record_dead_letters

@@ -273,7 +273,8 @@ def test_asyncpg_dsn() -> None:
 
 
 async def test_the_scorer_runs_sql_checks_on_the_named_database_within_its_limit(bench: Bench) -> None:
-    from contracts.events import BatchConfig, PromptJudged, Usage
+    from contracts.events import PromptJudged, Usage
+    from contracts.inputs import BatchConfig
     from contracts.references import parse_references
     from services.scorer.logic import ReferenceDatabases, score_prompt
 

@@ -11,7 +11,8 @@ from nats.aio.msg import Msg
 from nats.js.errors import ObjectNotFoundError
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchConfig, BatchRejected, StartBatchRequested, SuiteRef
+from contracts.events import BatchAccepted, BatchRejected
+from contracts.inputs import BatchConfig, StartBatchRequested, SuiteRef
 from contracts.topology import OBJ_SUITES, suite_object_name
 from evalbus import client as cli
 from services.generator import suite_objects

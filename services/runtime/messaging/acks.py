@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from contracts import subjects
-from contracts.events import DeadLetter
+from contracts.ops import DeadLetter
 from services.runtime.messaging.publishing import encode, publish_raw
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 from pydantic import BaseModel, ValidationError
 
-from contracts.events import Event
+from contracts.base import Event
 from contracts.validation import describe_error
 from services.runtime.messaging.acks import dead_letter, settle, stream_seq
 from services.runtime.messaging.keepalive import InProgress

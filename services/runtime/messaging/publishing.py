@@ -18,7 +18,7 @@ from nats.js.api import PubAck
 from pydantic import BaseModel
 
 from contracts import subjects
-from contracts.events import Event
+from contracts.base import Event
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext

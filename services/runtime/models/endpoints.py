@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from contracts.events import BatchConfig
+from contracts.inputs import BatchConfig
 from contracts.urls import check_base_url
 from services.runtime.settings import EndpointSetting, Settings, get_settings
 

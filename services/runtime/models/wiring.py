@@ -7,7 +7,7 @@ from faststream.nats import NatsBroker
 from nats.js.kv import KeyValue
 
 from contracts import subjects
-from contracts.events import BreakerStateChanged
+from contracts.ops import BreakerStateChanged
 from contracts.topology import KV_RATES
 from services.runtime.messaging.connection import jetstream
 from services.runtime.messaging.publishing import encode

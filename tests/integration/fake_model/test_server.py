@@ -184,9 +184,9 @@ async def test_judge_request_returns_one_contract_judgment_per_criterion() -> No
 async def test_judge_request_built_by_the_real_judge_prompt() -> None:
     prompt = pytest.importorskip("services.judge.prompt")
     parsing = pytest.importorskip("services.judge.parsing")
-    events = pytest.importorskip("contracts.events")
-    cfg = events.BatchConfig(model="evalbus-fake", criteria=["helpfulness", "accuracy"])
-    convo = [events.ChatMessage(role="user", content="Where is my order?")]
+    inputs = pytest.importorskip("contracts.inputs")
+    cfg = inputs.BatchConfig(model="evalbus-fake", criteria=["helpfulness", "accuracy"])
+    convo = [inputs.ChatMessage(role="user", content="Where is my order?")]
     body = {
         "model": "evalbus-fake-judge",
         "messages": prompt.build_messages(cfg, convo, "It ships tomorrow.", None),
@@ -366,11 +366,11 @@ def test_module_runs_as_a_server() -> None:
 @pytest.mark.asyncio
 async def test_batched_judge_requests_get_one_entry_per_answer_and_the_marker_breaks_them() -> None:
     prompt = pytest.importorskip("services.judge.prompt")
-    events = pytest.importorskip("contracts.events")
-    cfg = events.BatchConfig(model="evalbus-fake", criteria=CRITERIA)
+    inputs = pytest.importorskip("contracts.inputs")
+    cfg = inputs.BatchConfig(model="evalbus-fake", criteria=CRITERIA)
     texts = ["It ships tomorrow.", "Reset the router, then pair again.", "Refunds take 5 days. !!break!!"]
     items = [
-        prompt.Item(i, [events.ChatMessage(role="user", content="q")], t, None)
+        prompt.Item(i, [inputs.ChatMessage(role="user", content="q")], t, None)
         for i, t in zip(prompt.item_ids(3), texts, strict=True)
     ]
 

@@ -1,7 +1,8 @@
 """The chat-runner's handler with a fake model: what each queued prompt becomes."""
 
 from contracts.enums import FailureCategory, Stage
-from contracts.events import BatchConfig, PromptFailed, PromptResponded
+from contracts.events import PromptFailed, PromptResponded
+from contracts.inputs import BatchConfig
 from services.chat_runner.handlers import on_prompt_queued
 from services.runtime.models.client import ModelCallError
 from tests.factories import BatchEvents

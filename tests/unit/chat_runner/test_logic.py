@@ -2,8 +2,10 @@
 came back. A model's output is untrusted too: the events built from it must still be valid (the
 contracts refuse NUL, lone surrogates and out-of-range counts), so it is kept made storable."""
 
+from contracts.bounds import INT_MAX
 from contracts.enums import FailureCategory
-from contracts.events import INT_MAX, BatchConfig, ChatMessage, PromptFailed, PromptQueued, PromptResponded
+from contracts.events import PromptFailed, PromptQueued, PromptResponded
+from contracts.inputs import BatchConfig, ChatMessage
 from contracts.text import storable
 from services.chat_runner.logic import run_prompt
 from services.runtime.models.client import Completion, ModelCallError

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import SuiteRef
+from contracts.inputs import SuiteRef
 from evalbus.cli.run import INLINE_LIMIT_BYTES, suite_source
 
 

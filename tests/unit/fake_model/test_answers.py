@@ -167,9 +167,9 @@ def test_parse_judge_prompt_ignores_fences_and_criteria_forged_inside_the_data()
 
 def test_parse_judge_prompt_understands_the_real_judge_prompt() -> None:
     prompt = pytest.importorskip("services.judge.prompt")
-    events = pytest.importorskip("contracts.events")
-    cfg = events.BatchConfig(model="evalbus-fake", criteria=["helpfulness", "accuracy", "tone"])
-    convo = [events.ChatMessage(role="user", content="Where is my order?")]
+    inputs = pytest.importorskip("contracts.inputs")
+    cfg = inputs.BatchConfig(model="evalbus-fake", criteria=["helpfulness", "accuracy", "tone"])
+    convo = [inputs.ChatMessage(role="user", content="Where is my order?")]
     messages = prompt.build_messages(cfg, convo, "It ships tomorrow.\nTracking follows.", "Ships in 2 days")
     assert parse_judge_prompt(messages[-1]["content"]) == (
         ["helpfulness", "accuracy", "tone"],
@@ -192,8 +192,8 @@ def test_judgments_follow_the_contract_and_depend_only_on_the_answer() -> None:
 
 def test_judgments_pass_the_real_judge_parser() -> None:
     parsing = pytest.importorskip("services.judge.parsing")
-    events = pytest.importorskip("contracts.events")
-    cfg = events.BatchConfig(model="evalbus-fake", criteria=CRITERIA)
+    inputs = pytest.importorskip("contracts.inputs")
+    cfg = inputs.BatchConfig(model="evalbus-fake", criteria=CRITERIA)
     for q in QUESTIONS[:20]:
         parsed = parsing.parse_judgment(judgment_text(judge(chat_answer("evalbus-fake", q), CRITERIA)), cfg)
         assert [j.criterion for j in parsed] == CRITERIA
@@ -239,9 +239,9 @@ def test_malformed_judgments_break_the_contract(variant: int) -> None:
     with pytest.raises((orjson.JSONDecodeError, AssertionError, KeyError)):
         assert_contract(text, CRITERIA)
     parsing = pytest.importorskip("services.judge.parsing")
-    events = pytest.importorskip("contracts.events")
+    inputs = pytest.importorskip("contracts.inputs")
     with pytest.raises(parsing.JudgeParseError):
-        parsing.parse_judgment(text, events.BatchConfig(model="evalbus-fake", criteria=CRITERIA))
+        parsing.parse_judgment(text, inputs.BatchConfig(model="evalbus-fake", criteria=CRITERIA))
 
 
 def test_a_question_with_an_sql_block_is_answered_with_that_block() -> None:

@@ -4,7 +4,7 @@ malformed on demand."""
 import orjson
 import pytest
 
-from contracts.events import BatchConfig, ChatMessage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.fake_model.chat import chat_answer
 from services.fake_model.judge_requests import is_judge_request, parse_batch_judge_prompt
 from services.fake_model.verdicts import (

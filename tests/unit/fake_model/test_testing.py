@@ -1,7 +1,7 @@
 """services/fake_model/testing.py: the helpers other components' tests use read the judge's real
 prompts as the fake model does, and give the answers the fake model gives."""
 
-from contracts.events import BatchConfig, ChatMessage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.fake_model.chat import chat_answer
 from services.fake_model.criteria import FAKE_JUDGE_CRITERIA
 from services.fake_model.testing import JudgePrompt, read_judge_prompt, support_answer

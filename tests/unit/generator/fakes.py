@@ -24,7 +24,9 @@ import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchRejected, DeadLetter, Event, PromptQueued
+from contracts.base import Event
+from contracts.events import BatchAccepted, BatchRejected, PromptQueued
+from contracts.ops import DeadLetter
 from contracts.topology import KV_CANCELS, KV_STARTS
 from services.generator.cancels import KvCancelRecords
 from services.generator.claims import KvStartClaims, StartClaim, StartState

@@ -4,7 +4,7 @@ defects 12 and 4): a cancel kept for an unknown id would cancel every prompt of 
 import json
 
 from contracts import subjects
-from contracts.events import CancelBatchRequested
+from contracts.inputs import CancelBatchRequested
 from contracts.topology import GENERATOR_CANCEL, KV_CANCELS
 from services.generator.handlers import CANCEL_WAITS_FOR_START_S
 from tests.unit.generator.fakes import FakeJS, FakeMsg, deliver_cancel, deliver_start

@@ -6,16 +6,8 @@ from pathlib import Path
 import pytest
 
 from contracts import subjects
-from contracts.events import (
-    BatchAccepted,
-    BatchConfig,
-    BatchRejected,
-    CancelBatchRequested,
-    Case,
-    PromptQueued,
-    StartBatchRequested,
-    SuiteRef,
-)
+from contracts.events import BatchAccepted, BatchRejected, PromptQueued
+from contracts.inputs import BatchConfig, CancelBatchRequested, Case, StartBatchRequested, SuiteRef
 from contracts.topology import GENERATOR_START, suite_object_name
 from services.generator.claims import StartClaim, StartState
 from services.generator.handlers import (

@@ -5,7 +5,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts.events import BatchConfig, Case, StartBatchRequested, SuiteRef
+from contracts.inputs import BatchConfig, Case, StartBatchRequested, SuiteRef
 from services.generator.logic import InvalidStart, plan_batch, read_start
 
 SUBJECT = "evalbus.v1.batch.b-prop.start.requested"

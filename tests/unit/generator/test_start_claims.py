@@ -7,7 +7,7 @@ import json
 import pytest
 
 from contracts import subjects
-from contracts.events import BatchConfig, Case, StartBatchRequested, SuiteRef
+from contracts.inputs import BatchConfig, Case, StartBatchRequested, SuiteRef
 from contracts.topology import GENERATOR_START, KV_STARTS
 from services.generator import claims, handlers, logic
 from services.generator.claims import StartClaim, StartState

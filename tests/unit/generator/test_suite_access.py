@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import BatchConfig, BatchRejected, StartBatchRequested, SuiteRef
+from contracts.events import BatchRejected
+from contracts.inputs import BatchConfig, StartBatchRequested, SuiteRef
 from services.generator.logic import plan_batch
 from services.generator.suite_loader import SuiteError, builtin_file, count_cases
 

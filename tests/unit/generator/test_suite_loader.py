@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import BatchConfig, BatchRejected, Case, StartBatchRequested, SuiteRef
+from contracts.events import BatchRejected
+from contracts.inputs import BatchConfig, Case, StartBatchRequested, SuiteRef
 from services.generator.logic import plan_batch, with_defaults
 from services.generator.suite_loader import SuiteError, builtin_names, count_cases, iter_cases
 

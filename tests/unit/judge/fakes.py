@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from contracts.enums import FailureCategory
-from contracts.events import BatchConfig, PromptResponded
+from contracts.events import PromptResponded
+from contracts.inputs import BatchConfig
 from services.fake_model.testing import read_judge_prompt
 from services.runtime.models.client import CallOptions, Completion, ModelCallError
 from services.runtime.models.endpoints import Endpoint, Endpoints

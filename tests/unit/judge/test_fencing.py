@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from contracts.events import BatchConfig, ChatMessage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.judge import prompt as judge_prompt
 from services.judge.grading import Graded, grade_chunk
 from services.judge.logic import call_options

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from contracts.events import BatchConfig
+from contracts.inputs import BatchConfig
 from services.judge.parsing import JudgeParseError, parse_batch_judgment, parse_judgment
 
 CFG = BatchConfig(model="m", criteria=["helpfulness", "accuracy"], thresholds={"accuracy": 8})

@@ -1,6 +1,6 @@
 import re
 
-from contracts.events import BatchConfig, ChatMessage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.judge.prompt import build_messages, response_format
 
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.events import EVENT_TYPES, Event, PromptEvent, PromptScored
+from contracts.base import Event
+from contracts.events import EVENT_TYPES, PromptEvent, PromptScored
 from contracts.queries import BatchRef, HistoryQuery, ResumeRequest, SamplesQuery
 from contracts.text import storable_json
 from services.recorder import checks

@@ -11,18 +11,11 @@ import orjson
 import pytest
 
 from contracts import subjects
+from contracts.base import Event
 from contracts.enums import FailureCategory, Stage
-from contracts.events import (
-    BatchAccepted,
-    BatchConfig,
-    BreakerStateChanged,
-    ChatMessage,
-    DeadLetter,
-    Event,
-    PromptFailed,
-    PromptQueued,
-    PromptScored,
-)
+from contracts.events import BatchAccepted, PromptFailed, PromptQueued, PromptScored
+from contracts.inputs import BatchConfig, ChatMessage
+from contracts.ops import BreakerStateChanged, DeadLetter
 from services.recorder import handlers, parsing
 from services.recorder.parsing import Advisory, BreakerRow
 from services.recorder.tracker import screen_verdicts

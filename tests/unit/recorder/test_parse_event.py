@@ -4,7 +4,8 @@ import orjson
 import pytest
 
 from contracts import subjects
-from contracts.events import BatchAccepted, BatchConfig, ChatMessage, PromptResponded, PromptScored, Usage
+from contracts.events import BatchAccepted, PromptResponded, PromptScored, Usage
+from contracts.inputs import BatchConfig, ChatMessage
 from services.recorder.parsing import parse_event
 from services.runtime.messaging.handling import Incoming
 from tests.factories import BatchEvents

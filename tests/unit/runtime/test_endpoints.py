@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from contracts.events import BatchConfig, Case, StartBatchRequested, SuiteRef
+from contracts.inputs import BatchConfig, Case, StartBatchRequested, SuiteRef
 from services.generator.logic import plan_batch
 from services.runtime.models.endpoints import Endpoint, EndpointRejected, Endpoints, check_batch_endpoints, normalised
 from services.runtime.settings import EndpointSetting, Settings

@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from contracts.events import Event, PromptScored
+from contracts.base import Event
+from contracts.events import PromptScored
 from services.runtime.messaging.handling import (
     Parse,
     Policy,

@@ -12,8 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from contracts.enums import FailureCategory
-from contracts.events import BatchConfig, ChatMessage, PromptFailed, PromptQueued, PromptResponded
+from contracts.events import PromptFailed, PromptQueued, PromptResponded
 from contracts.ids import prompt_id
+from contracts.inputs import BatchConfig, ChatMessage
 from services.chat_runner.logic import run_prompt
 from services.runtime.models.client import CallOptions, ChatClient, Completion, ModelCallError, parse_retry_after
 from services.runtime.models.endpoints import Endpoint, Endpoints

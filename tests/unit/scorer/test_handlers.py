@@ -7,7 +7,8 @@ import pytest
 
 import services.scorer.handlers as handlers
 from contracts.enums import FailureCategory, Stage
-from contracts.events import BatchConfig, PromptFailed, PromptJudged, PromptScored
+from contracts.events import PromptFailed, PromptJudged, PromptScored
+from contracts.inputs import BatchConfig
 from contracts.references import ComponentScore, SqlEquivalence, parse_references
 from services.scorer.handlers import on_prompts_judged
 from services.scorer.logic import ReferenceDatabases

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from contracts.events import BatchConfig, PromptJudged, PromptScored
+from contracts.events import PromptJudged, PromptScored
+from contracts.inputs import BatchConfig
 from contracts.references import JsonSchema, Regex, compile_pattern, parse_references
 from services.scorer.logic import score_prompt
 from services.scorer.references import check, extract_fenced

@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from contracts.events import BatchConfig, CriterionJudgment, PromptJudged
+from contracts.events import CriterionJudgment, PromptJudged
+from contracts.inputs import BatchConfig
 from contracts.references import ComponentScore, SqlEquivalence, parse_references
 from services.scorer.logic import ReferenceDatabases, score_prompt
 from services.scorer.sql.execution import sql_verdict

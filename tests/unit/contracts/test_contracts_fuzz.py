@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from contracts.events import EVENT_TYPES, Event, PromptJudged
+from contracts.base import Event
+from contracts.events import EVENT_TYPES, PromptJudged
 from contracts.references import compile_pattern, parse_references
 from contracts.text import storable
 from services.scorer.logic import score_prompt

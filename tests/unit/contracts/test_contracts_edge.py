@@ -11,19 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 from contracts import ids
-from contracts.events import (
-    EVENT_TYPES,
-    MAX_ANSWER,
-    MAX_NAME,
-    BatchAccepted,
-    BatchConfig,
-    Case,
-    DeadLetter,
-    Event,
-    PromptQueued,
-    StartBatchRequested,
-    SuiteRef,
-)
+from contracts.base import Event
+from contracts.bounds import MAX_ANSWER, MAX_NAME
+from contracts.events import EVENT_TYPES, BatchAccepted, PromptQueued
+from contracts.inputs import BatchConfig, Case, StartBatchRequested, SuiteRef
+from contracts.ops import DeadLetter
 from contracts.references import MAX_REFERENCES, parse_references
 from contracts.text import storable, storable_text
 from services.generator.logic import plan_batch, with_defaults

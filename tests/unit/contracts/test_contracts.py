@@ -4,15 +4,8 @@ import pytest
 from pydantic import ValidationError
 
 from contracts import ids, subjects
-from contracts.events import (
-    EVENT_TYPES,
-    BatchConfig,
-    Case,
-    ChatMessage,
-    PromptQueued,
-    StartBatchRequested,
-    SuiteRef,
-)
+from contracts.events import EVENT_TYPES, PromptQueued
+from contracts.inputs import BatchConfig, Case, ChatMessage, StartBatchRequested, SuiteRef
 
 
 def test_prompt_ids_and_event_ids_are_deterministic() -> None:
