@@ -173,36 +173,35 @@ async def dead_letter_and_ack(policy: Policy[T], raw: Msg, reason: str) -> None:
     await settle([raw], ok=True)
 
 
-async def _parse(policy: Policy[T], raw: Msg) -> tuple[bool, T | None]:
-    """(True, value) for a message to work on; (False, None) once it has been settled here."""
-    try:
-        value = policy.parse(Incoming.of(raw))
-    except Exception as exc:  # parsing is pure: whatever it raises (RecursionError...) is this message's
-        if isinstance(exc, ValidationError | ValueError):
-            reason = describe_error(exc)
-        else:
-            log.warning("%s could not parse %s: %r", policy.service, raw.subject[:300], exc)
-            reason = f"could not parse: {type(exc).__name__}"
-        if policy.invalid is Invalid.DROP:
-            log.warning("%s: unusable message on %s: %s", policy.service, raw.subject[:300], reason[:300])
-            await settle([raw], ok=True)
-        else:
-            await dead_letter_and_ack(policy, raw, reason)
-        return False, None
-    if value is None:  # passed by
+async def _unreadable(policy: Policy[T], raw: Msg, exc: Exception) -> None:
+    """Settle a message its parser refused: parsing is pure, so whatever it raised
+    (ValidationError, RecursionError...) is this message's."""
+    if isinstance(exc, ValidationError | ValueError):
+        reason = describe_error(exc)
+    else:
+        log.warning("%s could not parse %s: %r", policy.service, raw.subject[:300], exc)
+        reason = f"could not parse: {type(exc).__name__}"
+    if policy.invalid is Invalid.DROP:
+        log.warning("%s: unusable message on %s: %s", policy.service, raw.subject[:300], reason[:300])
         await settle([raw], ok=True)
-        return False, None
-    return True, value
+    else:
+        await dead_letter_and_ack(policy, raw, reason)
 
 
 async def handle_one(policy: Policy[T], raw: Msg, work: Callable[[T], Awaitable[Results]]) -> None:
-    """One message, one handler call: the per-message consumers' path."""
-    ok, value = await _parse(policy, raw)
-    if not ok:
+    """One message, one handler call: the per-message consumers' path. The parser and the handler
+    are called from here directly (the consumer loop, this, then service code)."""
+    try:
+        value = policy.parse(Incoming.of(raw))
+    except Exception as exc:
+        await _unreadable(policy, raw, exc)
+        return
+    if value is None:  # passed by
+        await settle([raw], ok=True)
         return
     policy.alive.add(raw)
     try:
-        results = await work(value)  # type: ignore[arg-type]
+        results = await work(value)
         if results is not None:
             await policy.publisher.publish([results] if isinstance(results, Event) else results)
     except RetryLater as later:
@@ -280,13 +279,9 @@ async def handle_isolated(
 Screen = Callable[[list[T]], Awaitable[Sequence[Refusal | None]]]
 
 
-async def _screened(policy: Policy[T], good: list[tuple[Msg, T]], screen: Screen[T]) -> list[tuple[Msg, T]]:
-    try:
-        verdicts = await screen([value for _, value in good])
-    except Exception:
-        log.exception("%s could not screen a batch of %d; will be redelivered", policy.service, len(good))
-        await settle([raw for raw, _ in good], ok=False)
-        return []
+async def _apply_screen(
+    policy: Policy[T], good: list[tuple[Msg, T]], verdicts: Sequence[Refusal | None]
+) -> list[tuple[Msg, T]]:
     kept: list[tuple[Msg, T]] = []
     for (raw, value), refusal in zip(good, verdicts, strict=True):
         if refusal is None:
@@ -309,36 +304,64 @@ async def handle_batch(
 ) -> None:
     """What gathered, one handler call: bad messages are dead-lettered one by one and never fail the
     others; the good ones are worked on together, their results published pipelined, then all
-    acked. `screen` (one call for the whole batch, e.g. one query) may refuse some; a failing
-    batch is split."""
+    acked. `screen` (one call for the whole batch, e.g. one query) may refuse some. The first
+    attempt calls parser, screen and handler from here directly; only a failing batch is split
+    (`handle_isolated`)."""
     good: list[tuple[Msg, T]] = []
     for raw in raws:
-        ok, value = await _parse(policy, raw)
-        if ok:
-            good.append((raw, value))  # type: ignore[arg-type]
+        try:
+            value = policy.parse(Incoming.of(raw))
+        except Exception as exc:
+            await _unreadable(policy, raw, exc)
+            continue
+        if value is None:  # passed by
+            await settle([raw], ok=True)
+        else:
+            good.append((raw, value))
     if good and screen is not None:
-        good = await _screened(policy, good, screen)
+        try:
+            verdicts = await screen([value for _, value in good])
+        except Exception:
+            log.exception("%s could not screen a batch of %d; will be redelivered", policy.service, len(good))
+            await settle([raw for raw, _ in good], ok=False)
+            return
+        good = await _apply_screen(policy, good, verdicts)
     if not good:
         return
     for raw, _ in good:
         policy.alive.add(raw)
 
     async def attempt(values: list[T]) -> None:
-        results = await work(values)
-        if results is None:
-            return
-        try:
-            await policy.publisher.publish([results] if isinstance(results, Event) else results)
-        except MaxPayloadError:
-            raise  # a result too large to publish is that message's fault: split
-        except Exception as exc:
-            raise PublishFailed(f"results not published: {exc!r}") from exc
+        await _publish_results(policy, await work(values))
 
     def not_ours(exc: BaseException) -> bool:
         return isinstance(exc, PublishFailed) or policy.transient(exc)
 
     try:
-        await handle_isolated(policy.service, good, attempt, not_ours, policy.alive)
+        try:
+            await _publish_results(policy, await work([value for _, value in good]))
+        except Exception as exc:
+            if not_ours(exc) or len(good) == 1:
+                log.exception("%s failed on a batch of %d; will be redelivered", policy.service, len(good))
+                await settle([raw for raw, _ in good], ok=False)
+            else:
+                log.warning("%s failed on a batch of %d (%r); splitting it", policy.service, len(good), exc)
+                middle = len(good) // 2
+                await handle_isolated(policy.service, good[:middle], attempt, not_ours, policy.alive)
+                await handle_isolated(policy.service, good[middle:], attempt, not_ours, policy.alive)
+            return
+        await settle([raw for raw, _ in good], ok=True)
     finally:
         for raw, _ in good:  # also when cancelled
             policy.alive.discard(raw)
+
+
+async def _publish_results(policy: Policy[T], results: Results) -> None:
+    if results is None:
+        return
+    try:
+        await policy.publisher.publish([results] if isinstance(results, Event) else results)
+    except MaxPayloadError:
+        raise  # a result too large to publish is that message's fault: split
+    except Exception as exc:
+        raise PublishFailed(f"results not published: {exc!r}") from exc
