@@ -4,7 +4,6 @@ anyone may publish one; the CLI takes it only as a cue to ask the recorder's API
 import asyncio
 import json
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
@@ -14,42 +13,16 @@ from nats.aio.msg import Msg
 from contracts import subjects
 from contracts.enums import BatchStatus
 from contracts.events import BatchCompleted
-from contracts.reports import BatchReport
 from evalbus.stack import Stack
+from tests.factories import BatchEvents
 
 pytestmark = pytest.mark.e2e
 N = 40
 
 
 def forged_completion(batch_id: str) -> BatchCompleted:
-    report = BatchReport.model_validate(
-        {
-            "batch_id": batch_id,
-            "status": "completed",
-            "model": "FORGED",
-            "judge_model": "FORGED",
-            "session_id": None,
-            "experiment": None,
-            "suite_name": "forged",
-            "total": N,
-            "completed": N,
-            "failed": 0,
-            "passed": N,
-            "pass_rate": 1.0,
-            "mean_score": 10.0,
-            "criteria": [],
-            "failures_by_category": {},
-            "latency_p50_ms": None,
-            "latency_p95_ms": None,
-            "tokens_in": 0,
-            "tokens_out": 0,
-            "judge_tokens_in": 0,
-            "judge_tokens_out": 0,
-            "cost_usd": 0.0,
-            "wall_time_s": 0.1,
-            "created_at": datetime.now(UTC),
-            "finished_at": datetime.now(UTC),
-        }
+    report = BatchEvents(batch_id, N, suite_name="forged").report(
+        model="FORGED", judge_model="FORGED", mean_score=10.0, wall_time_s=0.1
     )
     return BatchCompleted(batch_id=batch_id, status=BatchStatus.COMPLETED, report=report)
 

@@ -6,8 +6,7 @@ tests/unit/generator/test_hostile_starts.py.)"""
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,59 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from contracts import subjects
 from contracts.base import Event
 from contracts.events import PromptJudged, PromptQueued, PromptResponded
 from contracts.ops import DeadLetter
 from contracts.text import storable
 from services.recorder.dead_letters import prompt_failure
 from services.recorder.parsing import parse_dead_letter, parse_event
-from services.runtime.messaging.handling import Incoming, Parse, Policy, handle_batch, handle_one, typed
-from services.runtime.messaging.keepalive import InProgress
-from services.runtime.messaging.publishing import JetStreamPublisher
+from services.runtime.messaging.handling import Incoming, Parse, handle_batch, handle_one, typed
+from tests.fakes import FakeJs, FakeMsg, policy_for
 from tests.fuzz import payloads as p
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_REASON = 4000
-
-
-@dataclass
-class FakeMsg:
-    subject: str
-    data: bytes
-    seq: int
-    settled: list[str] = field(default_factory=list)
-    headers: dict[str, str] | None = None
-
-    @property
-    def metadata(self) -> Any:
-        return SimpleNamespace(sequence=SimpleNamespace(stream=self.seq), num_delivered=1)
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.settled.append("nak")
-
-    async def in_progress(self) -> None:
-        pass
-
-
-@dataclass
-class FakeJs:
-    published: list[tuple[str, bytes]] = field(default_factory=list)
-
-    async def publish(self, subject: str, payload: bytes, **_: Any) -> Any:
-        self.published.append((subject, payload))
-        return SimpleNamespace(stream="S", seq=len(self.published), duplicate=False)
-
-    async def publish_async(self, subject: str, payload: bytes, **kw: Any) -> "asyncio.Future[Any]":
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result(await self.publish(subject, payload, **kw))
-        return fut
-
-    def dead_letters(self, service: str) -> list[DeadLetter]:
-        return [DeadLetter.model_validate_json(d) for s, d in self.published if s == subjects.dlq(service)]
 
 
 @dataclass(frozen=True)
@@ -84,7 +42,7 @@ def _one(model: type[BaseModel]) -> Callable[[FakeJs, list[FakeMsg], list[Any]],
             worked.append(evt)
             return p.prompt_scored()  # any event: what is published is not under test
 
-        policy = Policy(model.__name__, typed(model), JetStreamPublisher(lambda: js), InProgress(lambda: 30.0))  # type: ignore[arg-type]
+        policy = policy_for(js, typed(model), model.__name__)
         for raw in raws:
             await handle_one(policy, raw, work)  # type: ignore[arg-type]
 
@@ -97,7 +55,7 @@ def _batch(service: str, parse: Parse[Any]) -> Callable[[FakeJs, list[FakeMsg], 
             worked.extend(evts)
             return []
 
-        policy = Policy(service, parse, JetStreamPublisher(lambda: js), InProgress(lambda: 30.0))  # type: ignore[arg-type]
+        policy = policy_for(js, parse, service)
         await handle_batch(policy, raws, work)  # type: ignore[arg-type]
 
     return run
@@ -123,7 +81,7 @@ def run_fetch(
 
 def check_outcomes(consumer: Consumer, js: FakeJs, raws: list[FakeMsg], worked: list[Any]) -> None:
     assert all(r.settled == ["ack"] for r in raws), [r.settled for r in raws]
-    letters = js.dead_letters(consumer.service)
+    letters = js.letters(consumer.service)
     assert len(worked) + len(letters) == len(raws)
     for letter in letters:
         assert letter.reason and len(letter.reason) <= MAX_REASON
@@ -171,7 +129,7 @@ def test_what_is_worked_on_or_dead_lettered_can_be_stored(consumer: Consumer) ->
         for value in orjson.loads(evt.model_dump_json()).values():
             if isinstance(value, str):
                 storable(value)
-    for letter in js.dead_letters(consumer.service):
+    for letter in js.letters(consumer.service):
         storable(letter.payload), storable(letter.reason), storable(letter.subject)
 
 
@@ -180,7 +138,7 @@ def test_a_valid_event_on_another_batchs_subject_is_not_worked_on(consumer: Cons
     other = consumer.valid.subject.replace(f".{p.BATCH}.", ".b-other.")
     js, raws, worked = run_fetch(consumer, [consumer.valid.to_json()], subject=other)
     check_outcomes(consumer, js, raws, worked)
-    assert worked == [] and len(js.dead_letters(consumer.service)) == 1
+    assert worked == [] and len(js.letters(consumer.service)) == 1
 
 
 @FUZZ

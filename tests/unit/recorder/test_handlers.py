@@ -4,7 +4,6 @@ given, and, through `handle_batch` with fake messages, what becomes of the messa
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -27,9 +26,8 @@ from services.runtime.messaging.handling import (
     Refusal,
     handle_batch,
 )
-from services.runtime.messaging.keepalive import InProgress
-from services.runtime.messaging.publishing import JetStreamPublisher
 from tests.factories import BatchEvents
+from tests.fakes import FakeJs, FakeMsg, policy_for
 
 
 def _scored(batch_id: str, i: int) -> PromptScored:
@@ -39,36 +37,6 @@ def _scored(batch_id: str, i: int) -> PromptScored:
 BATCH = "b-hnd"
 CFG = BatchConfig(model="m")
 ADVISORY_SUBJECT = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EVALBUS_EVENTS.chat-runner"
-
-
-class FakeMsg:
-    def __init__(self, subject: str, data: bytes, seq: int, delivered: int = 1) -> None:
-        self.subject, self.data = subject, data
-        self.metadata = SimpleNamespace(num_delivered=delivered, sequence=SimpleNamespace(stream=seq))
-        self.settled: list[str] = []
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.settled.append("nak")
-
-    async def in_progress(self) -> None:
-        pass
-
-
-class FakeJs:
-    """The broker side of the fake publisher: every publish succeeds and is kept."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes]] = []
-
-    async def publish(self, subject: str, payload: bytes, **kw: Any) -> object:
-        self.published.append((subject, payload))
-        return SimpleNamespace(seq=len(self.published))
-
-    def letters(self) -> list[DeadLetter]:
-        return [DeadLetter.model_validate_json(p) for s, p in self.published if s.startswith("evalbus.v1.dlq.")]
 
 
 @dataclass
@@ -126,7 +94,7 @@ def advisory(seq: int, deliveries: object = 3) -> bytes:
 
 
 def policy(js: FakeJs, parse: Any, invalid: Invalid = Invalid.DEAD_LETTER) -> Policy[Any]:
-    return Policy("recorder", parse, JetStreamPublisher(lambda: js), InProgress(lambda: 30.0), invalid)  # type: ignore[arg-type, return-value]
+    return policy_for(js, parse, "recorder", invalid=invalid)
 
 
 # ---- events ------------------------------------------------------------------------------------

@@ -3,10 +3,7 @@ for the broker side: parse, dead letters, screens, poison isolation, and what a 
 
 import asyncio
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
-
-import orjson
 
 from contracts.base import Event
 from contracts.events import PromptScored
@@ -23,9 +20,8 @@ from services.runtime.messaging.handling import (
     never_transient,
     typed,
 )
-from services.runtime.messaging.keepalive import InProgress
-from services.runtime.messaging.publishing import JetStreamPublisher
 from tests.factories import BatchEvents
+from tests.fakes import FakeJs, FakeMsg, policy_for
 
 
 def _scored(batch_id: str, i: int) -> PromptScored:
@@ -33,39 +29,6 @@ def _scored(batch_id: str, i: int) -> PromptScored:
 
 
 BATCH = "b-iso"
-
-
-class FakeMsg:
-    def __init__(self, subject: str, data: bytes, seq: int) -> None:
-        self.subject, self.data = subject, data
-        self.metadata = SimpleNamespace(num_delivered=1, sequence=SimpleNamespace(stream=seq))
-        self.settled: list[tuple[str, float | None]] = []
-
-    async def ack(self) -> None:
-        self.settled.append(("ack", None))
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.settled.append(("nak", delay))
-
-
-class FakeJs:
-    """Publishes succeed at once; dead letters are kept."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes]] = []
-
-    async def publish(self, subject: str, payload: bytes, **kw: Any) -> object:
-        self.published.append((subject, payload))
-        return SimpleNamespace(seq=len(self.published))
-
-    async def publish_async(self, subject: str, payload: bytes, **kw: Any) -> "asyncio.Future[object]":
-        self.published.append((subject, payload))
-        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        fut.set_result(SimpleNamespace(seq=len(self.published)))
-        return fut
-
-    def letters(self) -> list[dict[str, Any]]:
-        return [orjson.loads(p) for s, p in self.published if s.startswith("evalbus.v1.dlq.")]
 
 
 def messages(n: int) -> list[FakeMsg]:
@@ -81,9 +44,7 @@ def policy(
     transient: Callable[[BaseException], bool] = never_transient,
     unexpected: Unexpected = Unexpected.RETRY,
 ) -> Policy[Any]:
-    return Policy(
-        "t", parse, JetStreamPublisher(lambda: js), InProgress(lambda: 30.0), transient=transient, unexpected=unexpected
-    )  # type: ignore[arg-type, return-value]
+    return policy_for(js, parse, transient=transient, unexpected=unexpected)
 
 
 async def test_one_poison_message_in_100_fails_alone_and_the_99_are_acked_on_their_first_delivery() -> None:
@@ -97,8 +58,8 @@ async def test_one_poison_message_in_100_fails_alone_and_the_99_are_acked_on_the
         return []
 
     await handle_batch(policy(FakeJs(), parse), raws, work)  # type: ignore[arg-type]
-    assert [m.settled for i, m in enumerate(raws) if i != 37] == [[("ack", None)]] * 99
-    assert raws[37].settled == [("nak", 2.0)]  # retried alone, with the first retry delay
+    assert [m.outcomes for i, m in enumerate(raws) if i != 37] == [[("ack", None)]] * 99
+    assert raws[37].outcomes == [("nak", 2.0)]  # retried alone, with the first retry delay
     assert len(calls) <= 2 * 7 + 1  # a bisection, not one call per message
 
 
@@ -111,7 +72,7 @@ async def test_a_transient_fault_retries_the_batch_as_a_whole_without_splitting(
         raise ConnectionRefusedError("database down")
 
     await handle_batch(policy(FakeJs(), parse, transient=lambda e: isinstance(e, OSError)), raws, work)  # type: ignore[arg-type]
-    assert calls == [50] and all(m.settled == [("nak", 2.0)] for m in raws)
+    assert calls == [50] and all(m.outcomes == [("nak", 2.0)] for m in raws)
 
 
 async def test_several_poison_messages_each_fail_alone() -> None:
@@ -123,8 +84,8 @@ async def test_several_poison_messages_each_fail_alone() -> None:
             raise ValueError("bad")
 
     await handle_isolated("t", items, attempt)  # type: ignore[arg-type, list-item]
-    assert {i for m, i in items if m.settled == [("nak", 2.0)]} == poison
-    assert all(m.settled == [("ack", None)] for m, i in items if i not in poison)
+    assert {i for m, i in items if m.outcomes == [("nak", 2.0)]} == poison
+    assert all(m.outcomes == [("ack", None)] for m, i in items if i not in poison)
 
 
 async def test_an_event_on_another_batchs_subject_is_dead_lettered_never_worked_on() -> None:
@@ -138,9 +99,9 @@ async def test_an_event_on_another_batchs_subject_is_dead_lettered_never_worked_
         return []
 
     await handle_batch(policy(js, parse), [raw], work)  # type: ignore[arg-type, list-item]
-    assert worked == [] and raw.settled == [("ack", None)]
+    assert worked == [] and raw.outcomes == [("ack", None)]
     [letter] = js.letters()
-    assert "does not match the event" in letter["reason"] and "b-other" in letter["reason"]
+    assert "does not match the event" in letter.reason and "b-other" in letter.reason
 
 
 async def test_a_screen_refuses_or_defers_single_messages() -> None:
@@ -158,8 +119,8 @@ async def test_a_screen_refuses_or_defers_single_messages() -> None:
 
     await handle_batch(policy(js, parse), raws, work, screen=screen)  # type: ignore[arg-type]
     assert [getattr(e, "index", None) for e in worked] == [0]
-    assert [m.settled for m in raws] == [[("ack", None)], [("ack", None)], [("nak", 2.0)]]
-    assert [d["reason"] for d in js.letters()] == ["not one of the batch's prompts"]
+    assert [m.outcomes for m in raws] == [[("ack", None)], [("ack", None)], [("nak", 2.0)]]
+    assert [d.reason for d in js.letters()] == ["not one of the batch's prompts"]
 
 
 async def test_a_parse_that_raises_anything_dead_letters_that_message_alone() -> None:
@@ -178,8 +139,8 @@ async def test_a_parse_that_raises_anything_dead_letters_that_message_alone() ->
         return []
 
     await handle_batch(policy(js, fragile), raws, work)  # type: ignore[arg-type]
-    assert len(worked) == 2 and all(m.settled == [("ack", None)] for m in raws)
-    assert [d["reason"] for d in js.letters()] == ["could not parse: RecursionError"]
+    assert len(worked) == 2 and all(m.outcomes == [("ack", None)] for m in raws)
+    assert [d.reason for d in js.letters()] == ["could not parse: RecursionError"]
 
 
 async def test_a_deferred_message_is_dead_lettered_after_a_few_deliveries() -> None:
@@ -194,8 +155,8 @@ async def test_a_deferred_message_is_dead_lettered_after_a_few_deliveries() -> N
         raise AssertionError("not worked on")
 
     await handle_batch(policy(js, parse), [raw], work, screen=screen)  # type: ignore[arg-type, list-item]
-    assert raw.settled == [("ack", None)]
-    assert [d["reason"] for d in js.letters()] == ["batch not recorded yet after 5 deliveries"]
+    assert raw.outcomes == [("ack", None)]
+    assert [d.reason for d in js.letters()] == ["batch not recorded yet after 5 deliveries"]
 
 
 async def test_results_the_broker_does_not_take_retry_the_batch_without_splitting() -> None:
@@ -211,7 +172,7 @@ async def test_results_the_broker_does_not_take_retry_the_batch_without_splittin
         return list(events)
 
     await handle_batch(policy(DownJs(), parse), raws, work)  # type: ignore[arg-type, list-item]
-    assert calls == [8] and all(m.settled == [("nak", 2.0)] for m in raws)
+    assert calls == [8] and all(m.outcomes == [("nak", 2.0)] for m in raws)
 
 
 # ---- one message, one handler call: what the handler returns or raises -------------------------
@@ -230,7 +191,7 @@ async def test_what_a_handler_returns_is_published_then_the_message_acked() -> N
         return _scored(BATCH, 5)
 
     await handle_one(policy(js), raw, work)  # type: ignore[arg-type]
-    assert [e.index for e in seen] == [0] and raw.settled == [("ack", None)]
+    assert [e.index for e in seen] == [0] and raw.outcomes == [("ack", None)]
     assert [s for s, _ in js.published] == [_scored(BATCH, 5).subject]
 
 
@@ -241,7 +202,7 @@ async def test_retry_later_naks_with_the_handlers_delay() -> None:
         raise RetryLater(7.5, "not started yet")
 
     await handle_one(policy(FakeJs()), raw, work)  # type: ignore[arg-type]
-    assert raw.settled == [("nak", 7.5)]
+    assert raw.outcomes == [("nak", 7.5)]
 
 
 async def test_refused_dead_letters_with_the_reason_and_acks() -> None:
@@ -251,7 +212,7 @@ async def test_refused_dead_letters_with_the_reason_and_acks() -> None:
         raise Refused("no batch b-iso was started")
 
     await handle_one(policy(js), raw, work)  # type: ignore[arg-type]
-    assert raw.settled == [("ack", None)] and [d["reason"] for d in js.letters()] == ["no batch b-iso was started"]
+    assert raw.outcomes == [("ack", None)] and [d.reason for d in js.letters()] == ["no batch b-iso was started"]
 
 
 async def test_an_unexpected_error_is_retried_or_dead_lettered_as_the_consumer_declares() -> None:
@@ -260,11 +221,11 @@ async def test_an_unexpected_error_is_retried_or_dead_lettered_as_the_consumer_d
 
     retried, js = one(), FakeJs()
     await handle_one(policy(js), retried, work)  # type: ignore[arg-type]
-    assert retried.settled == [("nak", 2.0)] and js.letters() == []
+    assert retried.outcomes == [("nak", 2.0)] and js.letters() == []
     lettered, js = one(), FakeJs()
     await handle_one(policy(js, unexpected=Unexpected.DEAD_LETTER), lettered, work)  # type: ignore[arg-type]
-    assert lettered.settled == [("ack", None)]
-    assert [d["reason"] for d in js.letters()] == ["unexpected KeyError in the t; not retried"]
+    assert lettered.outcomes == [("ack", None)]
+    assert [d.reason for d in js.letters()] == ["unexpected KeyError in the t; not retried"]
 
 
 async def test_a_transient_error_is_retried_even_where_unexpected_ones_are_dead_lettered() -> None:
@@ -275,7 +236,7 @@ async def test_a_transient_error_is_retried_even_where_unexpected_ones_are_dead_
 
     pol = policy(js, transient=lambda e: isinstance(e, OSError), unexpected=Unexpected.DEAD_LETTER)
     await handle_one(pol, raw, work)  # type: ignore[arg-type]
-    assert raw.settled == [("nak", 2.0)] and js.letters() == []
+    assert raw.outcomes == [("nak", 2.0)] and js.letters() == []
 
 
 async def test_a_message_that_does_not_parse_never_reaches_the_handler() -> None:
@@ -287,7 +248,7 @@ async def test_a_message_that_does_not_parse_never_reaches_the_handler() -> None
 
     await handle_one(policy(js), raw, work)  # type: ignore[arg-type]
     [letter] = js.letters()
-    assert raw.settled == [("ack", None)] and letter["reason"].startswith("invalid PromptScored: ")
+    assert raw.outcomes == [("ack", None)] and letter.reason.startswith("invalid PromptScored: ")
 
 
 async def test_a_message_the_parser_passes_by_is_acked_unworked() -> None:
@@ -297,4 +258,4 @@ async def test_a_message_the_parser_passes_by_is_acked_unworked() -> None:
         raise AssertionError("not called")
 
     await handle_one(policy(js, parse=lambda msg: None), raw, work)  # type: ignore[arg-type]
-    assert raw.settled == [("ack", None)] and js.published == []
+    assert raw.outcomes == [("ack", None)] and js.published == []
