@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from faststream.nats import NatsBroker
 from nats.js.kv import KeyValue
@@ -9,10 +10,12 @@ from nats.js.kv import KeyValue
 from contracts import subjects
 from contracts.ops import BreakerStateChanged
 from contracts.topology import KV_RATES
+from services.runtime.messaging.cancels import CancelledBatches
 from services.runtime.messaging.connection import jetstream
 from services.runtime.messaging.publishing import encode
+from services.runtime.messaging.service import Service
 from services.runtime.models.client import ChatClient
-from services.runtime.models.endpoints import Endpoint
+from services.runtime.models.endpoints import Endpoint, Endpoints
 from services.runtime.models.rate_budget import Limit, RateBudget
 from services.runtime.settings import Settings
 
@@ -51,3 +54,21 @@ def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatCli
         on_breaker_change=changed,
         rate_budget=budget_for,
     )
+
+
+@dataclass(frozen=True)
+class ModelCalling:
+    """What a model-calling service (chat-runner, judge) holds: the shared client, closed when the
+    service stops, the endpoints batches may use, and the cancelled batches, watched while it runs."""
+
+    model: ChatClient
+    endpoints: Endpoints
+    cancelled: CancelledBatches
+
+
+def model_calling(service: Service) -> ModelCalling:
+    model = chat_client(service.settings, service.broker, service.name)
+    cancelled = CancelledBatches()
+    service.background(lambda: cancelled.watch(service.js))
+    service.on_stopped(model.aclose)
+    return ModelCalling(model, Endpoints.from_settings(service.settings), cancelled)
