@@ -4,6 +4,7 @@ Pure models. The recorder computes the report from committed rows when the batch
 """
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Literal, TypeVar
 
@@ -45,7 +46,8 @@ class QualityConfig(Strict):
     @field_validator("text_fields", "diversity_fields", "distribution_fields", "min_chars")
     @classmethod
     def _names(cls, value: _Names) -> _Names:
-        for name in value or ():
+        names: Iterable[str] = value or ()  # a list of names, or a dict keyed by them
+        for name in names:
             if not _FIELD.fullmatch(name):
                 raise ValueError(f"field name {name!r} must match {FIELD_PATTERN}")
         return value

@@ -26,7 +26,7 @@ import inspect
 import logging
 import signal
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -114,7 +114,7 @@ class Service:
         self._declared: list[_Declared] = []
         self._started: list[Callable[[], Awaitable[None]]] = []
         self._stopped: list[Callable[[], Awaitable[None]]] = []
-        self._jobs: list[Callable[[], Awaitable[None]]] = []
+        self._jobs: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[Consumer] = []
         self._alive: list[InProgress] = []
@@ -147,7 +147,7 @@ class Service:
         """Run after the consumers have drained (close a pool, an engine)."""
         self._stopped.append(hook)
 
-    def background(self, job: Callable[[], Awaitable[None]]) -> None:
+    def background(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A task that lives while the service runs (started after the consumers)."""
         self._jobs.append(job)
 
