@@ -217,7 +217,7 @@ class PostgresServer:
     def _initdb(self, user: str | None) -> None:
         argv = [self._bin("initdb"), "-D", str(self.pgdata), "-U", PG_USER, "--encoding=utf8"]
         if self.password is None:
-            subprocess.run([*argv, "--auth=trust"], check=True, capture_output=True, user=user)
+            _run_initdb([*argv, "--auth=trust"], user)
             return
         # The password reaches initdb in a file only its user can read, removed right after.
         with tempfile.TemporaryDirectory(prefix="evalbus-pw-") as tmp:
@@ -227,9 +227,7 @@ class PostgresServer:
                 fh.write(self.password + "\n")
             self._chown(Path(tmp), user)
             self._chown(pwfile, user)
-            subprocess.run(
-                [*argv, "--auth=scram-sha-256", f"--pwfile={pwfile}"], check=True, capture_output=True, user=user
-            )
+            _run_initdb([*argv, "--auth=scram-sha-256", f"--pwfile={pwfile}"], user)
 
     def _hba(self) -> Path:
         return self.pgdata / "pg_hba.conf"
@@ -284,6 +282,15 @@ class PostgresServer:
         # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client to leave.
         _stop(self.proc, kill, signal.SIGINT)
         self.proc = None
+
+
+def _run_initdb(argv: list[str], user: str | None) -> None:
+    """initdb, failing with what it printed (a full disk, no shared memory, a folder it cannot
+    write): CalledProcessError alone says only "exit status 1"."""
+    done = subprocess.run(argv, capture_output=True, text=True, user=user)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip()[-2000:]
+        raise RuntimeError(f"initdb failed (exit {done.returncode}): {said}")
 
 
 def postgres_bin_dir() -> Path:
