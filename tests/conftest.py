@@ -10,10 +10,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _pytest.pathlib import rm_rf
 
 from infra.embedded import NatsServer, PostgresServer
 from infra.migrate import migrate
 from infra.nats_topology import apply_topology
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A temporary root of this session's own. pytest's shared default (`/tmp/pytest-of-<user>`)
+    is reset to mode 0700 by every other pytest session that starts, and its old numbered folders
+    are deleted by them: an embedded PostgreSQL run as the `pgserver` user (when tests run as root)
+    then loses its way to its data folder mid-run."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = Path(tempfile.gettempdir()) / f"evalbus-pytest-{os.getpid()}"
+        config._evalbus_own_basetemp = True  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Kept after a failure, for its logs and data folders.
+    if getattr(session.config, "_evalbus_own_basetemp", False) and exitstatus == 0:
+        rm_rf(Path(session.config.option.basetemp))
 
 
 @dataclass
