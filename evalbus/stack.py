@@ -21,7 +21,7 @@ from infra.credentials import CLIENT_ROLE, Credentials, load_or_create
 from infra.embedded import NatsServer, PostgresServer, free_port, wait_for_port
 from infra.migrate import migrate
 from infra.nats_topology import apply_topology
-from infra.processes import SERVICES, fake_model_argv, local, service_argv, service_role
+from infra.processes import SERVICES, fake_model_argv, local, metrics_port, service_argv, service_role
 
 log = logging.getLogger("evalbus.stack")
 STATE_FILE = "stack.json"
@@ -50,6 +50,7 @@ class Stack:
     locked_down: bool = False
     credentials: Credentials | None = field(default=None, repr=False)
     service_logins: dict[str, str] = field(default_factory=dict, repr=False)  # role -> password
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # process -> its /metrics port
 
     @property
     def model_base_url(self) -> str:
@@ -132,10 +133,16 @@ class Stack:
     def start_services(
         self, replicas: Mapping[str, int] | None = None, extra_env: Mapping[str, str] | None = None
     ) -> None:
+        # EVALBUS_METRICS_PORT, where set, is the first of the processes' ports: one host, one port each.
+        base = int(self.env(extra_env).get("EVALBUS_METRICS_PORT") or 0)
         for service in SERVICES:
             for i in range((replicas or {}).get(service, 1)):
                 name = service if i == 0 else f"{service}-{i + 1}"
-                self.spawn(name, service_argv(service), extra_env, role=service_role(service))
+                env = dict(extra_env or {})
+                if base:
+                    self.metrics_ports[name] = metrics_port(base, service, i)
+                    env["EVALBUS_METRICS_PORT"] = str(self.metrics_ports[name])
+                self.spawn(name, service_argv(service), env, role=service_role(service))
 
     def stop_services(self, sig: int = signal.SIGTERM) -> None:
         stop_pids({name: p.pid for name, p in self.procs.items() if name != "fake-model"}, sig=sig)

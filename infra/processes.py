@@ -27,6 +27,13 @@ def service_argv(service: str) -> list[str]:
     return ["faststream", "run", "--factory", service_app(service)]
 
 
+def metrics_port(base: int, service: str, replica: int = 0) -> int:
+    """The metrics port of a process on a host that runs them all (`evalbus up`): the services in
+    order from `base`, then each further replica's row after them (chat_runner-2 is base + 6), so
+    a replica added later never moves another's port."""
+    return base + replica * len(SERVICES) + SERVICES.index(service)
+
+
 def fake_model_argv(port: int) -> list[str]:
     return ["python", "-m", "services.fake_model", "--host", "127.0.0.1", "--port", str(port)]
 

@@ -9,7 +9,7 @@ import logging
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -92,6 +92,19 @@ class Settings(BaseSettings):
     breaker_fail_max: int = Field(default=5, ge=1, description="consecutive endpoint failures that open its breaker")
     breaker_reset_s: float = Field(default=30.0, gt=0, description="pause before an open breaker lets a probe through")
 
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="port of the service's Prometheus /metrics endpoint; 0 = no metrics (`evalbus up` gives "
+        "each process its own port from this one: see evalbus/stack.py)",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address the metrics endpoint listens on")
+    tracing: Literal["off", "otlp", "console"] = Field(
+        default="off",
+        description="OpenTelemetry tracing (needs the `tracing` extra): spans exported over OTLP "
+        "(OTEL_EXPORTER_OTLP_* variables) or printed; the trace context travels in NATS headers",
+    )
     judge_linger_ms: float = Field(
         default=20.0, ge=0, le=60_000, description="how long the judge waits for more answers to grade in one call"
     )

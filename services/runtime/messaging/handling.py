@@ -18,11 +18,13 @@ worked on again, down to single messages, so only the message that fails is retr
 others are handled and acked at once.
 """
 
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
@@ -33,6 +35,10 @@ from contracts.validation import describe_error
 from services.runtime.messaging.acks import dead_letter, settle, stream_seq
 from services.runtime.messaging.keepalive import InProgress
 from services.runtime.messaging.publishing import JetStreamPublisher
+from services.runtime.observability.metrics import ConsumerMetrics
+
+if TYPE_CHECKING:
+    from services.runtime.observability.tracing import Tracing
 
 log = logging.getLogger("evalbus.worker")
 In = TypeVar("In", bound=BaseModel)
@@ -46,6 +52,7 @@ MAX_FAILED_ATTEMPTS = 48
 DEFERRED_DELIVERIES = 5
 
 Results = Event | Sequence[Event] | None
+_NO_SPAN = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -161,15 +168,23 @@ class Policy(Generic[T]):
     invalid: Invalid = Invalid.DEAD_LETTER
     transient: Callable[[BaseException], bool] = never_transient
     unexpected: Unexpected = Unexpected.RETRY
+    # Observability (services/runtime/observability/), None while off.
+    metrics: ConsumerMetrics | None = None
+    tracer: "Tracing | None" = None
+    durable: str = ""
 
 
-async def dead_letter_and_ack(policy: Policy[T], raw: Msg, reason: str) -> None:
+async def dead_letter_and_ack(policy: Policy[T], raw: Msg, reason: str, cause: str = "refused") -> None:
     try:
         await dead_letter(policy.publisher.js, policy.service, raw, reason)
     except Exception:
         log.exception("could not dead-letter %s", raw.subject)
+        if policy.metrics is not None:
+            policy.metrics.outcome("redelivered")
         await settle([raw], ok=False)
         return
+    if policy.metrics is not None:
+        policy.metrics.dead_lettered(cause)
     await settle([raw], ok=True)
 
 
@@ -181,11 +196,15 @@ async def _unreadable(policy: Policy[T], raw: Msg, exc: Exception) -> None:
     else:
         log.warning("%s could not parse %s: %r", policy.service, raw.subject[:300], exc)
         reason = f"could not parse: {type(exc).__name__}"
+    if policy.metrics is not None:
+        policy.metrics.unparsed.inc()
     if policy.invalid is Invalid.DROP:
         log.warning("%s: unusable message on %s: %s", policy.service, raw.subject[:300], reason[:300])
+        if policy.metrics is not None:
+            policy.metrics.outcome("dropped")
         await settle([raw], ok=True)
     else:
-        await dead_letter_and_ack(policy, raw, reason)
+        await dead_letter_and_ack(policy, raw, reason, "invalid")
 
 
 async def handle_one(policy: Policy[T], raw: Msg, work: Callable[[T], Awaitable[Results]]) -> None:
@@ -196,40 +215,61 @@ async def handle_one(policy: Policy[T], raw: Msg, work: Callable[[T], Awaitable[
     except Exception as exc:
         await _unreadable(policy, raw, exc)
         return
+    m = policy.metrics
     if value is None:  # passed by
+        if m is not None:
+            m.passed.inc()
+            m.outcome("passed")
         await settle([raw], ok=True)
         return
-    policy.alive.add(raw)
-    try:
-        results = await work(value)
-        if results is not None:
-            await policy.publisher.publish([results] if isinstance(results, Event) else results)
-    except RetryLater as later:
-        policy.alive.discard(raw)
-        log.info("%s: %s; retrying in %.0f s", raw.subject, later, later.delay_s)
+    if m is not None:
+        m.consumed(value, raw.subject)
+    # A span per message only while tracing is on; else one shared no-op context (no frame, no allocation).
+    with _NO_SPAN if policy.tracer is None else policy.tracer.handling(policy.durable, raw, value):
+        policy.alive.add(raw)
+        started = time.perf_counter()
         try:
-            await raw.nak(delay=later.delay_s)
-        except Exception as exc:  # the server redelivers after ack_wait
-            log.warning("could not nak %s: %r", raw.subject, exc)
-        return
-    except Refused as refused:
-        policy.alive.discard(raw)
-        await dead_letter_and_ack(policy, raw, refused.reason)
-        return
-    except Exception as exc:
-        policy.alive.discard(raw)
-        if policy.unexpected is Unexpected.DEAD_LETTER and not policy.transient(exc):
-            log.exception("%s failed on %s in an unexpected way; dead-lettering it", policy.service, raw.subject)
-            await dead_letter_and_ack(
-                policy, raw, f"unexpected {type(exc).__name__} in the {policy.service}; not retried"
-            )
-        else:
-            log.exception("%s failed on %s; will be redelivered", policy.service, raw.subject)
-            await settle([raw], ok=False)
-        return
-    finally:
-        policy.alive.discard(raw)  # before settling, and also when cancelled
-    await settle([raw], ok=True)
+            results = await work(value)
+            if results is not None:
+                await policy.publisher.publish([results] if isinstance(results, Event) else results)
+        except RetryLater as later:
+            policy.alive.discard(raw)
+            if m is not None:
+                m.seconds.observe(time.perf_counter() - started)
+                m.outcome("retry_later")
+            log.info("%s: %s; retrying in %.0f s", raw.subject, later, later.delay_s)
+            try:
+                await raw.nak(delay=later.delay_s)
+            except Exception as exc:  # the server redelivers after ack_wait
+                log.warning("could not nak %s: %r", raw.subject, exc)
+            return
+        except Refused as refused:
+            policy.alive.discard(raw)
+            if m is not None:
+                m.seconds.observe(time.perf_counter() - started)
+            await dead_letter_and_ack(policy, raw, refused.reason)
+            return
+        except Exception as exc:
+            policy.alive.discard(raw)
+            if m is not None:
+                m.seconds.observe(time.perf_counter() - started)
+            if policy.unexpected is Unexpected.DEAD_LETTER and not policy.transient(exc):
+                log.exception("%s failed on %s in an unexpected way; dead-lettering it", policy.service, raw.subject)
+                await dead_letter_and_ack(
+                    policy, raw, f"unexpected {type(exc).__name__} in the {policy.service}; not retried", "unexpected"
+                )
+            else:
+                log.exception("%s failed on %s; will be redelivered", policy.service, raw.subject)
+                if m is not None:
+                    m.outcome("redelivered")
+                await settle([raw], ok=False)
+            return
+        finally:
+            policy.alive.discard(raw)  # before settling, and also when cancelled
+        if m is not None:
+            m.seconds.observe(time.perf_counter() - started)
+            m.acked.inc()
+        await settle([raw], ok=True)
 
 
 async def handle_isolated(
@@ -238,6 +278,7 @@ async def handle_isolated(
     attempt: Callable[[list[T]], Awaitable[object]],
     transient: Callable[[BaseException], bool] = never_transient,
     alive: InProgress | None = None,
+    metrics: ConsumerMetrics | None = None,
 ) -> None:
     """`attempt` the items together and ack them; when it raises, split them in halves and attempt
     each, down to single items, which alone are negatively acked (with the growing delay). A
@@ -250,6 +291,8 @@ async def handle_isolated(
         if alive is not None:
             for raw in raws:
                 alive.discard(raw)
+        if metrics is not None:
+            metrics.outcome("acked" if ok else "redelivered", len(raws))
         await settle(raws, ok=ok)
 
     async def run(group: Sequence[tuple[Msg, T]]) -> None:
@@ -288,11 +331,13 @@ async def _apply_screen(
             kept.append((raw, value))
         elif refusal.retry and delivered(raw) < DEFERRED_DELIVERIES:
             log.info("%s: %s not taken yet (%s); will be redelivered", policy.service, raw.subject, refusal.reason)
+            if policy.metrics is not None:
+                policy.metrics.outcome("deferred")
             await settle([raw], ok=False)
         elif refusal.retry:
-            await dead_letter_and_ack(policy, raw, f"{refusal.reason} after {delivered(raw)} deliveries")
+            await dead_letter_and_ack(policy, raw, f"{refusal.reason} after {delivered(raw)} deliveries", "deferred")
         else:
-            await dead_letter_and_ack(policy, raw, refusal.reason)
+            await dead_letter_and_ack(policy, raw, refusal.reason, "screened")
     return kept
 
 
@@ -307,6 +352,7 @@ async def handle_batch(
     acked. `screen` (one call for the whole batch, e.g. one query) may refuse some. The first
     attempt calls parser, screen and handler from here directly; only a failing batch is split
     (`handle_isolated`)."""
+    m = policy.metrics
     good: list[tuple[Msg, T]] = []
     for raw in raws:
         try:
@@ -315,45 +361,61 @@ async def handle_batch(
             await _unreadable(policy, raw, exc)
             continue
         if value is None:  # passed by
+            if m is not None:
+                m.passed.inc()
+                m.outcome("passed")
             await settle([raw], ok=True)
         else:
+            if m is not None:
+                m.consumed(value, raw.subject)
             good.append((raw, value))
     if good and screen is not None:
         try:
             verdicts = await screen([value for _, value in good])
         except Exception:
             log.exception("%s could not screen a batch of %d; will be redelivered", policy.service, len(good))
+            if m is not None:
+                m.outcome("redelivered", len(good))
             await settle([raw for raw, _ in good], ok=False)
             return
         good = await _apply_screen(policy, good, verdicts)
     if not good:
         return
-    for raw, _ in good:
-        policy.alive.add(raw)
+    with _NO_SPAN if policy.tracer is None else policy.tracer.handling_batch(policy.durable, good):
+        for raw, _ in good:
+            policy.alive.add(raw)
 
-    async def attempt(values: list[T]) -> None:
-        await _publish_results(policy, await work(values))
+        async def attempt(values: list[T]) -> None:
+            await _publish_results(policy, await work(values))
 
-    def not_ours(exc: BaseException) -> bool:
-        return isinstance(exc, PublishFailed) or policy.transient(exc)
+        def not_ours(exc: BaseException) -> bool:
+            return isinstance(exc, PublishFailed) or policy.transient(exc)
 
-    try:
+        started = time.perf_counter()
         try:
-            await _publish_results(policy, await work([value for _, value in good]))
-        except Exception as exc:
-            if not_ours(exc) or len(good) == 1:
-                log.exception("%s failed on a batch of %d; will be redelivered", policy.service, len(good))
-                await settle([raw for raw, _ in good], ok=False)
-            else:
-                log.warning("%s failed on a batch of %d (%r); splitting it", policy.service, len(good), exc)
-                middle = len(good) // 2
-                await handle_isolated(policy.service, good[:middle], attempt, not_ours, policy.alive)
-                await handle_isolated(policy.service, good[middle:], attempt, not_ours, policy.alive)
-            return
-        await settle([raw for raw, _ in good], ok=True)
-    finally:
-        for raw, _ in good:  # also when cancelled
-            policy.alive.discard(raw)
+            try:
+                await _publish_results(policy, await work([value for _, value in good]))
+            except Exception as exc:
+                if m is not None:
+                    m.seconds.observe(time.perf_counter() - started)
+                if not_ours(exc) or len(good) == 1:
+                    log.exception("%s failed on a batch of %d; will be redelivered", policy.service, len(good))
+                    if m is not None:
+                        m.outcome("redelivered", len(good))
+                    await settle([raw for raw, _ in good], ok=False)
+                else:
+                    log.warning("%s failed on a batch of %d (%r); splitting it", policy.service, len(good), exc)
+                    middle = len(good) // 2
+                    await handle_isolated(policy.service, good[:middle], attempt, not_ours, policy.alive, m)
+                    await handle_isolated(policy.service, good[middle:], attempt, not_ours, policy.alive, m)
+                return
+            if m is not None:
+                m.seconds.observe(time.perf_counter() - started)
+                m.outcome("acked", len(good))
+            await settle([raw for raw, _ in good], ok=True)
+        finally:
+            for raw, _ in good:  # also when cancelled
+                policy.alive.discard(raw)
 
 
 async def _publish_results(policy: Policy[T], results: Results) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from contracts import subjects
 from contracts.base import Event
+from services.runtime.observability import metrics
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -35,6 +36,16 @@ _REFUSED_AT_ONCE = (
 )
 
 
+# Adds headers to each published event (tracing's `traceparent`); None, the default, adds nothing.
+HeaderHook = Callable[[dict[str, str], Event], None]
+_header_hook: HeaderHook | None = None
+
+
+def set_header_hook(hook: HeaderHook | None) -> None:
+    global _header_hook
+    _header_hook = hook
+
+
 def encode(model: BaseModel) -> bytes:
     return model.to_json() if isinstance(model, Event) else model.model_dump_json().encode()
 
@@ -44,11 +55,14 @@ async def publish_events(js: "JetStreamContext", events: Iterable[Event]) -> lis
     futures: list[asyncio.Future[PubAck]] = []
     try:
         for ev in events:
+            headers = {"Nats-Msg-Id": ev.event_id}
+            if _header_hook is not None:
+                _header_hook(headers, ev)
             futures.append(
                 await js.publish_async(
                     ev.subject,
                     encode(ev),
-                    headers={"Nats-Msg-Id": ev.event_id},
+                    headers=headers,
                     stream=subjects.STREAM_EVENTS,
                     wait_stall=PUBLISH_TIMEOUT_S,  # a full pending limit fails the publish, never hangs it
                 )
@@ -107,3 +121,5 @@ class JetStreamPublisher:
 
     async def publish(self, events: Sequence[Event]) -> None:
         await publish_events(self._js(), events)
+        if (m := metrics.active()) is not None:
+            m.published_events(events)

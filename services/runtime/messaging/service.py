@@ -28,7 +28,7 @@ import signal
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from faststream import FastStream
 from nats.aio.msg import Msg
@@ -53,7 +53,11 @@ from services.runtime.messaging.handling import (
 from services.runtime.messaging.health import Health
 from services.runtime.messaging.keepalive import InProgress
 from services.runtime.messaging.publishing import JetStreamPublisher
+from services.runtime.observability import metrics
 from services.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from services.runtime.observability.tracing import Tracing
 
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 Factory = Callable[[], Awaitable[object]]
@@ -124,6 +128,35 @@ class Service:
         self.app.after_shutdown(self._close)
         self.background(lambda: self.health.beat_forever(settings.heartbeat_dir))
         self.background(trim_heap_forever)
+        self._observe()
+
+    def _observe(self) -> None:
+        """Metrics and tracing, when the settings turn them on (before the app builds its model
+        client, which looks them up)."""
+        self.metrics: metrics.Metrics | None = None
+        self._metrics_server: metrics.MetricsServer | None = None
+        if self.settings.metrics_port:
+            self.metrics = metrics.enable()
+            self._metrics_server = metrics.MetricsServer(
+                self.metrics, self.settings.metrics_port, self.settings.metrics_host
+            )
+            watched = self.metrics
+
+            async def watch_lag() -> None:
+                specs = [d.spec for d in self._declared]
+                await metrics.watch_lag_forever(watched, lambda: self.js, specs)
+
+            self.background(watch_lag)
+        self.tracing: Tracing | None = None
+        if self.settings.tracing != "off":
+            from services.runtime.observability import tracing  # imports OpenTelemetry: only when on
+
+            self.tracing = tracing.enable(self.name, tracing.provider_for(self.name, self.settings.tracing))
+            self.on_stopped(self._stop_tracing)
+
+    async def _stop_tracing(self) -> None:
+        if self.tracing is not None:
+            self.tracing.shutdown()  # exports what is left
 
     @property
     def js(self) -> JetStreamContext:
@@ -227,6 +260,8 @@ class Service:
         return functools.partial(fn, **{name: self._deps[name] for name in _dependencies(fn)})
 
     async def _start(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.start()
         await self.health.serve()
         await dump_tasks_on_sigusr1()
         for name, factory in self._factories.items():
@@ -241,7 +276,18 @@ class Service:
         holder: list[Consumer] = []
         alive = InProgress(lambda: max(0.5, (holder[0].ack_wait_s if holder else d.spec.ack_wait_s) / 3))
         self._alive.append(alive)
-        policy = Policy(self.name, d.parse, self.publisher, alive, d.invalid, d.transient, d.unexpected)
+        policy = Policy(
+            self.name,
+            d.parse,
+            self.publisher,
+            alive,
+            d.invalid,
+            d.transient,
+            d.unexpected,
+            metrics=self.metrics.consumer(d.spec.durable) if self.metrics is not None else None,
+            tracer=self.tracing,
+            durable=d.spec.durable,
+        )
         work = self._bind(d.handler)
         on_message: Callable[[Msg], Awaitable[None]] | None = None
         on_batch: Callable[[list[Msg]], Awaitable[None]] | None = None
@@ -279,6 +325,8 @@ class Service:
             await alive.aclose()
         for hook in self._stopped:
             await hook()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
 
 
 async def dump_tasks_on_sigusr1() -> None:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
 
+from services.runtime.observability import metrics
+
 T = TypeVar("T")
 StateChange = Callable[[str, str, str], None]  # endpoint, old state, new state
 
@@ -68,6 +70,7 @@ class ProviderBreaker:
     def _changed(self, old: str, new: str) -> None:
         if new == "open":
             self._open_until = time.monotonic() + self._reset_s
+        metrics.breaker_changed(self.endpoint, old, new)
         if self._on_change is not None:
             self._on_change(self.endpoint, old, new)
 

@@ -27,6 +27,7 @@ from services.runtime.models.endpoints import Endpoint
 from services.runtime.models.http_pool import HttpEndpoint, open_endpoint
 from services.runtime.models.rate_budget import RateBudget
 from services.runtime.models.tokens import count_chat_tokens, count_tokens
+from services.runtime.observability import metrics
 
 log = logging.getLogger("evalbus.llm")
 
@@ -277,9 +278,13 @@ class ChatClient:
         # The provider counts prompt tokens plus the completion it may write.
         token_estimate = count_chat_tokens(prompt_texts) + (opts.max_tokens or 512) if budget else 0
 
+        observed = metrics.model_endpoint(base_url)  # None while metrics are off
+
         async def attempt() -> Completion:
             nonlocal attempts
             attempts += 1
+            if observed is not None:
+                return await observed.observe(attempts, breaker.call(one_call))
             return await breaker.call(one_call)
 
         async def one_call() -> Completion:
