@@ -10,7 +10,7 @@ batch run with no flags carries exactly the config it did before these settings 
 `conservative` and `aggressive` spell out every setting.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -67,9 +67,10 @@ PRESETS: dict[str, Limits] = {
 }
 
 
-def merged(preset: str, **explicit: int | float | None) -> dict[str, int | float]:
+def merged(preset: str, **explicit: float | None) -> dict[str, Any]:
     """The preset's settings with every explicitly given (not None) one in its place, as
-    BatchConfig keyword arguments; settings that stay None are left out (BatchConfig's default)."""
+    BatchConfig keyword arguments (ints and floats, validated by BatchConfig); settings that stay
+    None are left out (BatchConfig's default)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     unknown = set(explicit) - set(Limits.model_fields)
