@@ -100,10 +100,43 @@ class BatchConfig(Compact):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     session_id: StoredStr | None = Field(default=None, max_length=MAX_NAME)
     experiment: StoredStr | None = Field(default=None, max_length=MAX_NAME)
-    concurrency: int = Field(default=3, ge=1, le=1024)
-    timeout_s: float = Field(default=120.0, gt=0, le=3600)
-    max_retries: int = Field(default=2, ge=0, le=10)
-    retry_base_s: float | None = Field(default=None, ge=0, le=600)  # None: the service's setting
+    # Safety settings of this batch (contracts/presets.py names three sets of them). None: the
+    # setting named in its description.
+    concurrency: int = Field(default=3, ge=1, le=1024, description="model calls in flight for this batch")
+    judge_concurrency: int | None = Field(
+        default=None, ge=1, le=1024, description="judge calls in flight for this batch; null: `concurrency`"
+    )
+    timeout_s: float = Field(default=120.0, gt=0, le=3600, description="seconds per model call attempt")
+    judge_timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="seconds per judge call attempt; null: `timeout_s`"
+    )
+    max_retries: int = Field(default=2, ge=0, le=10, description="retries per model and judge call")
+    retry_base_s: float | None = Field(
+        default=None, ge=0, le=600, description="first retry delay (doubling, full jitter); null: the service's"
+    )
+    breaker_fail_max: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="consecutive endpoint failures that open the breaker of this batch's calls; null: the "
+        "service's (EVALBUS_BREAKER_FAIL_MAX)",
+    )
+    breaker_reset_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="pause of an open breaker before a probe; null: the service's (EVALBUS_BREAKER_RESET_S)",
+    )
+    sql_timeout_s: float | None = Field(
+        default=None, gt=0, le=300, description="seconds per SQL check query, for every check; null: each check's own"
+    )
+    sql_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="SQL checks of this batch running at once per database, within the scorer's "
+        "EVALBUS_SQL_CHECK_CONCURRENCY; null: the scorer's",
+    )
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=131_072)
     system_prompt: StoredStr | None = Field(default=None, max_length=MAX_TEXT)
@@ -135,6 +168,14 @@ class BatchConfig(Compact):
     @property
     def effective_judge_model(self) -> str:
         return self.judge_model or self.model
+
+    @property
+    def effective_judge_concurrency(self) -> int:
+        return self.judge_concurrency or self.concurrency
+
+    @property
+    def effective_judge_timeout_s(self) -> float:
+        return self.judge_timeout_s or self.timeout_s
 
 
 class SuiteRef(Wire):

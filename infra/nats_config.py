@@ -12,8 +12,9 @@ from contracts.services import NAMES
 
 CONFIG_PATH = Path(__file__).resolve().parent / "nats" / "nats-server.conf"
 
-# The users of nats-server.conf: the provisioner, the five services, and the users' CLI.
-ROLES: tuple[str, ...] = ("provisioner", *NAMES, "client")
+# The users of nats-server.conf: the provisioner, the five services, the users' CLI, and the
+# operator's CLI (which alone may re-drive work: `evalbus resume`).
+ROLES: tuple[str, ...] = ("provisioner", *NAMES, "client", "operator")
 
 
 def config_path() -> Path:

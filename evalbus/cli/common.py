@@ -31,9 +31,10 @@ def data_dir() -> Path:
     return get_settings().data_dir
 
 
-def nats_login() -> tuple[str, str | None, str | None]:
+def nats_login(role: str = credentials.CLIENT_ROLE) -> tuple[str, str | None, str | None]:
     """URL, user and password: EVALBUS_NATS_URL with EVALBUS_NATS_USER/PASSWORD, else the
-    embedded stack that `evalbus up` started, as `client` with the password it generated."""
+    embedded stack that `evalbus up` started, as `role` (`client`, or `operator` for commands
+    that re-drive work) with the password it generated."""
     settings = get_settings()
     if settings.nats_url:
         return (settings.nats_url, *settings.nats_credentials())
@@ -42,21 +43,27 @@ def nats_login() -> tuple[str, str | None, str | None]:
         err.print("[red]No NATS server: set EVALBUS_NATS_URL or start the embedded stack with `evalbus up`.[/red]")
         raise typer.Exit(EXIT_UNREACHABLE)
     creds = credentials.read(settings.data_dir) if state.get("locked_down") else None
-    user, password = creds.login(credentials.CLIENT_ROLE) if creds else settings.nats_credentials()
+    try:
+        user, password = creds.login(role) if creds else settings.nats_credentials()
+    except LookupError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_UNREACHABLE) from exc
     return str(state["nats_url"]), user, password
 
 
-async def connect() -> Client:
+async def connect(role: str = credentials.CLIENT_ROLE) -> Client:
     try:
-        return await client.connect(*nats_login())
+        return await client.connect(*nats_login(role))
     except client.ConnectError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_UNREACHABLE) from exc
 
 
-async def call_recorder(call: Callable[[Client], Awaitable[T]]) -> tuple[T | None, int]:
+async def call_recorder(
+    call: Callable[[Client], Awaitable[T]], role: str = credentials.CLIENT_ROLE
+) -> tuple[T | None, int]:
     """One call that needs the recorder: (its result, 0), or (None, exit code) after saying why."""
-    nc = await connect()
+    nc = await connect(role)
     try:
         return await call(nc), 0
     except client.ApiError as exc:
@@ -70,10 +77,13 @@ async def call_recorder(call: Callable[[Client], Awaitable[T]]) -> tuple[T | Non
 
 
 async def ask_recorder(
-    ask: Callable[[Client], Awaitable[BaseModel]], show: Callable[[Any], None], as_json: bool
+    ask: Callable[[Client], Awaitable[BaseModel]],
+    show: Callable[[Any], None],
+    as_json: bool,
+    role: str = credentials.CLIENT_ROLE,
 ) -> int:
     """One request to the recorder's API, printed as JSON or for people; errors become exit codes."""
-    answer, code = await call_recorder(ask)
+    answer, code = await call_recorder(ask, role)
     if answer is None:
         return code
     if as_json:

@@ -20,7 +20,7 @@ from contracts import ids
 from contracts.enums import DEFAULT_CRITERIA, BatchStatus
 from contracts.events import BatchAccepted
 from contracts.inputs import BatchConfig, CancelBatchRequested, Case, JudgeMode, StartBatchRequested, SuiteRef
-from contracts.presets import PRESETS, PresetName
+from contracts.presets import PresetName, merged
 from contracts.quality import QualityReport
 from contracts.reports import BatchProgress, ResumeResult
 from evalbus import client, render, render_queries, stack
@@ -35,6 +35,7 @@ from evalbus.cli.common import (
     data_dir,
     err,
 )
+from infra.credentials import OPERATOR_ROLE
 from services.generator.suite_loader import SuiteFile, builtin_names, file_cases
 from services.runtime.settings import get_settings
 
@@ -165,13 +166,36 @@ def run(
     threshold: Annotated[float, typer.Option(help="pass mark for every criterion (1-10)")] = 7.0,
     session_id: Annotated[str | None, typer.Option(help="session id (default batch-<model>-<UTC time>)")] = None,
     experiment: Annotated[str | None, typer.Option(help="experiment name, to compare sessions")] = None,
-    preset: Annotated[PresetName, typer.Option(help="limits: conservative, default or aggressive")] = "default",
+    preset: Annotated[
+        PresetName, typer.Option(help="safety settings: conservative, default or aggressive; flags override it")
+    ] = "default",
     concurrency: Annotated[int | None, typer.Option(help="model calls in flight for this batch")] = None,
-    timeout: Annotated[float | None, typer.Option(help="seconds per model call")] = None,
-    retries: Annotated[int | None, typer.Option(help="retries per model call")] = None,
+    judge_concurrency: Annotated[
+        int | None, typer.Option(help="judge calls in flight for this batch (default: --concurrency)")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds per model call attempt")] = None,
+    judge_timeout: Annotated[
+        float | None, typer.Option(help="seconds per judge call attempt (default: --timeout)")
+    ] = None,
+    retries: Annotated[int | None, typer.Option(help="retries per model and judge call")] = None,
+    retry_delay: Annotated[float | None, typer.Option(help="seconds before the first retry (then doubling)")] = None,
+    breaker_threshold: Annotated[
+        int | None, typer.Option(help="consecutive endpoint failures that open the breaker (default: the service's)")
+    ] = None,
+    breaker_reset: Annotated[
+        float | None, typer.Option(help="seconds an open breaker waits before a probe (default: the service's)")
+    ] = None,
+    sql_timeout: Annotated[
+        float | None, typer.Option(help="seconds per SQL check query, for every check (default: each check's own)")
+    ] = None,
+    sql_concurrency: Annotated[
+        int | None, typer.Option(help="SQL checks at once per database (at most the scorer's; default: the scorer's)")
+    ] = None,
     system_prompt: Annotated[str | None, typer.Option(help="system prompt prepended to every case")] = None,
     judge: Annotated[bool, typer.Option("--judge/--no-judge", help="grade answers with the judge")] = True,
-    judge_batch_size: Annotated[int, typer.Option(help="answers graded in one judge call (1: one by one)")] = 10,
+    judge_batch_size: Annotated[
+        int | None, typer.Option(help="answers graded in one judge call (1: one by one; default: the preset's)")
+    ] = None,
     judge_mode: Annotated[JudgeMode, typer.Option(help="combined: all criteria per call; per_criterion")] = "combined",
     judge_weight: Annotated[float, typer.Option(help="weight of the judge among reference checks")] = 1.0,
     pass_threshold: Annotated[
@@ -183,8 +207,21 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Start a batch, follow its progress live, and print its report."""
-    limits = PRESETS[preset]
     try:
+        limits = merged(
+            preset,
+            concurrency=concurrency,
+            judge_concurrency=judge_concurrency,
+            timeout_s=timeout,
+            judge_timeout_s=judge_timeout,
+            max_retries=retries,
+            retry_base_s=retry_delay,
+            breaker_fail_max=breaker_threshold,
+            breaker_reset_s=breaker_reset,
+            sql_timeout_s=sql_timeout,
+            sql_concurrency=sql_concurrency,
+            judge_batch_size=judge_batch_size,
+        )
         config = BatchConfig(
             model=model,
             endpoint=endpoint,
@@ -196,16 +233,12 @@ def run(
             default_threshold=threshold,
             session_id=session_id,
             experiment=experiment,
-            concurrency=limits.concurrency if concurrency is None else concurrency,
-            timeout_s=limits.timeout_s if timeout is None else timeout,
-            max_retries=limits.max_retries if retries is None else retries,
-            retry_base_s=limits.retry_base_s,
             system_prompt=system_prompt,
             judge_enabled=judge,
-            judge_batch_size=judge_batch_size,
             judge_mode=judge_mode,
             judge_weight=judge_weight,
             pass_threshold=pass_threshold,
+            **limits,
         )
         source = suite_source(suite)
         batch_id = batch_id or new_batch_id()
@@ -245,13 +278,16 @@ def cancel(
 
 
 def resume(batch_id: str, as_json: JsonFlag = False) -> None:
-    """Resume a running batch: send its unfinished prompts on again, rebuilt from the database."""
+    """Resume a running batch: send its unfinished prompts on again, rebuilt from the database.
+
+    An operator's command: the embedded stack's `operator` login, or EVALBUS_NATS_USER=operator."""
 
     def show(result: ResumeResult) -> None:
         console.print(f"resumed {result.redriven} unfinished prompts of {batch_id} {result.by_event or ''}")
 
     token = f"cli-{secrets.token_hex(4)}"
-    raise typer.Exit(asyncio.run(ask_recorder(lambda nc: client.resume(nc, batch_id, token), show, as_json)))
+    ask = partial(client.resume, batch_id=batch_id, token=token)
+    raise typer.Exit(asyncio.run(ask_recorder(ask, show, as_json, role=OPERATOR_ROLE)))
 
 
 def demo(

@@ -29,6 +29,8 @@ async def run_prompt(
         temperature=cfg.temperature,
         max_tokens=cfg.max_tokens,
         retry_base_s=cfg.retry_base_s,
+        breaker_fail_max=cfg.breaker_fail_max,
+        breaker_reset_s=cfg.breaker_reset_s,
     )
     messages = [{"role": m.role, "content": m.content} for m in evt.messages]
     tags = {"X-Evalbus-Prompt-Id": evt.prompt_id, "X-Evalbus-Stage": Stage.CHAT.value}

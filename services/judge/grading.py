@@ -120,7 +120,7 @@ async def grade_alone(
     call = replace(opts, response_format=single_format(criteria))
     try:
         done = await model.complete(
-            messages, call, batch_id=evt.batch_id, batch_limit=cfg.concurrency, tags=_tags([evt])
+            messages, call, batch_id=evt.batch_id, batch_limit=cfg.effective_judge_concurrency, tags=_tags([evt])
         )
     except ModelCallError as exc:
         return Failure(exc.category, str(exc), exc.attempts)
@@ -151,7 +151,9 @@ async def grade_chunk(
     call = replace(opts, response_format=batch_response_format(ids, criteria))
     batch_id = evts[0].batch_id
     try:
-        done = await model.complete(messages, call, batch_id=batch_id, batch_limit=cfg.concurrency, tags=_tags(evts))
+        done = await model.complete(
+            messages, call, batch_id=batch_id, batch_limit=cfg.effective_judge_concurrency, tags=_tags(evts)
+        )
     except ModelCallError as exc:
         return [Failure(exc.category, str(exc), exc.attempts) for _ in evts]
     spent = split_usage(done, evts, opts.model, cfg)

@@ -17,10 +17,12 @@ def call_options(cfg: BatchConfig, endpoints: Endpoints) -> CallOptions:
     return CallOptions(
         model=cfg.effective_judge_model,
         endpoint=endpoints.for_judge(cfg),
-        timeout_s=cfg.timeout_s,
+        timeout_s=cfg.effective_judge_timeout_s,
         max_retries=cfg.max_retries,
         temperature=0.0,
         retry_base_s=cfg.retry_base_s,
+        breaker_fail_max=cfg.breaker_fail_max,
+        breaker_reset_s=cfg.breaker_reset_s,
     )
 
 

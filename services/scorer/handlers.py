@@ -22,7 +22,8 @@ async def score_one(
     evt: PromptJudged, databases: ReferenceDatabases, pattern_timeout_s: float
 ) -> PromptScored | PromptFailed:
     try:
-        return await score_prompt(evt, databases.check, pattern_timeout_s=pattern_timeout_s)
+        sql = databases.for_batch(evt.batch_id, evt.config.sql_concurrency)
+        return await score_prompt(evt, sql, pattern_timeout_s=pattern_timeout_s)
     except Exception as exc:
         # Checks never raise (each failure is a component verdict); anything else is this event's
         # alone: it fails its prompt with the reason instead of the whole fetch.

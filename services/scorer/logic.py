@@ -24,11 +24,35 @@ _checks = ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="eval
 
 class ReferenceDatabases:
     """The databases SQL checks may use, by the names suites give them, each behind a semaphore
-    so that a batch of SQL answers cannot open more than `limit` connections to one database."""
+    so that a batch of SQL answers cannot open more than `limit` connections to one database.
+    A batch may hold its own checks to fewer (`for_batch`); the scorer's limit stays the cap."""
 
     def __init__(self, urls: Mapping[str, str], limit: int) -> None:
         self._urls = dict(urls)
         self._gates = {name: asyncio.Semaphore(limit) for name in self._urls}
+        self._batch_gates: dict[tuple[str, str], tuple[int, asyncio.Semaphore]] = {}
+
+    def for_batch(self, batch_id: str, limit: int | None) -> SqlCheck:
+        """The SQL check for one batch's answers: `check`, within the batch's own limit per database."""
+        if limit is None:
+            return self.check
+
+        async def limited(ref: SqlEquivalence, answer: str) -> ComponentScore:
+            key = (ref.database, batch_id)
+            entry = self._batch_gates.get(key)
+            if entry is None or entry[0] != limit:
+                entry = self._batch_gates[key] = (limit, asyncio.Semaphore(limit))
+            gate = entry[1]
+            try:
+                async with gate:
+                    return await self.check(ref, answer)
+            finally:
+                # A batch's gate nobody holds or waits for is dropped (no await since the check),
+                # so a long-running scorer does not keep one per batch it ever saw.
+                if self._batch_gates.get(key) is entry and gate._value == limit and not gate._waiters:
+                    del self._batch_gates[key]
+
+        return limited
 
     async def check(self, ref: SqlEquivalence, answer: str) -> ComponentScore:
         url = self._urls.get(ref.database)
@@ -83,6 +107,13 @@ def plain_checks(refs: Sequence[Reference], answer: str, timeout_s: float) -> li
     return out
 
 
+def with_batch_timeout(ref: SqlEquivalence, cfg: BatchConfig) -> SqlEquivalence:
+    """The check with the batch's SQL timeout in place of its own, if the batch sets one."""
+    if cfg.sql_timeout_s is None or cfg.sql_timeout_s == ref.timeout_s:
+        return ref
+    return ref.model_copy(update={"timeout_s": cfg.sql_timeout_s})  # validated by BatchConfig's bound
+
+
 async def _sql_check(ref: SqlEquivalence, answer: str, sql: SqlCheck | None) -> ComponentScore:
     if sql is None:
         return sql_verdict(ref, "error", "this scorer has no SQL databases")
@@ -108,7 +139,10 @@ async def score_prompt(
         else []
     )
     for ref in evt.references:
-        components.append(await _sql_check(ref, evt.answer, sql) if isinstance(ref, SqlEquivalence) else next(done))
+        if isinstance(ref, SqlEquivalence):
+            components.append(await _sql_check(with_batch_timeout(ref, cfg), evt.answer, sql))
+        else:
+            components.append(next(done))
     score, passed = verdict(components, cfg.pass_threshold)
     # Why the case failed (or would have): only components that count.
     reasons = [f"{j.criterion} {j.score} < {cfg.threshold(j.criterion):g}" for j in judgments if not j.passed]

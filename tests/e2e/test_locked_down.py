@@ -66,9 +66,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         st.stop()
 
 
-def client_env(st: Stack) -> dict[str, str]:
+def client_env(st: Stack, role: str = "client") -> dict[str, str]:
     assert st.credentials
-    return {"EVALBUS_NATS_USER": "client", "EVALBUS_NATS_PASSWORD": st.credentials.nats["client"]}
+    return {"EVALBUS_NATS_USER": role, "EVALBUS_NATS_PASSWORD": st.credentials.nats[role]}
 
 
 async def connect_as(st: Stack, role: str) -> tuple[Client, list[str]]:
@@ -134,8 +134,8 @@ async def test_every_readme_client_command_works_as_client(stack: Stack, cli, tm
     progress_sub = await nc.subscribe(subjects.progress(batch_id))
     await nc.subscribe(subjects.batch_lifecycle(batch_id), cb=on_event)
 
-    async def ok(*args: str) -> subprocess.CompletedProcess[str]:
-        done = await asyncio.to_thread(cli, *args, env=env)
+    async def ok(*args: str, as_user: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        done = await asyncio.to_thread(cli, *args, env=as_user)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done
 
@@ -148,12 +148,13 @@ async def test_every_readme_client_command_works_as_client(stack: Stack, cli, tm
         ("quality", batch_id, "--json"),
         ("samples", batch_id, "--filter", "status=scored", "--json"),
         ("history", "--limit", "5", "--json"),
-        ("resume", batch_id, "--json"),
         ("export", batch_id, "--out", str(tmp_path / "out.jsonl")),
         ("health", "--json"),
     ):
         await ok(*args)
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 8
+    # Resume re-drives work: the operator's (a client is refused, tests/integration/test_nats_permissions.py).
+    await ok("resume", batch_id, "--json", as_user=client_env(stack, "operator"))
     # `nats req evalbus.v1.api.batch.report '{"batch_id": ...}'`
     reply = await nc.request(subjects.api("batch.report"), orjson.dumps({"batch_id": batch_id}), timeout=10)
     assert orjson.loads(reply.data)["completed"] == 8
@@ -258,6 +259,10 @@ async def test_up_is_locked_down_and_the_cli_logs_in_as_client(up_stack: Path, t
     run = await asyncio.to_thread(evalbus, up_stack, "run", str(suite), "--model", "evalbus-fake", "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["completed"] == 6
+    # `evalbus resume` logs in as the stack's operator, from the same credentials file.
+    resumed = await asyncio.to_thread(evalbus, up_stack, "resume", json.loads(run.stdout)["batch_id"], "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["redriven"] == 0  # a finished batch has nothing to re-drive
     statuses = await health(up_stack)
     assert all(s["healthy"] and s["restarts"] == 0 for s in statuses), statuses
     assert violations(*(up_stack / "logs").glob("*.log"), up_stack / "nats" / "nats-server.log") == []

@@ -95,3 +95,18 @@ async def test_nats_runs_the_locked_down_config_with_generated_passwords(tmp_pat
         await nc.close()
     finally:
         server.stop()
+
+
+async def test_the_embedded_stack_has_an_operator_login_apart_from_the_clients(tmp_path: Path) -> None:
+    creds = credentials.load_or_create(tmp_path)
+    server = await asyncio.to_thread(NatsServer(tmp_path / "nats", passwords=creds.nats).start)
+    try:
+        user, password = creds.login(credentials.OPERATOR_ROLE)
+        nc = await nats.connect(
+            server.url, user=user, password=password, allow_reconnect=False, inbox_prefix="_INBOX.operator"
+        )
+        await nc.close()
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):  # not the client's password
+            await nats.connect(server.url, user=user, password=creds.nats["client"], allow_reconnect=False)
+    finally:
+        server.stop()

@@ -52,7 +52,18 @@ pytestmark = pytest.mark.integration
 
 SERVICES = ("generator", "chat-runner", "judge", "scorer", "recorder")
 DENIAL_WAIT_S = 0.4  # how long a denied request waits; the verdict comes from error_cb
-AWKWARD_PASSWORDS = {"client": "123456", "scorer": "10G", "judge": "yes", "recorder": 'a "b" \\c, d} #e'}
+# Passwords NATS would misread unquoted: a number, a size, a boolean, broken syntax, a comment,
+# a variable reference, a quote of the other kind, spaces at either end.
+AWKWARD_PASSWORDS = {
+    "client": "123456",
+    "scorer": "10G",
+    "judge": "yes",
+    "recorder": 'a "b" \\c, d} #e',
+    "operator": "it's $HOME # no comment",
+    "generator": "$EVALBUS_NATS_CLIENT_PASSWORD",
+    "chat-runner": "-1.5e3",
+    "provisioner": "  spaced  out  ",
+}
 
 
 @dataclass(frozen=True)
@@ -386,6 +397,8 @@ async def test_recorder_reads_back_the_event_a_max_deliveries_advisory_names(con
         ("scorer", "evalbus.v1.batch.b1.batch.completed"),
         ("recorder", "evalbus.v1.batch.b1.batch.accepted"),
         ("client", f"{subjects.control('judge')}.pause"),  # health queries only
+        ("operator", "evalbus.v1.batch.b1.prompt.queued"),  # it asks the recorder to re-drive, no more
+        ("operator", f"{subjects.control('judge')}.pause"),
         ("scorer", subjects.dlq("judge")),
         ("provisioner", "evalbus.v1.batch.b1.start.requested"),
         ("chat-runner", f"$KV.{KV_CANCELS}.b1"),  # only the generator records a cancel
@@ -410,6 +423,9 @@ async def test_role_cannot_publish_what_another_produces(connect: Connect, role:
         ("client", "_INBOX.provisioner.>"),
         ("client", "_INBOX.recorder.>"),
         ("provisioner", "_INBOX.client.>"),
+        ("client", "_INBOX.operator.>"),
+        ("operator", "_INBOX.client.>"),
+        ("operator", subjects.api(">")),
         ("provisioner", "_INBOX.>"),
     ],
 )
@@ -592,7 +608,10 @@ async def recorder_services(connect: Connect, servers) -> AsyncIterator[Conn]:  
     engine = create_async_engine(servers.database_url)
 
     class OnePrompt:
+        asked: list[str] = []  # the batches it was asked to re-drive
+
         async def redrive(self, batch_id: str, token: str) -> ResumeResult:
+            self.asked.append(batch_id)
             # What Redriver.redrive does with a prompt the database says never got an answer.
             subject = subjects.batch_event(batch_id, "prompt", "queued")
             headers = {"Nats-Msg-Id": f"redrive-{token}"}
@@ -600,8 +619,10 @@ async def recorder_services(connect: Connect, servers) -> AsyncIterator[Conn]:  
             return ResumeResult(batch_id=batch_id, redriven=1, by_event={"prompt.queued": 1})
 
     health = await Health("recorder", lambda: rec.nc).serve()
-    api = await start_api(rec.nc, engine, OnePrompt())
+    redriver = OnePrompt()
+    api = await start_api(rec.nc, engine, redriver)
     await rec.nc.flush()
+    rec.redriven = redriver.asked  # type: ignore[attr-defined]
     try:
         yield rec
     finally:
@@ -610,8 +631,9 @@ async def recorder_services(connect: Connect, servers) -> AsyncIterator[Conn]:  
         await engine.dispose()
 
 
-async def test_client_calls_every_query_endpoint(recorder_services: Conn, connect: Connect) -> None:
-    rec, client = recorder_services, await connect("client")
+@pytest.mark.parametrize("user", ["client", "operator"])
+async def test_cli_users_call_every_query_endpoint(recorder_services: Conn, connect: Connect, user: str) -> None:
+    rec, client = recorder_services, await connect(user)
     batch = new_batch_id()
     for endpoint in ("status", "report", "quality"):  # an unknown batch is a 404: the query got there and back
         with pytest.raises(cli.ApiError) as err:
@@ -621,8 +643,40 @@ async def test_client_calls_every_query_endpoint(recorder_services: Conn, connec
         await cli.fetch_samples(client.nc, SamplesQuery(batch_id=batch))
     assert err.value.code == "404"
     assert isinstance(await cli.fetch_history(client.nc, HistoryQuery(limit=1)), BatchHistory)
-    assert (await cli.resume(client.nc, batch, "t1")).redriven == 1
     assert rec.errors == [] and client.errors == []
+
+
+async def test_client_is_refused_resume(recorder_services: Conn, connect: Connect) -> None:
+    """Resume re-drives work: the locked-down config refuses it to every client user."""
+    rec, client = recorder_services, await connect("client")
+    subject = subjects.api("batch.resume")
+    with pytest.raises(TimeoutError):
+        await client.nc.request(
+            subject, orjson.dumps({"batch_id": new_batch_id(), "token": "t"}), timeout=DENIAL_WAIT_S
+        )
+    await client.violation(f'Permissions Violation for Publish to "{subject}"')
+    assert rec.redriven == []  # type: ignore[attr-defined]  # the recorder never heard of it
+
+
+async def test_operator_resumes_a_batch(recorder_services: Conn, connect: Connect) -> None:
+    rec, operator = recorder_services, await connect("operator")
+    batch = new_batch_id()
+    result = await cli.resume(operator.nc, batch, "t1")
+    assert (result.batch_id, result.redriven) == (batch, 1)
+    assert rec.redriven == [batch]  # type: ignore[attr-defined]
+    assert rec.errors == [] and operator.errors == []
+
+
+async def test_operator_starts_cancels_and_follows_a_batch_as_a_client_does(connect: Connect) -> None:
+    operator = await connect("operator")
+    batch = new_batch_id()
+    await operator.nc.subscribe(subjects.progress(batch))
+    await operator.nc.subscribe(subjects.batch_lifecycle(batch))
+    for subject in (subjects.start_requested(batch), subjects.cancel_requested(batch)):
+        ack = await operator.js.publish(subject, b"{}", headers=msg_id(), stream=subjects.STREAM_EVENTS)
+        assert ack.stream == subjects.STREAM_EVENTS
+    await operator.nc.flush()
+    assert operator.errors == []
 
 
 async def test_client_pings_and_inspects_the_recorders_micro_services(

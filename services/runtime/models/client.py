@@ -79,6 +79,9 @@ class CallOptions:
     max_tokens: int | None = None
     response_format: Mapping[str, Any] | None = None
     retry_base_s: float | None = None  # None: the client's
+    # None: the client's. Other values get a breaker of their own on the endpoint (`_breaker`).
+    breaker_fail_max: int | None = None
+    breaker_reset_s: float | None = None
 
 
 class ChatModel(Protocol):
@@ -179,22 +182,40 @@ class ChatClient:
         self._breaker_reset_s = breaker_reset_s
         self._on_breaker_change = on_breaker_change
         self.breakers: dict[str, ProviderBreaker] = {}
+        self._tuned_breakers: dict[tuple[str, int, float], ProviderBreaker] = {}
         self._rate_budget_for = rate_budget
         self._endpoints: dict[str, _Endpoint] = {}
         self._batch_slots: dict[tuple[str, str], tuple[int, asyncio.Semaphore]] = {}
         self._policies: dict[tuple[int, float | None], tuple[stop_base, Callable[[RetryCallState], float]]] = {}
 
+    def _new_breaker(self, base_url: str, fail_max: int, reset_s: float) -> ProviderBreaker:
+        return ProviderBreaker(
+            base_url,
+            fail_max=fail_max,
+            reset_s=reset_s,
+            counts=counts_against_endpoint,
+            on_change=self._on_breaker_change,
+        )
+
+    def _breaker(self, endpoint: _Endpoint, opts: CallOptions) -> ProviderBreaker:
+        """The endpoint's breaker for these options. Batches that set their own threshold or reset
+        share one breaker per endpoint and settings, beside the endpoint's own (which the others
+        share): a breaker opens and pauses by one rule, so calls held to another rule count apart."""
+        fail_max = opts.breaker_fail_max or self._breaker_fail_max
+        reset_s = opts.breaker_reset_s or self._breaker_reset_s
+        if (fail_max, reset_s) == (self._breaker_fail_max, self._breaker_reset_s):
+            return endpoint.breaker
+        key = (endpoint.breaker.endpoint, fail_max, reset_s)
+        breaker = self._tuned_breakers.get(key)
+        if breaker is None:
+            breaker = self._tuned_breakers[key] = self._new_breaker(endpoint.breaker.endpoint, fail_max, reset_s)
+        return breaker
+
     def _endpoint(self, target: Endpoint) -> _Endpoint:
         base_url = target.url
         endpoint = self._endpoints.get(base_url)
         if endpoint is None:
-            breaker = ProviderBreaker(
-                base_url,
-                fail_max=self._breaker_fail_max,
-                reset_s=self._breaker_reset_s,
-                counts=counts_against_endpoint,
-                on_change=self._on_breaker_change,
-            )
+            breaker = self._new_breaker(base_url, self._breaker_fail_max, self._breaker_reset_s)
             endpoint = _Endpoint(
                 # As many keep-alive connections as calls may be in flight, so none is opened per call.
                 http=open_endpoint(base_url, self._endpoint_concurrency),
@@ -273,7 +294,7 @@ class ChatClient:
         prompt_texts = [m["content"] for m in messages]
         attempts = 0
 
-        breaker = endpoint.breaker
+        breaker = self._breaker(endpoint, opts)
         budget = endpoint.budget
         # The provider counts prompt tokens plus the completion it may write.
         token_estimate = count_chat_tokens(prompt_texts) + (opts.max_tokens or 512) if budget else 0

@@ -37,7 +37,7 @@ def test_each_service_calls_itself_by_its_name(module: str, name: str) -> None:
 
 def test_processes_and_nats_users_come_from_the_table() -> None:
     assert services.MODULES == SERVICES
-    assert ROLES == ("provisioner", "generator", "chat-runner", "judge", "scorer", "recorder", "client")
+    assert ROLES == ("provisioner", "generator", "chat-runner", "judge", "scorer", "recorder", "client", "operator")
     assert [service_role(m) for m in SERVICES] == list(services.NAMES)
     assert service_role("chat_runner-2") == "chat-runner-2"
     assert service_role("fake-model") == "fake-model"
