@@ -30,7 +30,9 @@ class BatchProgress(Wire):
     failed: Count
     cancelled: bool = False
     breakers_open: list[Annotated[StoredStr, Field(max_length=500)]] = Field(
-        default_factory=list, max_length=100, description="Model endpoints not closed right now."
+        default_factory=list,
+        max_length=100,
+        description="Model endpoints the batch uses whose breaker is not closed right now.",
     )
     elapsed_s: Finite
     occurred_at: datetime = Field(default_factory=utcnow)
@@ -98,7 +100,7 @@ class BatchReport(Wire):
     judge_tokens_out: int = Field(ge=0, le=BIGINT_MAX)
     cost_usd: Finite
     breaker_openings: Count = Field(
-        default=0, description="Times a model endpoint's breaker opened while the batch ran."
+        default=0, description="Times the breaker of a model endpoint the batch uses opened while it ran."
     )
     judge_calls: Finite = Field(default=0.0, description="Model calls the judge made.")
     judge_calls_saved: Finite = Field(

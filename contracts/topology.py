@@ -46,6 +46,9 @@ KV_STARTS = "evalbus_starts"
 KV_CANCELS = "evalbus_cancels"
 # Shared per-endpoint rate budgets (token buckets), one key per model endpoint.
 KV_RATES = "evalbus_rates"
+# Model endpoints' circuit breakers as the replicas of a service share them, one key per service
+# and endpoint (services/runtime/models/shared_breaker.py).
+KV_BREAKERS = "evalbus_breakers"
 # Suites too large to travel inline in a start event: the CLI uploads them, the generator reads
 # them once and deletes them when the start is settled. The max age (the events stream's) only
 # cleans up what was never settled: an upload whose start never came, a delete that failed.

@@ -22,6 +22,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from contracts.topology import (
     CONSUMERS,
+    KV_BREAKERS,
     KV_CANCELS,
     KV_RATES,
     KV_STARTS,
@@ -80,7 +81,7 @@ async def apply_topology(
                 await js.update_stream(cfg)
             except NotFoundError:
                 await js.add_stream(cfg)
-        for bucket in (KV_STARTS, KV_CANCELS, KV_RATES):
+        for bucket in (KV_STARTS, KV_CANCELS, KV_RATES, KV_BREAKERS):
             try:
                 await js.key_value(bucket)
             except BucketNotFoundError:

@@ -23,11 +23,24 @@ _COUNTS = text(
 )
 
 
+# Breakers of the batch's own endpoints (batch_endpoints), not every breaker in the system: the
+# latest state of each service's breaker per endpoint (ix_breaker_events_key_latest), an endpoint
+# shown while any of them is not closed.
 _OPEN_BREAKERS = text(
     """
-    SELECT endpoint FROM (
-      SELECT DISTINCT ON (endpoint) endpoint, new_state FROM breaker_events ORDER BY endpoint, stream_seq DESC
+    SELECT DISTINCT endpoint FROM (
+      SELECT DISTINCT ON (e.endpoint_key, e.service) e.endpoint, e.new_state FROM breaker_events e
+      WHERE e.endpoint_key IN (SELECT be.endpoint_key FROM batch_endpoints be WHERE be.batch_id = :b)
+      ORDER BY e.endpoint_key, e.service, e.stream_seq DESC
     ) latest WHERE new_state <> 'closed' ORDER BY endpoint
+    """
+)
+# Openings of the batch's endpoints' breakers while it ran (ix_breaker_events_key_time).
+_OPENINGS = text(
+    """
+    SELECT count(*) FROM breaker_events e
+    WHERE e.endpoint_key IN (SELECT be.endpoint_key FROM batch_endpoints be WHERE be.batch_id = :b)
+      AND e.new_state = 'open' AND e.occurred_at >= :start AND e.occurred_at <= coalesce(:end, now())
     """
 )
 
@@ -52,7 +65,8 @@ async def progress(conn: AsyncConnection, batch_id: str) -> BatchProgress | None
     row = (await conn.execute(_COUNTS, {"b": batch_id})).mappings().first()
     if row is None:
         return None
-    open_now = [r[0] for r in await conn.execute(_OPEN_BREAKERS)] if row["status"] == "running" else []
+    running = row["status"] == "running"
+    open_now = [r[0] for r in await conn.execute(_OPEN_BREAKERS, {"b": batch_id})] if running else []
     return BatchProgress(
         cancelled=row["cancelled"],
         breakers_open=open_now,
@@ -147,15 +161,8 @@ async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | Non
             )
         ).mappings()
     }
-    openings = (
-        await conn.execute(
-            text(
-                "SELECT count(*) FROM breaker_events WHERE new_state = 'open'"
-                " AND occurred_at >= :start AND occurred_at <= coalesce(:end, now())"
-            ),
-            {"start": batch["accepted_at"] or batch["created_at"], "end": batch["finished_at"]},
-        )
-    ).scalar_one()
+    window = {"b": batch_id, "start": batch["accepted_at"] or batch["created_at"], "end": batch["finished_at"]}
+    openings = (await conn.execute(_OPENINGS, window)).scalar_one()
     config = batch["config"] or {}
     order = list(config.get("criteria") or []) + sorted(set(per_criterion) - set(config.get("criteria") or []))
 

@@ -32,11 +32,14 @@ from contracts.reports import BatchReport
 from services.recorder import tables as t
 from services.recorder.checks import batch_totals
 from services.recorder.dead_letters import printable, prompt_failure
+from services.recorder.endpoints import batch_endpoint_keys, endpoint_key
 from services.recorder.parsing import BreakerRow
+from services.runtime.models.endpoints import Endpoints
 
 # Parents first, so a batch row exists before the rows that point at it.
 ORDER: tuple[Table, ...] = (
     t.batches,
+    t.batch_endpoints,
     t.prompts,
     t.responses,
     t.judge_calls,
@@ -46,10 +49,15 @@ ORDER: tuple[Table, ...] = (
 )
 
 
-def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
-    """The rows one event contributes (none for events the recorder only passes by)."""
+def rows_for(evt: Event, endpoints: Endpoints | None = None) -> list[tuple[Table, dict[str, Any]]]:
+    """The rows one event contributes (none for events the recorder only passes by); `endpoints`:
+    the operator's (services.recorder.endpoints.configured() when None)."""
     if isinstance(evt, BatchAccepted):
         cfg = evt.config
+        used = [
+            (t.batch_endpoints, {"batch_id": evt.batch_id, "endpoint_key": key})
+            for key in batch_endpoint_keys(cfg, endpoints)
+        ]
         return [
             (
                 t.batches,
@@ -65,7 +73,8 @@ def rows_for(evt: Event) -> list[tuple[Table, dict[str, Any]]]:
                     "total_prompts": evt.total_prompts,
                     "accepted_at": evt.occurred_at,
                 },
-            )
+            ),
+            *used,
         ]
     if isinstance(evt, BatchRejected):
         if evt.repeated_start:
@@ -197,21 +206,30 @@ def _shapes(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
-async def record(conn: AsyncConnection, events: Sequence[Event]) -> set[str]:
+async def record(conn: AsyncConnection, events: Sequence[Event], endpoints: Endpoints | None = None) -> set[str]:
     """Upsert every event's rows; returns the batch ids whose state may have changed."""
     by_table: dict[Table, list[dict[str, Any]]] = defaultdict(list)
     touched: set[str] = set()
     for evt in events:
-        rows = rows_for(evt)
+        rows = rows_for(evt, endpoints)
         if rows:
             touched.add(evt.batch_id)
         for table, row in rows:
             by_table[table].append(row)
+    new_batches: set[str] = set()
     for table in ORDER:
-        for shaped in _shapes(by_table.get(table, [])):
+        pending = by_table.get(table, [])
+        if table is t.batch_endpoints:  # only with the batch row they came with
+            pending = [row for row in pending if row["batch_id"] in new_batches]
+        for shaped in _shapes(pending):
             # Every row is keyed by natural ids: the first writer wins. Batch ids are single-use, so
             # neither a late `accepted` nor a `rejected` changes a batch that is already recorded.
-            await conn.execute(insert(table).on_conflict_do_nothing(), shaped)
+            stmt = insert(table).on_conflict_do_nothing()
+            if table is t.batches:
+                inserted = await conn.execute(stmt.returning(t.batches.c.batch_id), shaped)
+                new_batches.update(inserted.scalars().all())
+            else:
+                await conn.execute(stmt, shaped)
     return touched
 
 
@@ -248,7 +266,14 @@ async def record_breaker_events(conn: AsyncConnection, rows: Sequence[BreakerRow
     if rows:
         await conn.execute(
             insert(t.breaker_events).on_conflict_do_nothing(),
-            [{"stream_seq": r.stream_seq, **r.event.model_dump(include=BREAKER_FIELDS)} for r in rows],
+            [
+                {
+                    "stream_seq": r.stream_seq,
+                    "endpoint_key": endpoint_key(r.event.endpoint),
+                    **r.event.model_dump(include=BREAKER_FIELDS),
+                }
+                for r in rows
+            ],
         )
 
 

@@ -173,7 +173,20 @@ breaker_events = Table(
     Column("old_state", Text, nullable=False),
     Column("new_state", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # The endpoint as services.recorder.endpoints.endpoint_key spells it, matched to a batch's.
+    Column("endpoint_key", Text),
     Index("ix_breaker_events_endpoint_time", "endpoint", "occurred_at"),
+    Index("ix_breaker_events_key_time", "endpoint_key", "occurred_at"),
+    Index("ix_breaker_events_key_latest", "endpoint_key", "service", "stream_seq"),
+)
+
+# The model endpoints a batch's calls use (the model's and the judge's), recorded when it is
+# accepted: a batch's progress and report show the breakers of these endpoints only.
+batch_endpoints = Table(
+    "batch_endpoints",
+    metadata,
+    Column("batch_id", Text, primary_key=True),
+    Column("endpoint_key", Text, primary_key=True),
 )
 
 quality_reports = Table(

@@ -5,6 +5,7 @@ import itertools
 import json
 import secrets
 import signal
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -262,31 +263,63 @@ async def test_every_service_reports_healthy_and_beats(stack: Stack, cli) -> Non
         stack.restart("judge")
 
 
-async def test_a_failing_endpoint_opens_its_breaker_and_the_batch_still_finishes(
+async def test_a_failing_endpoint_opens_its_breaker_and_only_the_batch_using_it_counts_it(
     stack: Stack, cli, tmp_path: Path, failing_endpoint: str
 ) -> None:
     port = urlsplit(failing_endpoint).port  # a configured endpoint of the stack, no server on it yet
     assert port is not None
     stack.spawn("failing-model", [*fake_model_argv(port), "--error-rate-500", "1"])
     await asyncio.to_thread(wait_for_port, port, 30)
+    sick, well = (f"b-{name}-{secrets.token_hex(3)}" for name in ("sick", "well"))
+    nc = await nats.connect(stack.nats_url)
+    well_snapshots: list[BatchProgress] = []
+
+    async def on_progress(msg: nats.aio.msg.Msg) -> None:
+        well_snapshots.append(BatchProgress.model_validate_json(msg.data))
+
+    await nc.subscribe(subjects.progress(well), cb=on_progress)
+
+    def run(batch_id: str, suite: Path, *options: str) -> subprocess.CompletedProcess[str]:
+        return cli("run", str(suite), "--model", "evalbus-fake", "--batch-id", batch_id, "--json", *options)
+
+    async def healthy_meanwhile() -> subprocess.CompletedProcess[
+        str
+    ]:  # on the stack's own fake model, while the other fails
+        await asyncio.sleep(1.0)
+        return await asyncio.to_thread(run, well, write_suite(tmp_path / "healthy.jsonl", 60), "--concurrency", "2")
+
     try:
-        result = await asyncio.to_thread(
-            cli,
-            "run",
-            str(write_suite(tmp_path / "failing.jsonl", 12)),
-            "--model",
-            "evalbus-fake",
-            "--base-url",
-            failing_endpoint,
-            "--retries",
-            "0",
-            "--concurrency",
-            "4",
-            "--json",
+        failing, healthy = await asyncio.gather(
+            asyncio.to_thread(
+                run,
+                sick,
+                write_suite(tmp_path / "failing.jsonl", 12),
+                "--base-url",
+                failing_endpoint,
+                "--retries",
+                "0",
+                "--concurrency",
+                "4",
+            ),
+            healthy_meanwhile(),
         )
     finally:
         stack.kill("failing-model")
-    report = json.loads(result.stdout)
-    assert result.returncode == 1, result.stderr  # every prompt failed
+        await nc.drain()
+    report = json.loads(failing.stdout)
+    assert failing.returncode == 1, failing.stderr  # every prompt failed
     assert report["status"] == "failed" and report["failures_by_category"] == {"server_error": 12}
     assert report["breaker_openings"] >= 1
+    well_report = json.loads(healthy.stdout)
+    assert healthy.returncode == 0 and well_report["completed"] == 60
+    # The failing endpoint's breaker opened while the healthy batch ran (a count by time window
+    # would give it those openings), yet the healthy batch shows none of them.
+    during = await count(
+        stack.database_url,
+        "SELECT count(*) FROM breaker_events e, batches b WHERE b.batch_id = :b AND e.new_state = 'open'"
+        " AND e.occurred_at BETWEEN b.accepted_at AND b.finished_at",
+        well,
+    )
+    assert during >= 1
+    assert well_report["breaker_openings"] == 0
+    assert well_snapshots and all(s.breakers_open == [] for s in well_snapshots)

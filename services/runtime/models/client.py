@@ -22,10 +22,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 
 from contracts.enums import FailureCategory
-from services.runtime.models.breaker import ProviderBreaker, StateChange
+from services.runtime.models.breaker import ProviderBreaker, Sharing, StateChange
 from services.runtime.models.endpoints import Endpoint
 from services.runtime.models.http_pool import HttpEndpoint, open_endpoint
 from services.runtime.models.rate_budget import RateBudget
+from services.runtime.models.retry_log import before_retry, retries_ended
 from services.runtime.models.tokens import count_chat_tokens, count_tokens
 from services.runtime.observability import metrics
 
@@ -174,7 +175,9 @@ class ChatClient:
         breaker_reset_s: float = 30.0,
         on_breaker_change: StateChange | None = None,
         rate_budget: Callable[[Endpoint], RateBudget | None] = lambda _: None,
+        breaker_sharing: Sharing | None = None,
     ) -> None:
+        self.breaker_sharing = breaker_sharing  # the replicas' shared breaker state, if any
         self._endpoint_concurrency = endpoint_concurrency
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
@@ -188,13 +191,16 @@ class ChatClient:
         self._batch_slots: dict[tuple[str, str], tuple[int, asyncio.Semaphore]] = {}
         self._policies: dict[tuple[int, float | None], tuple[stop_base, Callable[[RetryCallState], float]]] = {}
 
-    def _new_breaker(self, base_url: str, fail_max: int, reset_s: float) -> ProviderBreaker:
+    def _new_breaker(
+        self, base_url: str, fail_max: int, reset_s: float, sharing: Sharing | None = None
+    ) -> ProviderBreaker:
         return ProviderBreaker(
             base_url,
             fail_max=fail_max,
             reset_s=reset_s,
             counts=counts_against_endpoint,
             on_change=self._on_breaker_change,
+            sharing=sharing,
         )
 
     def _breaker(self, endpoint: _Endpoint, opts: CallOptions) -> ProviderBreaker:
@@ -215,7 +221,8 @@ class ChatClient:
         base_url = target.url
         endpoint = self._endpoints.get(base_url)
         if endpoint is None:
-            breaker = self._new_breaker(base_url, self._breaker_fail_max, self._breaker_reset_s)
+            # The endpoint's own breaker is shared by the service's replicas; a batch's tuned ones are not.
+            breaker = self._new_breaker(base_url, self._breaker_fail_max, self._breaker_reset_s, self.breaker_sharing)
             endpoint = _Endpoint(
                 # As many keep-alive connections as calls may be in flight, so none is opened per call.
                 http=open_endpoint(base_url, self._endpoint_concurrency),
@@ -360,12 +367,16 @@ class ChatClient:
             return await attempt()
 
         stop, wait = self._policy(opts.max_retries, opts.retry_base_s)
-        retrying = AsyncRetrying(stop=stop, wait=wait, retry=_RETRYABLE, reraise=True)
+        logged = before_retry(base_url, batch_id, opts.max_retries + 1, lambda: breaker.state)
+        retrying = AsyncRetrying(stop=stop, wait=wait, retry=_RETRYABLE, reraise=True, before_sleep=logged)
         try:
-            return await retrying(replay_then_attempt)
+            completion: Completion = await retrying(replay_then_attempt)
         except ModelCallError as exc:
             exc.attempts = attempts
+            retries_ended(base_url, batch_id, attempts, opts.max_retries + 1, exc, breaker.state)
             raise
+        retries_ended(base_url, batch_id, attempts, opts.max_retries + 1, None, breaker.state)
+        return completion
 
     async def aclose(self) -> None:
         endpoints = list(self._endpoints.values())

@@ -1,7 +1,7 @@
-"""The model client a service uses, built from settings, with breaker changes published as events."""
+"""The model client a service uses, built from settings, with breaker changes published as events
+and breaker state shared by the service's replicas (KV `evalbus_breakers`)."""
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
 from faststream.nats import NatsBroker
@@ -9,7 +9,7 @@ from nats.js.kv import KeyValue
 
 from contracts import subjects
 from contracts.ops import BreakerStateChanged
-from contracts.topology import KV_RATES
+from contracts.topology import KV_BREAKERS, KV_RATES
 from services.runtime.messaging.cancels import CancelledBatches
 from services.runtime.messaging.connection import jetstream
 from services.runtime.messaging.publishing import encode
@@ -17,16 +17,14 @@ from services.runtime.messaging.service import Service
 from services.runtime.models.client import ChatClient
 from services.runtime.models.endpoints import Endpoint, Endpoints
 from services.runtime.models.rate_budget import Limit, RateBudget
+from services.runtime.models.shared_breaker import KvBreakerStore, SharedBreakers
 from services.runtime.settings import Settings
-
-log = logging.getLogger("evalbus.breaker")
 
 
 def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatClient:
     pending: set[asyncio.Task[object]] = set()
 
-    def changed(endpoint: str, old: str, new: str) -> None:
-        log.warning("%s: breaker for %s %s -> %s", service, endpoint, old, new)
+    def changed(endpoint: str, old: str, new: str) -> None:  # logged by the breaker itself
         evt = BreakerStateChanged(service=service, endpoint=endpoint, old_state=old, new_state=new)  # type: ignore[arg-type]
         task = asyncio.get_running_loop().create_task(
             jetstream(broker).publish(subjects.breaker(endpoint), encode(evt), stream=subjects.STREAM_OPS, timeout=5)
@@ -36,6 +34,9 @@ def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatCli
 
     async def rates_kv() -> KeyValue:
         return await jetstream(broker).key_value(KV_RATES)
+
+    async def breakers_kv() -> KeyValue:
+        return await jetstream(broker).key_value(KV_BREAKERS)
 
     def budget_for(endpoint: Endpoint) -> RateBudget | None:
         url = endpoint.url
@@ -53,6 +54,7 @@ def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatCli
         breaker_reset_s=settings.breaker_reset_s,
         on_breaker_change=changed,
         rate_budget=budget_for,
+        breaker_sharing=SharedBreakers(KvBreakerStore(breakers_kv), service),
     )
 
 
@@ -70,5 +72,7 @@ def model_calling(service: Service) -> ModelCalling:
     model = chat_client(service.settings, service.broker, service.name)
     cancelled = CancelledBatches()
     service.background(lambda: cancelled.watch(service.js))
+    if isinstance(model.breaker_sharing, SharedBreakers):
+        service.background(model.breaker_sharing.watch)
     service.on_stopped(model.aclose)
     return ModelCalling(model, Endpoints.from_settings(service.settings), cancelled)
