@@ -186,6 +186,7 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
     # faults, in a random order, while the batch runs
     faults = [*SERVICES, "nats", "postgres", "stop-runner"]
     rng.shuffle(faults)
+    outage: RecorderBacklog | None = None
     hit_running = 0
     seen_states: list[str] = []
     for fault in faults:
@@ -200,6 +201,7 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
         elif fault == "postgres":
             pause_postgres(stack, signal.SIGSTOP)
             await asyncio.sleep(PG_PAUSE_S)
+            outage = await recorder_backlog(stack.nats_url)  # fetched during the outage, not yet committed
             pause_postgres(stack, signal.SIGCONT)
         elif fault == "stop-runner":
             stack.kill("chat_runner", signal.SIGSTOP)  # past the ack wait: its work is redelivered
@@ -263,6 +265,19 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
     await nc.close()
     assert letters and all(dl.get("payload") == "poison" for dl in letters), letters
 
+    # The database outage: what the recorder had fetched and not committed when PostgreSQL came
+    # back was acked only after its commit (redelivered first if a write failed), and recorded
+    # once: every message up to the last one delivered then is acked, and the totals equal the rows.
+    assert outage is not None
+    settled = await recorder_settled(stack.nats_url)
+    assert settled.ack_floor_seq >= outage.delivered_seq, (outage, settled)
+    print(
+        f"database paused {PG_PAUSE_S:g} s: the recorder held {outage.held} fetched events uncommitted"
+        f" ({outage.redelivered} of them redelivered by then); every event up to stream seq"
+        f" {outage.delivered_seq} acked after commit (ack floor {settled.ack_floor_seq}), recorded once"
+        f" (totals {totals} = rows)"
+    )
+
     print(
         "\n| scenario | prompts | lost | duplicated | model calls | worst calls/stage | failures | time to finish |"
         "\n|---|---|---|---|---|---|---|---|"
@@ -313,3 +328,37 @@ async def wait_some_done(db: str, batch_id: str, timeout_s: float = 120.0) -> No
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"batch {batch_id} not recorded in {timeout_s}s")
+
+
+@dataclass(frozen=True)
+class RecorderBacklog:
+    """The recorder's durable on the events stream at one moment."""
+
+    held: int  # delivered, not acked: fetched, not committed yet
+    redelivered: int  # of those, delivered more than once
+    delivered_seq: int  # the last stream sequence delivered
+    ack_floor_seq: int  # every message up to here is acked
+
+
+async def recorder_backlog(nats_url: str) -> RecorderBacklog:
+    from contracts.topology import RECORDER_EVENTS
+
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream(timeout=5).consumer_info(RECORDER_EVENTS.stream, RECORDER_EVENTS.durable)
+    finally:
+        await nc.close()
+    return RecorderBacklog(
+        held=info.num_ack_pending or 0,
+        redelivered=info.num_redelivered or 0,
+        delivered_seq=(info.delivered.stream_seq or 0) if info.delivered else 0,
+        ack_floor_seq=(info.ack_floor.stream_seq or 0) if info.ack_floor else 0,
+    )
+
+
+async def recorder_settled(nats_url: str, timeout_s: float = 60.0) -> RecorderBacklog:
+    """The recorder's durable once it holds nothing (the batch is terminal: late messages drain)."""
+    deadline = time.monotonic() + timeout_s
+    while (state := await recorder_backlog(nats_url)).held and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    return state
