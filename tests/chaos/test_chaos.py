@@ -187,6 +187,7 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
     faults = [*SERVICES, "nats", "postgres", "stop-runner"]
     rng.shuffle(faults)
     outage: RecorderBacklog | None = None
+    outage_redriven = 0
     hit_running = 0
     seen_states: list[str] = []
     for fault in faults:
@@ -199,10 +200,16 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
         if fault == "nats":
             await restart_broker(stack, kill=True, down_s=1)
         elif fault == "postgres":
+            await recorder_consuming(stack.nats_url)  # an outage of a recorder at work, not one still starting
             pause_postgres(stack, signal.SIGSTOP)
             await asyncio.sleep(PG_PAUSE_S)
             outage = await recorder_backlog(stack.nats_url)  # fetched during the outage, not yet committed
+            log_from = recorder_log_size(stack)
+            # Then a failover's other half: every connection to the database is cut (a SIGTERM the
+            # paused backends take as they resume), so the writes in flight roll back.
+            cut_database_connections(stack)
             pause_postgres(stack, signal.SIGCONT)
+            outage_redriven = await recorder_redeliveries_after(stack, outage, log_from)
         elif fault == "stop-runner":
             stack.kill("chat_runner", signal.SIGSTOP)  # past the ack wait: its work is redelivered
             await asyncio.sleep(ACK_WAIT_S + 1)
@@ -272,10 +279,10 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
     settled = await recorder_settled(stack.nats_url)
     assert settled.ack_floor_seq >= outage.delivered_seq, (outage, settled)
     print(
-        f"database paused {PG_PAUSE_S:g} s: the recorder held {outage.held} fetched events uncommitted"
-        f" ({outage.redelivered} of them redelivered by then); every event up to stream seq"
-        f" {outage.delivered_seq} acked after commit (ack floor {settled.ack_floor_seq}), recorded once"
-        f" (totals {totals} = rows)"
+        f"database paused {PG_PAUSE_S:g} s, then its connections cut: the recorder held {outage.held} fetched"
+        f" events uncommitted; {outage_redriven} of its batch writes were rolled back and redelivered; every"
+        f" event up to stream seq {outage.delivered_seq} acked after commit (ack floor {settled.ack_floor_seq}),"
+        f" recorded once (totals {totals} = rows)"
     )
 
     print(
@@ -356,9 +363,50 @@ async def recorder_backlog(nats_url: str) -> RecorderBacklog:
     )
 
 
+async def recorder_consuming(nats_url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (await recorder_backlog(nats_url)).delivered_seq:
+        assert time.monotonic() < deadline, f"the recorder took nothing in {timeout_s}s"
+        await asyncio.sleep(0.2)
+
+
 async def recorder_settled(nats_url: str, timeout_s: float = 60.0) -> RecorderBacklog:
     """The recorder's durable once it holds nothing (the batch is terminal: late messages drain)."""
     deadline = time.monotonic() + timeout_s
     while (state := await recorder_backlog(nats_url)).held and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     return state
+
+
+REDELIVERED_WRITE = "recorder failed on a batch of"  # services/runtime/messaging/handling.py's log line
+
+
+def recorder_log_size(stack: Stack) -> int:
+    path = stack.data_dir / "logs" / "recorder.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+def cut_database_connections(stack: Stack) -> None:
+    """SIGTERM every client backend of the evalbus database (pg_terminate_backend's signal)."""
+    assert stack.postgres and stack.postgres.proc
+    for proc in psutil.Process(stack.postgres.proc.pid).children():
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if title.startswith("postgres: ") and " evalbus " in f"{title} ":
+            proc.send_signal(signal.SIGTERM)
+
+
+async def recorder_redeliveries_after(
+    stack: Stack, outage: RecorderBacklog, log_from: int, timeout_s: float = 60.0
+) -> int:
+    """Once every event delivered before the outage ended is acked (its write committed), the
+    recorder's batch writes that failed since and were left to be redelivered."""
+    deadline = time.monotonic() + timeout_s
+    while (await recorder_backlog(stack.nats_url)).ack_floor_seq < outage.delivered_seq:
+        assert time.monotonic() < deadline, f"the recorder did not commit what it held in {timeout_s}s: {outage}"
+        await asyncio.sleep(0.2)
+    with (stack.data_dir / "logs" / "recorder.log").open("rb") as fh:
+        fh.seek(log_from)
+        return fh.read().decode(errors="replace").count(REDELIVERED_WRITE)
