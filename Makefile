@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 chaos: $(STAMP)
-	EVALBUS_CHAOS_PROMPTS=2000 EVALBUS_CHAOS_PG_PAUSE_S=20 $(BIN)/python -m pytest -q -s tests/chaos
+	EVALBUS_CHAOS_PROMPTS=2000 EVALBUS_CHAOS_PG_PAUSE_S=20 EVALBUS_CHAOS_CLUSTER=1 $(BIN)/python -m pytest -q -s tests/chaos
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -7,10 +7,17 @@
 import re
 import secrets
 from pathlib import Path
+from urllib.parse import quote
 
 from contracts.services import NAMES
 
 CONFIG_PATH = Path(__file__).resolve().parent / "nats" / "nats-server.conf"
+# A node of the three-node cluster: includes nats-server.conf (from its own folder) and adds the routes.
+CLUSTER_CONFIG_PATH = CONFIG_PATH.with_name("nats-cluster.conf")
+ROUTE_USER = "route"
+SERVER_NAME_ENV = "EVALBUS_NATS_SERVER_NAME"
+ROUTE_PASSWORD_ENV = "EVALBUS_NATS_ROUTE_PASSWORD"
+ROUTES_ENV = "EVALBUS_NATS_ROUTES"
 
 # The users of nats-server.conf: the provisioner, the five services, the users' CLI, and the
 # operator's CLI (which alone may re-drive work: `evalbus resume`).
@@ -36,11 +43,35 @@ def render(dest: Path, *, store_dir: Path, listen: str | None = None, http: str 
     return dest
 
 
-def _set(text: str, key: str, value: str) -> str:
+def render_cluster_node(dest_dir: Path, *, store_dir: Path, listen: str, http: str, cluster_listen: str) -> Path:
+    """A cluster node's config in `dest_dir`: nats-cluster.conf with its route listener moved, beside
+    the rendered nats-server.conf it includes (an include is read from the including file's folder)."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    render(dest_dir / CONFIG_PATH.name, store_dir=store_dir, listen=listen, http=http)
+    text = _set(CLUSTER_CONFIG_PATH.read_text(), "listen", cluster_listen, CLUSTER_CONFIG_PATH)
+    dest = dest_dir / CLUSTER_CONFIG_PATH.name
+    dest.write_text(text)
+    return dest
+
+
+def route_url(route_password: str, host_port: str) -> str:
+    """`nats-route://route:<password>@host:port`: the password in clear, so it must be URL-safe."""
+    if quote(route_password, safe="-_.~") != route_password:
+        raise ValueError("the route password goes into route URLs: use URL-safe characters only")
+    return f"nats-route://{ROUTE_USER}:{route_password}@{host_port}"
+
+
+def cluster_env(server_name: str, route_password: str, routes: list[str]) -> dict[str, str]:
+    """The variables nats-cluster.conf reads for one node; `routes` are every node's host:port."""
+    urls = ", ".join(quoted(route_url(route_password, r)) for r in routes)
+    return {SERVER_NAME_ENV: quoted(server_name), ROUTE_PASSWORD_ENV: quoted(route_password), ROUTES_ENV: f"[{urls}]"}
+
+
+def _set(text: str, key: str, value: str, source: Path = CONFIG_PATH) -> str:
     """Replace the value of the first `key: ...` line, keeping its indentation."""
     new, n = re.subn(rf"^([ \t]*){key}: .*$", lambda m: f"{m.group(1)}{key}: {value}", text, count=1, flags=re.M)
     if n != 1:
-        raise ValueError(f"{config_path()} has no '{key}:' line")
+        raise ValueError(f"{source} has no '{key}:' line")
     return new
 
 

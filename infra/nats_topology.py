@@ -3,11 +3,22 @@
 This is the provisioner's job (`evalbus migrate`, the compose `migrate` step): services only
 bind to what exists. Applying twice is harmless; an existing consumer whose config drifted is
 reported, since JetStream cannot change a durable's filter in place.
+
+On a JetStream cluster of three or more servers every stream and bucket gets three replicas (a
+consumer follows its stream's); on a single server, one. The size is read from the INFO the
+server sends on connect: a clustered server names its cluster and advertises every member's
+client URL. Replicas are never lowered on an existing stream, so a migrate run while a node is
+down (fewer members advertised) leaves a three-replica stream as it is.
 """
 
+import asyncio
 import logging
+from typing import Any
 
 import nats
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -35,10 +46,27 @@ from contracts.topology import (
 
 log = logging.getLogger("evalbus.topology")
 
+CLUSTER_REPLICAS = 3  # survives one node down with a quorum left (2 of 3)
+READY_WITHIN_S = 60.0  # a new cluster elects its JetStream meta leader in a few seconds
 
-def stream_config(spec: StreamSpec) -> StreamConfig:
+
+def cluster_size(server_info: dict[str, Any]) -> int:
+    """Servers in the cluster of the server that sent `server_info` (its INFO): 1 when it is not
+    clustered. `connect_urls` lists every member's client URL, its own included, unless the
+    cluster runs with `no_advertise` (then this counts 1: set `replicas` explicitly)."""
+    if not server_info.get("cluster"):
+        return 1
+    return max(1, len(set(server_info.get("connect_urls") or [])))
+
+
+def replicas_for(size: int) -> int:
+    return CLUSTER_REPLICAS if size >= CLUSTER_REPLICAS else 1
+
+
+def stream_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
+        num_replicas=replicas,
         subjects=list(spec.subjects),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
@@ -61,35 +89,76 @@ def consumer_config(spec: ConsumerSpec, ack_wait_s: float | None = None) -> Cons
     )
 
 
+async def _connect_ready(nats_url: str, user: str | None, password: str | None, within_s: float) -> Client:
+    """A connection whose server answers JetStream requests: a cluster just started has no meta
+    leader for a few seconds ("JetStream system temporarily unavailable", or no answer). Each try
+    is a new connection, so the INFO it keeps is the server's view once the cluster has formed."""
+    # A logged-in provisioner reads its replies in its own inbox, _INBOX.<user>.> (nats-server.conf).
+    prefix = f"_INBOX.{user}" if user else "_INBOX"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        nc = await nats.connect(
+            nats_url.split(","), user=user, password=password, connect_timeout=5, inbox_prefix=prefix
+        )
+        try:
+            await nc.jetstream(timeout=5).account_info()
+            return nc
+        except (NatsError, TimeoutError) as exc:
+            await nc.close()
+            if loop.time() > deadline:
+                raise RuntimeError(f"JetStream is not answering on {nats_url} after {within_s:g}s: {exc!r}") from exc
+            log.info("JetStream not ready yet (%r); retrying", exc)
+            await asyncio.sleep(1)
+
+
+async def _raise_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """A bucket's stream (KV_<name>, OBJ_<name>) made with fewer replicas is scaled up in place."""
+    cfg = (await js.stream_info(stream)).config
+    if (cfg.num_replicas or 1) < replicas:
+        cfg.num_replicas = replicas
+        await js.update_stream(cfg)
+
+
 async def apply_topology(
-    nats_url: str, *, user: str | None = None, password: str | None = None, ack_wait_s: float | None = None
+    nats_url: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    ack_wait_s: float | None = None,
+    replicas: int | None = None,
 ) -> list[str]:
     """Create or update streams and consumers; returns drift warnings.
 
     `ack_wait_s` overrides every consumer's ack wait (how soon a crashed worker's messages are
-    redelivered); services read the value from the server, so nothing else changes with it."""
-    # A logged-in provisioner reads its replies in its own inbox, _INBOX.<user>.> (nats-server.conf).
-    prefix = f"_INBOX.{user}" if user else "_INBOX"
-    nc = await nats.connect(nats_url.split(","), user=user, password=password, connect_timeout=5, inbox_prefix=prefix)
+    redelivered); services read the value from the server, so nothing else changes with it.
+    `replicas` overrides the count read from the cluster's size (see the module's doc)."""
+    nc = await _connect_ready(nats_url, user, password, READY_WITHIN_S)
     warnings: list[str] = []
     try:
+        size = cluster_size(nc._server_info)  # nats-py keeps the connect INFO only here
+        n = replicas or replicas_for(size)
+        log.info("JetStream on %d server(s): streams and buckets with %d replica(s)", size, n)
         js = nc.jetstream()
         for spec in STREAMS:
-            cfg = stream_config(spec)
             try:
-                await js.stream_info(spec.name)
-                await js.update_stream(cfg)
+                current = (await js.stream_info(spec.name)).config
+                await js.update_stream(stream_config(spec, max(n, current.num_replicas or 1)))
             except NotFoundError:
-                await js.add_stream(cfg)
+                await js.add_stream(stream_config(spec, n))
         for bucket in (KV_STARTS, KV_CANCELS, KV_RATES, KV_BREAKERS):
             try:
                 await js.key_value(bucket)
+                await _raise_replicas(js, f"KV_{bucket}", n)
             except BucketNotFoundError:
-                await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30 * 86_400))
+                await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30 * 86_400, replicas=n))
         try:
             await js.object_store(OBJ_SUITES)
+            await _raise_replicas(js, f"OBJ_{OBJ_SUITES}", n)
         except BucketNotFoundError:
-            cfg_obj = ObjectStoreConfig(bucket=OBJ_SUITES, ttl=OBJ_SUITES_MAX_AGE_S, storage=StorageType.FILE)
+            cfg_obj = ObjectStoreConfig(
+                bucket=OBJ_SUITES, ttl=OBJ_SUITES_MAX_AGE_S, storage=StorageType.FILE, replicas=n
+            )
             await js.create_object_store(OBJ_SUITES, cfg_obj)
         for cspec in CONSUMERS:
             want = consumer_config(cspec, ack_wait_s)

@@ -186,6 +186,8 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
     # faults, in a random order, while the batch runs
     faults = [*SERVICES, "nats", "postgres", "stop-runner"]
     rng.shuffle(faults)
+    outage: RecorderBacklog | None = None
+    outage_redriven = 0
     hit_running = 0
     seen_states: list[str] = []
     for fault in faults:
@@ -198,9 +200,16 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
         if fault == "nats":
             await restart_broker(stack, kill=True, down_s=1)
         elif fault == "postgres":
+            await recorder_consuming(stack.nats_url)  # an outage of a recorder at work, not one still starting
             pause_postgres(stack, signal.SIGSTOP)
             await asyncio.sleep(PG_PAUSE_S)
+            outage = await recorder_backlog(stack.nats_url)  # fetched during the outage, not yet committed
+            log_from = recorder_log_size(stack)
+            # Then a failover's other half: every connection to the database is cut (a SIGTERM the
+            # paused backends take as they resume), so the writes in flight roll back.
+            cut_database_connections(stack)
             pause_postgres(stack, signal.SIGCONT)
+            outage_redriven = await recorder_redeliveries_after(stack, outage, log_from)
         elif fault == "stop-runner":
             stack.kill("chat_runner", signal.SIGSTOP)  # past the ack wait: its work is redelivered
             await asyncio.sleep(ACK_WAIT_S + 1)
@@ -263,6 +272,19 @@ async def chaos_run(stack: Stack, rng: random.Random, log_path: Path, batch_id: 
     await nc.close()
     assert letters and all(dl.get("payload") == "poison" for dl in letters), letters
 
+    # The database outage: what the recorder had fetched and not committed when PostgreSQL came
+    # back was acked only after its commit (redelivered first if a write failed), and recorded
+    # once: every message up to the last one delivered then is acked, and the totals equal the rows.
+    assert outage is not None
+    settled = await recorder_settled(stack.nats_url)
+    assert settled.ack_floor_seq >= outage.delivered_seq, (outage, settled)
+    print(
+        f"database paused {PG_PAUSE_S:g} s, then its connections cut: the recorder held {outage.held} fetched"
+        f" events uncommitted; {outage_redriven} of its batch writes were rolled back and redelivered; every"
+        f" event up to stream seq {outage.delivered_seq} acked after commit (ack floor {settled.ack_floor_seq}),"
+        f" recorded once (totals {totals} = rows)"
+    )
+
     print(
         "\n| scenario | prompts | lost | duplicated | model calls | worst calls/stage | failures | time to finish |"
         "\n|---|---|---|---|---|---|---|---|"
@@ -313,3 +335,78 @@ async def wait_some_done(db: str, batch_id: str, timeout_s: float = 120.0) -> No
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"batch {batch_id} not recorded in {timeout_s}s")
+
+
+@dataclass(frozen=True)
+class RecorderBacklog:
+    """The recorder's durable on the events stream at one moment."""
+
+    held: int  # delivered, not acked: fetched, not committed yet
+    redelivered: int  # of those, delivered more than once
+    delivered_seq: int  # the last stream sequence delivered
+    ack_floor_seq: int  # every message up to here is acked
+
+
+async def recorder_backlog(nats_url: str) -> RecorderBacklog:
+    from contracts.topology import RECORDER_EVENTS
+
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream(timeout=5).consumer_info(RECORDER_EVENTS.stream, RECORDER_EVENTS.durable)
+    finally:
+        await nc.close()
+    return RecorderBacklog(
+        held=info.num_ack_pending or 0,
+        redelivered=info.num_redelivered or 0,
+        delivered_seq=(info.delivered.stream_seq or 0) if info.delivered else 0,
+        ack_floor_seq=(info.ack_floor.stream_seq or 0) if info.ack_floor else 0,
+    )
+
+
+async def recorder_consuming(nats_url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (await recorder_backlog(nats_url)).delivered_seq:
+        assert time.monotonic() < deadline, f"the recorder took nothing in {timeout_s}s"
+        await asyncio.sleep(0.2)
+
+
+async def recorder_settled(nats_url: str, timeout_s: float = 60.0) -> RecorderBacklog:
+    """The recorder's durable once it holds nothing (the batch is terminal: late messages drain)."""
+    deadline = time.monotonic() + timeout_s
+    while (state := await recorder_backlog(nats_url)).held and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    return state
+
+
+REDELIVERED_WRITE = "recorder failed on a batch of"  # services/runtime/messaging/handling.py's log line
+
+
+def recorder_log_size(stack: Stack) -> int:
+    path = stack.data_dir / "logs" / "recorder.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+def cut_database_connections(stack: Stack) -> None:
+    """SIGTERM every client backend of the evalbus database (pg_terminate_backend's signal)."""
+    assert stack.postgres and stack.postgres.proc
+    for proc in psutil.Process(stack.postgres.proc.pid).children():
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if title.startswith("postgres: ") and " evalbus " in f"{title} ":
+            proc.send_signal(signal.SIGTERM)
+
+
+async def recorder_redeliveries_after(
+    stack: Stack, outage: RecorderBacklog, log_from: int, timeout_s: float = 60.0
+) -> int:
+    """Once every event delivered before the outage ended is acked (its write committed), the
+    recorder's batch writes that failed since and were left to be redelivered."""
+    deadline = time.monotonic() + timeout_s
+    while (await recorder_backlog(stack.nats_url)).ack_floor_seq < outage.delivered_seq:
+        assert time.monotonic() < deadline, f"the recorder did not commit what it held in {timeout_s}s: {outage}"
+        await asyncio.sleep(0.2)
+    with (stack.data_dir / "logs" / "recorder.log").open("rb") as fh:
+        fh.seek(log_from)
+        return fh.read().decode(errors="replace").count(REDELIVERED_WRITE)
