@@ -42,6 +42,7 @@ EVENT_SENDERS: dict[tuple[str, str], tuple[str, ...]] = {
     ("prompt", "judged"): (JUDGE, RECORDER),
     ("prompt", "scored"): (SCORER,),
     ("prompt", "failed"): (CHAT_RUNNER, JUDGE, SCORER),
+    ("call", "billed"): (CHAT_RUNNER, JUDGE),
 }
 # Plain (core NATS) subscriptions, outside any durable: the CLI follows the batch it runs.
 SUBSCRIPTIONS: tuple[tuple[str, str], ...] = (

@@ -6,9 +6,9 @@ Events are frozen pydantic models, JSON on the wire (`base.Event`). The commands
 `contracts.bounds`.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from contracts.base import Event, Wire
 from contracts.bounds import (
@@ -249,6 +249,63 @@ class PromptFailed(PromptEvent):
         )
 
 
+# ---- the call ledger ------------------------------------------------------------------------
+
+CALL_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+MAX_CALL_ATTEMPTS = 100  # BatchConfig.max_retries allows 11
+MAX_CALL_PROMPTS = 100  # a batched judge call grades up to judge_batch_size (50) answers
+
+
+class CallAttempt(Wire):
+    """One attempt of a model call: `ok`, or the failure category it ended in."""
+
+    outcome: StoredStr = Field(max_length=40)
+    status: int | None = Field(default=None, ge=0, le=999, description="The HTTP status, if the endpoint answered.")
+    tokens_in: Count | None = Field(default=None, description="Prompt tokens, when the answer was usable.")
+    tokens_out: Count | None = None
+    latency_ms: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
+    retry_in_s: float | None = Field(
+        default=None, ge=0, le=1e6, allow_inf_nan=False, description="The wait before the next attempt."
+    )
+    reason: StoredStr = Field(default="", max_length=300)
+
+
+class CallBilled(Event):
+    """One model call as the provider bills it: every attempt, whether or not the event its
+    result went into was the one recorded. `call_id` is new for each execution of a handler, so a
+    call repeated after a redelivery is a second entry, while a re-publish of the same execution
+    (the same id, as Nats-Msg-Id and as the ledger's key) counts once. A batched judge call is one
+    entry naming every prompt it graded."""
+
+    entity, verb = "call", "billed"
+    call_id: str = Field(pattern=CALL_ID_PATTERN)
+    stage: Stage
+    prompt_ids: list[Annotated[StoredStr, Field(min_length=1, max_length=MAX_NAME)]] = Field(
+        min_length=1, max_length=MAX_CALL_PROMPTS
+    )
+    endpoint: StoredStr = Field(max_length=500)
+    model: StoredStr = Field(max_length=MAX_NAME)
+    attempts: list[CallAttempt] = Field(min_length=1, max_length=MAX_CALL_ATTEMPTS)
+    tokens_in: Count = 0
+    tokens_out: Count = 0
+    cost_usd: Usd = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _call_id_is_event_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("event_id") and isinstance(data.get("call_id"), str):
+            return {**data, "event_id": data["call_id"]}
+        return data
+
+    def id_keys(self) -> tuple[object, ...]:
+        return (self.batch_id, self.call_id)
+
+    @property
+    def outcome(self) -> str:
+        """How the call ended: its last attempt's outcome."""
+        return self.attempts[-1].outcome
+
+
 EVENT_TYPES: dict[tuple[str, str], type[Event]] = {
     (cls.entity, cls.verb): cls
     for cls in (
@@ -262,6 +319,7 @@ EVENT_TYPES: dict[tuple[str, str], type[Event]] = {
         PromptJudged,
         PromptScored,
         PromptFailed,
+        CallBilled,
     )
 }
 """Every event type by its subject's (entity, verb): what a reader of `evalbus.v1.batch.>` parses by."""

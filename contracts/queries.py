@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from contracts.base import Strict, Wire
 from contracts.bounds import CRITERION_PATTERN, INT_MAX, MAX_TEXT
 from contracts.enums import BatchStatus, FailureCategory, Stage
+from contracts.events import CallAttempt
 from contracts.ids import BATCH_ID_PATTERN
 from contracts.inputs import ChatMessage
 from contracts.references import ComponentScore
@@ -181,6 +182,23 @@ class SampleJudgment(Wire):
     confidence: float | None = None
 
 
+class SampleCall(Wire):
+    """One model call about a prompt, from the call ledger: each attempt with its outcome, HTTP
+    status, wait before the next and reason. A batched judge call is shared by `prompts` prompts
+    (its tokens are the whole call's); a call repeated after a redelivery is a call of its own."""
+
+    stage: str
+    call_id: str
+    model: str
+    outcome: str  # the last attempt's: ok or a failure category
+    attempts: list[CallAttempt]
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    prompts: int = 1
+    occurred_at: datetime
+
+
 class Sample(Wire):
     """One prompt with everything recorded about it; fields of steps not reached are None."""
 
@@ -216,6 +234,8 @@ class Sample(Wire):
     failure_stage: str | None = None
     failure_category: str | None = None
     failure_error: str | None = None
+    # every model call billed for the prompt, oldest first (repeats after a redelivery included)
+    calls: list[SampleCall] = Field(default_factory=list)
     # clipped field -> its full length in characters (e.g. "answer", "messages.0.content")
     clipped: dict[str, int] = Field(default_factory=dict)
 

@@ -110,6 +110,18 @@ class BatchReport(Wire):
         default=0, description="Answers graded alone because their batched call was unusable."
     )
     components: list[ComponentSummary] = Field(default_factory=list)
+    # Billed, from the call ledger: every model call attempt that reached an endpoint, the
+    # calls repeated after a redelivery included; the figures above are the useful ones (those of
+    # the recorded results). 0 for batches run before the ledger existed.
+    billed_tokens_in: int = Field(default=0, ge=0, le=BIGINT_MAX, description="Prompt tokens billed for the model.")
+    billed_tokens_out: int = Field(default=0, ge=0, le=BIGINT_MAX)
+    billed_judge_tokens_in: int = Field(
+        default=0, ge=0, le=BIGINT_MAX, description="Prompt tokens billed for the judge."
+    )
+    billed_judge_tokens_out: int = Field(default=0, ge=0, le=BIGINT_MAX)
+    billed_cost_usd: Finite = Field(default=0.0, description="Estimated cost of every billed call.")
+    billed_calls: Count = Field(default=0, description="Model and judge calls in the ledger.")
+    billed_attempts: Count = Field(default=0, description="Their attempts (a retried call has several).")
     wall_time_s: Finite | None
     created_at: datetime
     finished_at: datetime | None

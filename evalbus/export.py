@@ -83,8 +83,9 @@ def columns(criteria: Iterable[str]) -> list[tuple[str, pa.DataType]]:
 def flat_row(sample: Sample, criteria: Iterable[str]) -> dict[str, Any]:
     """One prompt as a flat row; nested values stay Python lists and dicts here."""
     users = [m.content for m in sample.messages if m.role == "user"]
+    # (A prompt's billed calls are in the JSONL export only: a list of lists has no flat form.)
     row: dict[str, Any] = sample.model_dump(
-        mode="json", exclude={"judgments", "metadata", "clipped", "messages", "components"}
+        mode="json", exclude={"judgments", "metadata", "clipped", "messages", "components", "calls"}
     )
     row["prompt"] = users[-1] if users else None
     row["messages"] = [m.model_dump(mode="json") for m in sample.messages]

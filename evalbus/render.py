@@ -51,16 +51,38 @@ def report_table(rep: BatchReport) -> Table:
         rows.append(("breaker openings", str(rep.breaker_openings)))
     if rep.failures_by_category:
         rows.append(("failures", ", ".join(f"{k}: {v}" for k, v in sorted(rep.failures_by_category.items()))))
-    rows += [
-        ("latency p50 / p95", f"{fmt(rep.latency_p50_ms, '.1f', ' ms')} / {fmt(rep.latency_p95_ms, '.1f', ' ms')}"),
-        ("tokens in / out", f"{rep.tokens_in:,} / {rep.tokens_out:,}"),
-        ("judge tokens in / out", f"{rep.judge_tokens_in:,} / {rep.judge_tokens_out:,}"),
-        ("estimated cost", f"${rep.cost_usd:.4f}"),
-        ("wall time", fmt(rep.wall_time_s, ".2f", " s")),
-    ]
+    rows.append(
+        ("latency p50 / p95", f"{fmt(rep.latency_p50_ms, '.1f', ' ms')} / {fmt(rep.latency_p95_ms, '.1f', ' ms')}")
+    )
+    rows += spend_rows(rep)
+    rows.append(("wall time", fmt(rep.wall_time_s, ".2f", " s")))
     for what, value in rows:
         table.add_row(what, value)
     return table
+
+
+def spend_rows(rep: BatchReport) -> list[tuple[str, str]]:
+    """Tokens and cost: the useful ones (of the recorded results) and, from the call ledger, the
+    billed ones (every attempt, repeats after a redelivery included) beside them."""
+    if not rep.billed_calls:  # a batch run before the ledger existed
+        return [
+            ("tokens in / out", f"{rep.tokens_in:,} / {rep.tokens_out:,}"),
+            ("judge tokens in / out", f"{rep.judge_tokens_in:,} / {rep.judge_tokens_out:,}"),
+            ("estimated cost", f"${rep.cost_usd:.4f}"),
+        ]
+    return [
+        (
+            "tokens in / out",
+            f"{rep.tokens_in:,} / {rep.tokens_out:,} useful · {rep.billed_tokens_in:,} / {rep.billed_tokens_out:,} billed",
+        ),
+        (
+            "judge tokens in / out",
+            f"{rep.judge_tokens_in:,} / {rep.judge_tokens_out:,} useful · "
+            f"{rep.billed_judge_tokens_in:,} / {rep.billed_judge_tokens_out:,} billed",
+        ),
+        ("estimated cost", f"${rep.cost_usd:.4f} useful · ${rep.billed_cost_usd:.4f} billed"),
+        ("model calls", f"{rep.billed_calls:,} billed · {rep.billed_attempts:,} attempts"),
+    ]
 
 
 def print_report(console: Console, rep: BatchReport) -> None:

@@ -4,8 +4,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from contracts.events import CallAttempt
 from contracts.quality import QualityReport
-from contracts.queries import BatchHistory, Sample, SamplesPage
+from contracts.queries import BatchHistory, Sample, SampleCall, SamplesPage
 from evalbus.render import fmt, pct
 
 ANSWER_PREVIEW = 60
@@ -26,6 +27,42 @@ def _verdict(sample: Sample) -> str:
     return "[green]pass[/green]" if sample.passed else "[yellow]fail[/yellow]"
 
 
+# How a failed attempt reads when its HTTP status alone does not say it.
+_OUTCOME_WORDS = {
+    "rate_limit": "rate limited",
+    "timeout": "timed out",
+    "connection": "connection failed",
+    "bad_response": "unusable reply",
+    "breaker_open": "breaker open",
+}
+
+
+def describe_attempt(a: CallAttempt) -> str:
+    """`ok`, `500`, `429 rate limited (retry in 2.1 s)`, `timed out`..."""
+    if a.outcome == "ok":
+        text = "ok"
+    else:
+        words = _OUTCOME_WORDS.get(a.outcome, "" if a.status is not None else a.outcome.replace("_", " "))
+        text = " ".join(str(x) for x in (a.status, words) if x not in (None, ""))
+    if a.retry_in_s is not None:
+        text += f" (retry in {a.retry_in_s:.1f} s)"
+    return text
+
+
+def describe_call(call: SampleCall) -> str:
+    """`chat: ok`, `judge: 3 attempts: 429 rate limited (retry in 2.1 s), 500, ok`."""
+    attempts = ", ".join(describe_attempt(a) for a in call.attempts)
+    if len(call.attempts) > 1:
+        attempts = f"{len(call.attempts)} attempts: {attempts}"
+    shared = f" (shared by {call.prompts})" if call.prompts > 1 else ""
+    return f"{call.stage}{shared}: {attempts}"
+
+
+def describe_calls(sample: Sample) -> str:
+    """Every billed call of a sample, one per line; a second chat call is a repeat after a redelivery."""
+    return "\n".join(describe_call(c) for c in sample.calls) or "—"
+
+
 def samples_table(page: SamplesPage) -> Table:
     of = f" of {page.pages}" if page.pages is not None else ""
     matches = f" · {page.total} matching" if page.total is not None else ""
@@ -39,6 +76,7 @@ def samples_table(page: SamplesPage) -> Table:
         ("tokens", "right"),
         ("case", "left"),
         ("answer / error", "left"),
+        ("calls", "left"),
     ]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for s in page.items:
@@ -52,6 +90,7 @@ def samples_table(page: SamplesPage) -> Table:
             tokens,
             escape(s.case_id or "—"),
             _preview(s.answer if s.status != "failed" else s.failure_error),
+            escape(describe_calls(s)),
         )
     return table
 

@@ -15,6 +15,7 @@ event with one `occurred_at` (for comparing events whole); without it each gets 
 so that a test can reach each string field of each event through its JSON form.
 """
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ from contracts.events import (
     BatchAccepted,
     BatchCompleted,
     BatchRejected,
+    CallAttempt,
+    CallBilled,
     CriterionJudgment,
     JudgeCalls,
     PromptFailed,
@@ -169,6 +172,29 @@ class BatchEvents:
     ) -> PromptFailed:
         return PromptFailed(**self._prompt(i, stage=stage, category=category, error=error) | kw)
 
+    def billed(
+        self,
+        *indexes: int,
+        stage: Stage = Stage.CHAT,
+        tokens: tuple[int, int] = (10, 3),
+        attempts: Sequence[CallAttempt] | None = None,
+        **kw: Any,
+    ) -> CallBilled:
+        """The bill of one model call about the prompts at `indexes` (a fresh call id each time)."""
+        tin, tout = tokens
+        fields = self._event(
+            call_id=str(uuid.uuid4()),
+            stage=stage,
+            prompt_ids=[prompt_id(self.batch_id, i) for i in indexes or (0,)],
+            endpoint="http://model.test/v1",
+            model=self.config.model,
+            attempts=list(attempts or [CallAttempt(outcome="ok", status=200, tokens_in=tin, tokens_out=tout)]),
+            tokens_in=tin,
+            tokens_out=tout,
+            cost_usd=(tin + tout) / 1e6,
+        )
+        return CallBilled(**fields | kw)
+
     def pipeline(self) -> list[Event]:
         """The batch accepted and every prompt through to its score."""
         out: list[Event] = [self.accepted()]
@@ -280,6 +306,13 @@ SAMPLES: dict[type[Event], Event] = {
         ],
     ),
     PromptFailed: _FULL.failed(0, error="timed out", attempts=3, raw_output="partial"),
+    CallBilled: _FULL.billed(
+        0,
+        attempts=[
+            CallAttempt(outcome="rate_limit", status=429, latency_ms=2.0, retry_in_s=1.5, reason="HTTP 429: slow"),
+            CallAttempt(outcome="ok", status=200, tokens_in=10, tokens_out=3, latency_ms=9.0),
+        ],
+    ),
 }
 
 

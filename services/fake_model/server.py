@@ -105,15 +105,32 @@ class State:
     planner: FaultPlanner
     log: RequestLog | None
     stats: dict[str, Counter[str]] = field(default_factory=lambda: {k: Counter() for k in (*KINDS, "invalid")})
+    # Completions answered (HTTP 200, not given up on by the client) and their usage: what a
+    # provider would bill, for tests of the call ledger.
+    served: dict[str, Counter[str]] = field(default_factory=lambda: {k: Counter() for k in KINDS})
+
+    def serve(self, kind: str, answer: "Answer") -> web.Response:
+        served = self.served[kind]
+        served["responses"] += 1
+        served["tokens_in"] += answer.tokens_in
+        served["tokens_out"] += answer.tokens_out
+        return answer.response
 
 
 STATE = web.AppKey("state", State)
 
 
-def _completion(req: ChatRequest, request_hash: str, answer: str) -> web.Response:
+@dataclass(frozen=True)
+class Answer:
+    response: web.Response
+    tokens_in: int
+    tokens_out: int
+
+
+def _completion(req: ChatRequest, request_hash: str, answer: str) -> Answer:
     text, n_completion, cut = completion_tokens(answer, req.max_tokens)
     n_prompt = count_chat_tokens(req.contents)
-    return _json(
+    response = _json(
         {
             "id": f"chatcmpl-{request_hash}",
             "object": "chat.completion",
@@ -133,6 +150,7 @@ def _completion(req: ChatRequest, request_hash: str, answer: str) -> web.Respons
             },
         }
     )
+    return Answer(response, n_prompt, n_completion)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -196,7 +214,9 @@ async def chat_completions(request: web.Request) -> web.Response:
             )
         if outcome is FaultOutcome.HANG:
             await asyncio.sleep(settings.hang_s)
-        return response or _completion(req, request_hash, _answer(state, req, judge_request, outcome, digest))
+        return state.serve(
+            kind, response or _completion(req, request_hash, _answer(state, req, judge_request, outcome, digest))
+        )
     finally:
         # In `finally` so a hang the client gave up on (handler cancelled) is still logged.
         if state.log is not None:
@@ -226,14 +246,22 @@ async def models(_: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    counts = request.app[STATE].stats
+    state = request.app[STATE]
+    counts = state.stats
     by_kind = {kind: {o.value: counts[kind][o.value] for o in FaultOutcome} for kind in KINDS}
+    served = {kind: {k: state.served[kind][k] for k in ("responses", "tokens_in", "tokens_out")} for kind in KINDS}
     return _json(
         {
             **by_kind,
             "invalid": counts["invalid"]["400"],
             "unauthorized": counts["invalid"]["401"],
             "total": sum(sum(c.values()) for c in counts.values()),
+            # per kind, and in all: responses answered and their usage (what a provider bills)
+            "served": {
+                **served,
+                "tokens_in": sum(v["tokens_in"] for v in served.values()),
+                "tokens_out": sum(v["tokens_out"] for v in served.values()),
+            },
         }
     )
 

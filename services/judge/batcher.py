@@ -2,7 +2,9 @@
 batch's `judge_batch_size` is reached or the linger runs out, then are graded in one call.
 
 Each message's handler awaits its own answer's result, so a message is still acked only after
-its own event is published, kept alive while it waits, and redelivered if its handler fails."""
+its own event is published, kept alive while it waits, and redelivered if its handler fails.
+With it come the bills of the calls that graded the answer: every handler of a group returns a
+batched call's bill, the same event (one call id), which the stream and the ledger keep once."""
 
 import asyncio
 import logging
@@ -10,18 +12,20 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 
 from contracts.enums import Stage
-from contracts.events import PromptFailed, PromptJudged, PromptResponded
+from contracts.events import CallBilled, PromptFailed, PromptJudged, PromptResponded
 from services.judge.logic import grade_group, not_judged
 from services.runtime.models.client import ChatModel
 from services.runtime.models.endpoints import Endpoints
+from services.runtime.models.ledger import Meter
 
 log = logging.getLogger("evalbus.judge")
 Result = PromptJudged | PromptFailed
+Billed = tuple[Result, list[CallBilled]]  # an answer's result and the bills of the calls that graded it
 
 
 @dataclass
 class _Group:
-    waiting: list[tuple[PromptResponded, asyncio.Future[Result]]] = field(default_factory=list)
+    waiting: list[tuple[PromptResponded, asyncio.Future[Billed]]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -37,16 +41,20 @@ class JudgeBatcher:
         self._grading: set[asyncio.Task[None]] = set()
 
     async def judge(self, evt: PromptResponded) -> Result:
+        return (await self.judge_billed(evt))[0]
+
+    async def judge_billed(self, evt: PromptResponded) -> Billed:
+        """The answer's result, and the bills of the calls that graded it (none without a call)."""
         if evt.batch_id in self._cancelled:
-            return PromptFailed.cancelled(evt, Stage.JUDGE)
+            return PromptFailed.cancelled(evt, Stage.JUDGE), []
         cfg = evt.config
         if not cfg.judge_enabled:
-            return not_judged(evt)
+            return not_judged(evt), []
         # The whole config: answers graded together must share criteria, thresholds, judge
         # model and endpoint, mode and limits, and a batch's events normally all carry the same.
         key = (evt.batch_id, cfg.model_dump_json())
         loop = asyncio.get_running_loop()
-        result: asyncio.Future[Result] = loop.create_future()
+        result: asyncio.Future[Billed] = loop.create_future()
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group()
@@ -66,13 +74,14 @@ class JudgeBatcher:
         self._grading.add(task)  # a reference, or the task may be collected before it runs
         task.add_done_callback(self._grading.discard)
 
-    async def _grade(self, waiting: list[tuple[PromptResponded, asyncio.Future[Result]]]) -> None:
+    async def _grade(self, waiting: list[tuple[PromptResponded, asyncio.Future[Billed]]]) -> None:
         evts = [evt for evt, _ in waiting]
+        meter = Meter(self._model)
         try:
             if evts[0].batch_id in self._cancelled:  # cancelled while these waited
                 results: list[Result] = [PromptFailed.cancelled(e, Stage.JUDGE) for e in evts]
             else:
-                results = await grade_group(self._model, evts, self._endpoints)
+                results = await grade_group(meter, evts, self._endpoints)
         except asyncio.CancelledError:
             for _, fut in waiting:
                 fut.cancel()
@@ -84,9 +93,10 @@ class JudgeBatcher:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (_, fut), res in zip(waiting, results, strict=True):
+        bills = meter.billed(evts[0].config)
+        for (evt, fut), res in zip(waiting, results, strict=True):
             if not fut.done():  # its handler may have been cancelled meanwhile
-                fut.set_result(res)
+                fut.set_result((res, [b for b in bills if evt.prompt_id in b.prompt_ids]))
 
     @property
     def waiting(self) -> int:

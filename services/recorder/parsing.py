@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import orjson
 
 from contracts.base import Event
-from contracts.events import EVENT_TYPES, BatchCompleted, PromptEvent
+from contracts.events import EVENT_TYPES, BatchCompleted, CallBilled, PromptEvent
 from contracts.inputs import CancelBatchRequested, StartBatchRequested
 from contracts.ops import BreakerStateChanged, DeadLetter
 from contracts.subjects import parse_batch_subject
@@ -50,7 +50,8 @@ class BreakerRow:
 def parse_event(msg: Incoming) -> Event | None:
     """The event of a message on the events stream, None for those the recorder passes by.
     ValueError (a dead letter) for anything it could not store or that is not what its subject
-    says: the subject's batch and type must be the body's, a prompt's id its index's."""
+    says: the subject's batch and type must be the body's, a prompt's id its index's (a bill's
+    prompt ids those of its batch)."""
     parsed = parse_batch_subject(msg.subject)
     key = (parsed.entity, parsed.verb) if parsed is not None else ("", "")
     if key in PASSED_BY:
@@ -61,6 +62,8 @@ def parse_event(msg: Incoming) -> Event | None:
     evt = cls.model_validate_json(msg.data)  # refuses what could not be stored (NUL, out-of-range numbers)
     check_subject(msg.subject, evt)
     if isinstance(evt, PromptEvent) and (problem := checks.wrong_prompt_id(evt)) is not None:
+        raise ValueError(problem)
+    if isinstance(evt, CallBilled) and (problem := checks.wrong_call_prompts(evt)) is not None:
         raise ValueError(problem)
     return evt
 

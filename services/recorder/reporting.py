@@ -23,6 +23,15 @@ _COUNTS = text(
 )
 
 
+_BILLED = text(
+    """
+    SELECT stage, coalesce(sum(tokens_in), 0) AS tin, coalesce(sum(tokens_out), 0) AS tout,
+           coalesce(sum(cost_usd), 0) AS cost, count(*) AS calls, coalesce(sum(attempt_count), 0) AS attempts
+    FROM model_calls WHERE batch_id = :b GROUP BY stage
+    """
+)
+
+
 # Breakers of the batch's own endpoints (batch_endpoints), not every breaker in the system: the
 # latest state of each service's breaker per endpoint (ix_breaker_events_key_latest), an endpoint
 # shown while any of them is not closed.
@@ -163,6 +172,12 @@ async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | Non
     }
     window = {"b": batch_id, "start": batch["accepted_at"] or batch["created_at"], "end": batch["finished_at"]}
     openings = (await conn.execute(_OPENINGS, window)).scalar_one()
+    billed = {r["stage"]: r for r in (await conn.execute(_BILLED, params)).mappings()}
+    chat_billed, judge_billed = billed.get("chat"), billed.get("judge")
+
+    def _billed(what: str) -> int:
+        return sum(int(r[what]) for r in billed.values())
+
     config = batch["config"] or {}
     order = list(config.get("criteria") or []) + sorted(set(per_criterion) - set(config.get("criteria") or []))
 
@@ -206,6 +221,13 @@ async def report(conn: AsyncConnection, batch_id: str, status: BatchStatus | Non
         judge_calls_saved=round(max(0.0, float(judge["unbatched"]) - float(judge["calls"])), 2),
         judge_fallbacks=int(judge["fallbacks"]),
         components=await component_summaries(conn, batch_id),
+        billed_tokens_in=int(chat_billed["tin"]) if chat_billed else 0,
+        billed_tokens_out=int(chat_billed["tout"]) if chat_billed else 0,
+        billed_judge_tokens_in=int(judge_billed["tin"]) if judge_billed else 0,
+        billed_judge_tokens_out=int(judge_billed["tout"]) if judge_billed else 0,
+        billed_cost_usd=round(sum(float(r["cost"]) for r in billed.values()), 6),
+        billed_calls=_billed("calls"),
+        billed_attempts=_billed("attempts"),
         wall_time_s=round(prog.elapsed_s, 3) if batch["accepted_at"] else None,
         created_at=batch["created_at"],
         finished_at=batch["finished_at"],

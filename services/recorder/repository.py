@@ -20,6 +20,7 @@ from contracts.enums import BatchStatus
 from contracts.events import (
     BatchAccepted,
     BatchRejected,
+    CallBilled,
     PromptFailed,
     PromptJudged,
     PromptQueued,
@@ -46,6 +47,7 @@ ORDER: tuple[Table, ...] = (
     t.judgments,
     t.scores,
     t.failures,
+    t.model_calls,
 )
 
 
@@ -193,6 +195,27 @@ def rows_for(evt: Event, endpoints: Endpoints | None = None) -> list[tuple[Table
                 },
             )
         ]
+    if isinstance(evt, CallBilled):
+        return [
+            (
+                t.model_calls,
+                {
+                    "call_id": evt.call_id,
+                    "batch_id": evt.batch_id,
+                    "stage": evt.stage.value,
+                    "prompt_ids": evt.prompt_ids,
+                    "endpoint": evt.endpoint,
+                    "model": evt.model,
+                    "outcome": evt.outcome,
+                    "attempt_count": len(evt.attempts),
+                    "attempts": [a.model_dump(mode="json") for a in evt.attempts],
+                    "tokens_in": evt.tokens_in,
+                    "tokens_out": evt.tokens_out,
+                    "cost_usd": evt.cost_usd,
+                    "occurred_at": evt.occurred_at,
+                },
+            )
+        ]
     return []
 
 
@@ -212,7 +235,7 @@ async def record(conn: AsyncConnection, events: Sequence[Event], endpoints: Endp
     touched: set[str] = set()
     for evt in events:
         rows = rows_for(evt, endpoints)
-        if rows:
+        if rows and not isinstance(evt, CallBilled):  # (a bill changes no progress)
             touched.add(evt.batch_id)
         for table, row in rows:
             by_table[table].append(row)
@@ -224,6 +247,7 @@ async def record(conn: AsyncConnection, events: Sequence[Event], endpoints: Endp
         for shaped in _shapes(pending):
             # Every row is keyed by natural ids: the first writer wins. Batch ids are single-use, so
             # neither a late `accepted` nor a `rejected` changes a batch that is already recorded.
+            # A bill is keyed by its call id: a re-published one counts once, a repeated call twice.
             stmt = insert(table).on_conflict_do_nothing()
             if table is t.batches:
                 inserted = await conn.execute(stmt.returning(t.batches.c.batch_id), shaped)

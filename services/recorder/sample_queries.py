@@ -25,13 +25,14 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects.postgresql import aggregate_order_by, array
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.queries import Sample, SampleFilter, SamplesPage, SamplesQuery
 from services.recorder import tables as t
 
 p, r, s, jc, j, f, b = t.prompts, t.responses, t.scores, t.judge_calls, t.judgments, t.failures, t.batches
+mc = t.model_calls
 
 
 def _key(name: str) -> ColumnElement[Any]:
@@ -75,6 +76,44 @@ _judgments = (
         )
     )
     .where(j.c.prompt_id == p.c.prompt_id)
+    .scalar_subquery()
+)
+# The prompt's bills, oldest first: found through the GIN index on prompt_ids (a prompt id
+# names its batch, so no batch condition is needed).
+_calls = (
+    select(
+        func.coalesce(
+            func.jsonb_agg(
+                aggregate_order_by(
+                    func.jsonb_build_object(
+                        _key("stage"),
+                        mc.c.stage,
+                        _key("call_id"),
+                        mc.c.call_id,
+                        _key("model"),
+                        mc.c.model,
+                        _key("outcome"),
+                        mc.c.outcome,
+                        _key("attempts"),
+                        mc.c.attempts,
+                        _key("tokens_in"),
+                        mc.c.tokens_in,
+                        _key("tokens_out"),
+                        mc.c.tokens_out,
+                        _key("cost_usd"),
+                        mc.c.cost_usd,
+                        _key("prompts"),
+                        func.cardinality(mc.c.prompt_ids),
+                        _key("occurred_at"),
+                        mc.c.occurred_at,
+                    ),
+                    mc.c.occurred_at,
+                )
+            ),
+            literal_column("'[]'::jsonb"),
+        )
+    )
+    .where(mc.c.prompt_ids.contains(array([p.c.prompt_id])))
     .scalar_subquery()
 )
 _SORTS: dict[str, ColumnElement[Any]] = {
@@ -174,6 +213,7 @@ def _samples_select(q: SamplesQuery) -> Select[Any]:
             _latest_failure.c.stage.label("failure_stage"),
             _latest_failure.c.category.label("failure_category"),
             _latest_failure.c.error.label("failure_error"),
+            _calls.label("calls"),
         )
         .select_from(_joined())
         .where(*_where(q))
@@ -249,6 +289,7 @@ def _sample(row: Any, max_chars: int) -> Sample:
         failure_stage=row.failure_stage,
         failure_category=row.failure_category,
         failure_error=clip.text("failure_error", row.failure_error),
+        calls=row.calls or [],
         clipped=clip.clipped,
     )
 

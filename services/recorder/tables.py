@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -149,6 +149,30 @@ failures = Table(
     Column("raw_output", Text),
     _created(),
     Index("ix_failures_batch_id", "batch_id"),
+)
+
+# The call ledger: one row per model call (every attempt), keyed by the call id a handler run
+# drew, so a call repeated after a redelivery is a row of its own; a batched judge call is one
+# row naming every prompt it graded.
+model_calls = Table(
+    "model_calls",
+    metadata,
+    Column("call_id", Text, primary_key=True),
+    Column("batch_id", Text, nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("prompt_ids", ARRAY(Text), nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("attempt_count", SmallInteger, nullable=False),
+    Column("attempts", JSONB, nullable=False),
+    Column("tokens_in", BigInteger, nullable=False),
+    Column("tokens_out", BigInteger, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    _created(),
+    Index("ix_model_calls_batch_id", "batch_id", "stage"),
+    Index("ix_model_calls_prompt_ids", "prompt_ids", postgresql_using="gin"),
 )
 
 dead_letters = Table(

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import subjects
 from contracts.base import Event
 from contracts.enums import BatchStatus
-from contracts.events import BatchAccepted, BatchCompleted, PromptEvent, PromptFailed, PromptScored
+from contracts.events import BatchAccepted, BatchCompleted, PromptFailed, PromptScored
 from contracts.quality import QualityReport
 from contracts.reports import BatchProgress, BatchReport
 from services.recorder import checks, quality, reporting
@@ -41,7 +41,7 @@ def screen_verdicts(events: Sequence[Event | None], recorded: Mapping[str, int |
     here = {e.batch_id: e.total_prompts for e in events if isinstance(e, BatchAccepted)}
     verdicts: list[Refusal | None] = []
     for evt in events:
-        if not isinstance(evt, PromptEvent):
+        if not isinstance(evt, checks.PROMPT_LEVEL):
             verdicts.append(None)
             continue
         known = evt.batch_id in recorded
@@ -70,13 +70,13 @@ class Tracker:
         self._totals: dict[str, int | None] = {}
 
     async def screen(self, events: Sequence[Event | None]) -> list[Refusal | None]:
-        """Prompt events are taken only for prompts their batch has (one query for the batches
+        """Prompt events (and bills) are taken only for prompts their batch has (one query for the batches
         not seen yet). A prompt event whose batch has no row yet is deferred, not refused: the
         batch's `accepted` precedes it in the stream but may be in another replica's write still
         being committed (or in a write being retried); it comes back with a growing delay and, if
         its batch still has no row after a few deliveries (handling.DEFERRED_DELIVERIES, ~30 s),
         ends as a dead letter."""
-        wanted = {e.batch_id for e in events if isinstance(e, PromptEvent)} - self._totals.keys()
+        wanted = {e.batch_id for e in events if isinstance(e, checks.PROMPT_LEVEL)} - self._totals.keys()
         found: dict[str, int | None] = {}
         if wanted:
             async with self.engine.connect() as conn:

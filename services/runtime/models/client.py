@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -55,6 +55,31 @@ class ModelCallError(Exception):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.attempts = 1
+        self.attempt_log: tuple[Attempt, ...] = ()  # every attempt of the call, set by ChatClient.complete
+        self.status: int | None = None  # the HTTP status, when the endpoint answered
+
+
+OK = "ok"  # an Attempt's outcome when it gave a usable answer; else its FailureCategory's value
+MAX_REASON = 300
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a call, as the call ledger bills it: what came of it, the HTTP status and
+    tokens when the endpoint answered (tokens only for a usable answer), how long it took, and
+    the wait before the next attempt (None after the last)."""
+
+    outcome: str
+    status: int | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_ms: float = 0.0
+    retry_in_s: float | None = None
+    reason: str = ""
+
+    @classmethod
+    def failed(cls, exc: ModelCallError, latency_ms: float) -> "Attempt":
+        return cls(exc.category.value, exc.status, latency_ms=latency_ms, reason=str(exc)[:MAX_REASON])
 
 
 _RETRYABLE = retry_if_exception(lambda e: isinstance(e, ModelCallError) and e.retryable)
@@ -68,6 +93,7 @@ class Completion:
     tokens_out: int
     latency_ms: float
     attempts: int
+    attempt_log: tuple[Attempt, ...] = ()  # every attempt, this one's last (empty from fakes)
 
 
 @dataclass(frozen=True)
@@ -117,17 +143,20 @@ def parse_retry_after(value: str | None) -> float | None:
 def classify_status(status: int, retry_after: str | None, body: str) -> ModelCallError:
     snippet = body[:300]
     if status == 429:
-        return ModelCallError(
+        error = ModelCallError(
             FailureCategory.RATE_LIMIT,
             f"HTTP 429: {snippet}",
             retryable=True,
             retry_after_s=parse_retry_after(retry_after),
         )
-    if status >= 500:
-        return ModelCallError(FailureCategory.SERVER_ERROR, f"HTTP {status}: {snippet}", retryable=True)
-    if status == 408:
-        return ModelCallError(FailureCategory.TIMEOUT, f"HTTP 408: {snippet}", retryable=True)
-    return ModelCallError(FailureCategory.CLIENT_ERROR, f"HTTP {status}: {snippet}", retryable=False)
+    elif status >= 500:
+        error = ModelCallError(FailureCategory.SERVER_ERROR, f"HTTP {status}: {snippet}", retryable=True)
+    elif status == 408:
+        error = ModelCallError(FailureCategory.TIMEOUT, f"HTTP 408: {snippet}", retryable=True)
+    else:
+        error = ModelCallError(FailureCategory.CLIENT_ERROR, f"HTTP {status}: {snippet}", retryable=False)
+    error.status = status
+    return error
 
 
 def parse_completion(payload: bytes, prompt_texts: list[str]) -> tuple[str, str | None, int, int]:
@@ -300,6 +329,8 @@ class ChatClient:
             headers["Authorization"] = authorization
         prompt_texts = [m["content"] for m in messages]
         attempts = 0
+        trail: list[Attempt] = []  # the call ledger's record, one per attempt
+        started = 0.0
 
         breaker = self._breaker(endpoint, opts)
         budget = endpoint.budget
@@ -309,13 +340,20 @@ class ChatClient:
         observed = metrics.model_endpoint(base_url)  # None while metrics are off
 
         async def attempt() -> Completion:
-            nonlocal attempts
+            nonlocal attempts, started
             attempts += 1
-            if observed is not None:
-                return await observed.observe(attempts, breaker.call(one_call))
-            return await breaker.call(one_call)
+            started = 0.0
+            try:
+                if observed is not None:
+                    return await observed.observe(attempts, breaker.call(one_call))
+                return await breaker.call(one_call)
+            except ModelCallError as exc:
+                latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+                trail.append(Attempt.failed(exc, latency_ms))
+                raise
 
         async def one_call() -> Completion:
+            nonlocal started
             if budget is not None:  # waited for before taking a slot, so waiting holds nothing
                 await budget.acquire(token_estimate)
             async with self._slot(endpoint, base_url, batch_id, batch_limit):
@@ -345,8 +383,13 @@ class ChatClient:
                 latency_ms = (time.perf_counter() - started) * 1000
             if status != 200:
                 raise classify_status(status, resp.headers.get("Retry-After"), content.decode("utf-8", "replace"))
-            text, finish, tin, tout = parse_completion(content, prompt_texts)
-            return Completion(text, finish, tin, tout, latency_ms, attempts)
+            try:
+                text, finish, tin, tout = parse_completion(content, prompt_texts)
+            except ModelCallError as exc:
+                exc.status = status
+                raise
+            trail.append(Attempt(OK, status, tin, tout, latency_ms))
+            return Completion(text, finish, tin, tout, latency_ms, attempts, tuple(trail))
 
         # Most calls succeed at once: the first attempt runs without tenacity's per-call
         # bookkeeping (docs/decisions.md). If it fails, tenacity takes over and
@@ -355,7 +398,7 @@ class ChatClient:
             return await attempt()
         except ModelCallError as exc:
             if not exc.retryable or opts.max_retries == 0:
-                exc.attempts = attempts
+                exc.attempts, exc.attempt_log = attempts, tuple(trail)
                 raise
             first_error: ModelCallError | None = exc
 
@@ -368,11 +411,18 @@ class ChatClient:
 
         stop, wait = self._policy(opts.max_retries, opts.retry_base_s)
         logged = before_retry(base_url, batch_id, opts.max_retries + 1, lambda: breaker.state)
-        retrying = AsyncRetrying(stop=stop, wait=wait, retry=_RETRYABLE, reraise=True, before_sleep=logged)
+
+        def wait_noted(state: RetryCallState) -> float:
+            delay = wait(state)
+            if not stop(state):  # (tenacity asks for the wait before it checks the stop)
+                trail[-1] = replace(trail[-1], retry_in_s=round(delay, 3))
+            return delay
+
+        retrying = AsyncRetrying(stop=stop, wait=wait_noted, retry=_RETRYABLE, reraise=True, before_sleep=logged)
         try:
             completion: Completion = await retrying(replay_then_attempt)
         except ModelCallError as exc:
-            exc.attempts = attempts
+            exc.attempts, exc.attempt_log = attempts, tuple(trail)
             retries_ended(base_url, batch_id, attempts, opts.max_retries + 1, exc, breaker.state)
             raise
         retries_ended(base_url, batch_id, attempts, opts.max_retries + 1, None, breaker.state)
