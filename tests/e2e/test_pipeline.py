@@ -282,26 +282,22 @@ async def test_a_failing_endpoint_opens_its_breaker_and_only_the_batch_using_it_
     def run(batch_id: str, suite: Path, *options: str) -> subprocess.CompletedProcess[str]:
         return cli("run", str(suite), "--model", "evalbus-fake", "--batch-id", batch_id, "--json", *options)
 
-    async def healthy_meanwhile() -> subprocess.CompletedProcess[
-        str
-    ]:  # on the stack's own fake model, while the other fails
-        await asyncio.sleep(1.0)
-        return await asyncio.to_thread(run, well, write_suite(tmp_path / "healthy.jsonl", 60), "--concurrency", "2")
+    async def failing_meanwhile() -> subprocess.CompletedProcess[str]:
+        # Started once the healthy batch runs (its first progress snapshot), so the failing
+        # endpoint's breaker opens inside the healthy batch's time window.
+        for _ in range(600):
+            if well_snapshots:
+                break
+            await asyncio.sleep(0.05)
+        suite = write_suite(tmp_path / "failing.jsonl", 12)
+        options = ("--base-url", failing_endpoint, "--retries", "0", "--concurrency", "4")
+        return await asyncio.to_thread(run, sick, suite, *options)
 
     try:
-        failing, healthy = await asyncio.gather(
-            asyncio.to_thread(
-                run,
-                sick,
-                write_suite(tmp_path / "failing.jsonl", 12),
-                "--base-url",
-                failing_endpoint,
-                "--retries",
-                "0",
-                "--concurrency",
-                "4",
-            ),
-            healthy_meanwhile(),
+        healthy, failing = await asyncio.gather(
+            # On the stack's own fake model, one call at a time: long enough to outlast the other.
+            asyncio.to_thread(run, well, write_suite(tmp_path / "healthy.jsonl", 300), "--concurrency", "1"),
+            failing_meanwhile(),
         )
     finally:
         stack.kill("failing-model")
@@ -311,7 +307,7 @@ async def test_a_failing_endpoint_opens_its_breaker_and_only_the_batch_using_it_
     assert report["status"] == "failed" and report["failures_by_category"] == {"server_error": 12}
     assert report["breaker_openings"] >= 1
     well_report = json.loads(healthy.stdout)
-    assert healthy.returncode == 0 and well_report["completed"] == 60
+    assert healthy.returncode == 0 and well_report["completed"] == 300
     # The failing endpoint's breaker opened while the healthy batch ran (a count by time window
     # would give it those openings), yet the healthy batch shows none of them.
     during = await count(
