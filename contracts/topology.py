@@ -46,6 +46,13 @@ KV_STARTS = "evalbus_starts"
 KV_CANCELS = "evalbus_cancels"
 # Shared per-endpoint rate budgets (token buckets), one key per model endpoint.
 KV_RATES = "evalbus_rates"
+# Model calls in flight, capped across every replica of every service: one key per slot of an
+# endpoint's cap and of a batch's cap on it, held by a lease its holder renews while the call
+# runs. The bucket's max age is the lease TTL: a crashed holder's slots come back within it
+# (services/runtime/models/leases.py). Shorter than the model-calling consumers' ack wait (15 s),
+# so a crashed replica's slots are free again before its prompts are redelivered.
+KV_LEASES = "evalbus_leases"
+LEASE_TTL_S = 5.0
 # Suites too large to travel inline in a start event: the CLI uploads them, the generator reads
 # them once and deletes them when the start is settled. The max age (the events stream's) only
 # cleans up what was never settled: an upload whose start never came, a delete that failed.

@@ -12,6 +12,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
@@ -23,8 +24,10 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from contracts.topology import (
     CONSUMERS,
     KV_CANCELS,
+    KV_LEASES,
     KV_RATES,
     KV_STARTS,
+    LEASE_TTL_S,
     OBJ_SUITES,
     OBJ_SUITES_MAX_AGE_S,
     STREAMS,
@@ -44,6 +47,26 @@ def stream_config(spec: StreamSpec) -> StreamConfig:
         max_age=spec.max_age_s,
         duplicate_window=spec.duplicate_window_s,
         max_msgs_per_subject=spec.max_msgs_per_subject,
+    )
+
+
+def lease_bucket_config() -> StreamConfig:
+    """The leases bucket as nats-py's `create_key_value` makes a bucket, except that deleting a
+    message is allowed: a lease is released by deleting its own revision, which leaves no
+    tombstone (the next claim is one create) and cannot remove a lease someone else took after
+    it expired. In memory: leases are worth nothing after a server restart."""
+    return StreamConfig(
+        name=f"KV_{KV_LEASES}",
+        subjects=[f"$KV.{KV_LEASES}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.MEMORY,
+        max_age=LEASE_TTL_S,
+        max_msgs_per_subject=1,
+        duplicate_window=LEASE_TTL_S,
+        discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=True,
+        allow_direct=True,
+        deny_delete=False,
     )
 
 
@@ -85,6 +108,10 @@ async def apply_topology(
                 await js.key_value(bucket)
             except BucketNotFoundError:
                 await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30 * 86_400))
+        try:
+            await js.key_value(KV_LEASES)
+        except BucketNotFoundError:
+            await js.add_stream(lease_bucket_config())
         try:
             await js.object_store(OBJ_SUITES)
         except BucketNotFoundError:
