@@ -8,7 +8,8 @@ so the slots of a holder that crashed (or stalled past the TTL) come back on the
 
 A local semaphore per key sits in front, so one process never asks for more than the cap, and
 one coroutine per key and process claims at a time, so waiting costs one scan per process
-rather than one per waiting call. Waiting claimants poll with jittered, bounded backoff.
+rather than one per waiting call. Waiting claimants poll with jittered, bounded backoff (a slot
+given back by their own process wakes them at once).
 `LocalLeases` is the same cap inside one process (unit tests, a client without a broker).
 """
 
@@ -67,6 +68,7 @@ class _Gate:
     sem: asyncio.Semaphore
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
     held: set[int] = field(default_factory=set)  # including slots still being released
+    freed: asyncio.Event = field(default_factory=asyncio.Event)  # this process just gave a slot back
 
     def idle(self) -> bool:
         return self.sem._value == self.limit and not self.sem._waiters and not self.held
@@ -284,7 +286,10 @@ class SharedLeases:
                 if not free:
                     upper = min(WAIT_MAX_S, WAIT_FIRST_MAX_S * 2**empty_scans)
                     empty_scans += 1
-                    await self._sleep(self._rng.uniform(WAIT_MIN_S, upper))
+                    # A slot this process gives back ends the wait at once; others' are polled for.
+                    gate.freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gate.freed.wait(), self._rng.uniform(WAIT_MIN_S, upper))
 
     async def _create(self, key: str, slot: int, gate: _Gate) -> _Lease:
         name = f"{key}.{slot}"
@@ -323,6 +328,7 @@ class SharedLeases:
             await self._quiet_remove(lease.name, lease.revision)
         finally:
             lease.gate.held.discard(lease.slot)
+            lease.gate.freed.set()
             self.gates.drop_if_idle(lease.key, lease.gate)
 
     async def _quiet_remove(self, name: str, revision: int) -> None:
