@@ -45,15 +45,23 @@ async def _trial(nats_url: str, server: psutil.Process, n: int, trial: int) -> d
     try:
         js = [nc.jetstream() for nc in conns]
         shared = [
-            SharedLeases(KvSlotStore(lambda j=j: j, KV_LEASES), ttl_s=LEASE_TTL_S, holder="bench")  # type: ignore[misc]
-            for j in js
+            SharedLeases(
+                KvSlotStore(lambda j=j: j, KV_LEASES, nc=lambda c=c: c),  # type: ignore[misc]
+                ttl_s=LEASE_TTL_S,
+                holder="bench",
+            )
+            for j, c in zip(js, conns, strict=True)
         ]
         local = await _timed(LocalLeases(), n, f"local-{trial}", server)
         kv = await _timed(shared[0], n, f"alone-{trial}", server)
         # Two replicas, 16 calls each always waiting, on a batch cap of 3: the cap's cost when it binds.
         replicas = [
-            SharedLeases(KvSlotStore(lambda j=j: j, KV_LEASES), ttl_s=LEASE_TTL_S, holder="bench")  # type: ignore[misc]
-            for j in js
+            SharedLeases(
+                KvSlotStore(lambda j=j: j, KV_LEASES, nc=lambda c=c: c),  # type: ignore[misc]
+                ttl_s=LEASE_TTL_S,
+                holder="bench",
+            )
+            for j, c in zip(js, conns, strict=True)
         ]
         per_task = max(1, n // (10 * CONTENDED_TASKS))
         t0 = time.perf_counter()

@@ -32,9 +32,10 @@ async def peak_in_flight(base: str) -> int:
         return int((await http.get("/stats")).json()["peak_in_flight"])
 
 
-def leases_on(nc: Client) -> SharedLeases:
+def leases_on(nc: Client, **reuse: float) -> SharedLeases:
     js = nc.jetstream()
-    return SharedLeases(KvSlotStore(lambda: js, KV_LEASES), ttl_s=LEASE_TTL_S, holder="test")
+    store = KvSlotStore(lambda: js, KV_LEASES, nc=lambda: nc)
+    return SharedLeases(store, ttl_s=LEASE_TTL_S, holder="test", **reuse)
 
 
 async def test_two_replicas_never_exceed_the_batch_cap_together(servers, fake_model: str) -> None:  # type: ignore[no-untyped-def]
@@ -73,3 +74,29 @@ async def test_a_crashed_holders_slots_come_back_within_the_ttl(servers) -> None
         await nc.close()
     assert LEASE_TTL_S * 0.8 < waited < LEASE_TTL_S + 2
     assert not info.state.subjects  # released by deleting its own revision: no tombstone left
+
+
+async def test_a_replica_waiting_is_woken_by_the_freed_notice_and_idle_leases_are_given_back(servers) -> None:  # type: ignore[no-untyped-def]
+    conns = [await nats.connect(servers.nats_url) for _ in range(2)]
+    holder = leases_on(conns[0], reuse_idle_s=0.2)
+    waiter = leases_on(conns[1], watched_poll_s=30)  # no poll in time: only the notice can wake it
+    key = batch_key("http://notice.example/v1", "b-notice")
+    stream = f"KV_{KV_LEASES}"
+    subjects_filter = f"$KV.{KV_LEASES}.{key}.*"
+    try:
+        async with holder.hold(key, 1):
+            pass
+        released = time.monotonic()
+        for _ in range(3):  # back to back: the idle lease is reused, no new claim
+            async with holder.hold(key, 1):
+                pass
+        async with waiter.hold(key, 1):  # waits for the holder's idle lease to be given back
+            waited = time.monotonic() - released
+        await holder.aclose()
+        await waiter.aclose()
+        info = await conns[0].jetstream().stream_info(stream, subjects_filter=subjects_filter)
+    finally:
+        for nc in conns:
+            await nc.close()
+    assert 0.15 < waited < 1.0
+    assert not info.state.subjects

@@ -1,15 +1,25 @@
 """Caps on model calls in flight that hold across every replica of every service.
 
 A cap of N on a key (an endpoint, or a batch on an endpoint) is N slot keys `<key>.<i>` in the
-NATS KV bucket `evalbus_leases`. A call holds one slot: it claims a free one with an atomic
-create (expected last revision 0), renews it by compare-and-set on its revision while the call
-runs, and releases it by deleting exactly that revision. The bucket's max age is the lease TTL,
-so the slots of a holder that crashed (or stalled past the TTL) come back on their own.
+NATS KV bucket `evalbus_leases`. A process holds a slot through a lease: it claims a free one
+with an atomic create (expected last revision 0), renews it by compare-and-set on its revision
+while it holds it, and gives it back by deleting exactly that revision. The bucket's max age is
+the lease TTL, so the slots of a holder that crashed (or stalled past the TTL) come back on their
+own.
+
+A lease outlives the call that claimed it, so that a process making a steady stream of calls
+pays no KV operation per call: a call that ends hands its lease to the next call of the same
+process for that key (one waiting, or one arriving within `reuse_idle_s`), and only a lease idle
+that long is given back. An idle lease is still a KV key, renewed like any other, so it counts
+against the cap like a call in flight. A lease is reused for at most `reuse_max_s` after its
+claim, then given back at its next release: other replicas waiting for the key get their turn.
 
 A local semaphore per key sits in front, so one process never asks for more than the cap, and
 one coroutine per key and process claims at a time, so waiting costs one scan per process
-rather than one per waiting call. Waiting claimants poll with jittered, bounded backoff (a slot
-given back by their own process wakes them at once).
+rather than one per waiting call. A process that gives a slot back announces it on
+`LEASE_FREED_PREFIX.<key>` (core NATS, not stored); waiting processes subscribe while they wait
+and try that slot at once, and poll only as a fallback (a notice can be missed, and a crashed
+holder's lease expires without one).
 `LocalLeases` is the same cap inside one process (unit tests, a client without a broker).
 """
 
@@ -28,18 +38,31 @@ from typing import Protocol
 import nats.errors
 import nats.js.errors
 import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from contracts import subjects
+from contracts.topology import LEASE_FREED_PREFIX
 
 log = logging.getLogger("evalbus.leases")
 
-# Waiting for a slot: sleep between these bounds (jitter), the upper one doubling per empty scan.
+# Waiting for a slot without freed notices: sleep between these bounds (jitter), the upper one
+# doubling per empty scan.
 WAIT_MIN_S = 0.005
 WAIT_FIRST_MAX_S = 0.020
 WAIT_MAX_S = 0.080
+# Waiting with freed notices: a notice wakes the waiter; the poll only catches a missed notice
+# or a crashed holder's lease expiring.
+WAIT_WATCHED_S = 0.25
 STORE_RETRY_MAX_S = 1.0  # the bucket unreachable: retry at most this far apart
+REUSE_IDLE_S = 0.1  # a lease no call of this process used for this long is given back
+REUSE_MAX_S = 0.5  # a lease is reused for at most this long after its claim
+# ... then this process leaves its slot to others for this long: it learns of the free slot
+# first, so its own waiting calls would win it back every time.
+YIELD_S = 0.02
 
 
 def endpoint_key(base_url: str) -> str:
@@ -52,6 +75,10 @@ def batch_key(base_url: str, batch_id: str) -> str:
     return f"batch.{subjects.endpoint_token(base_url)}.{batch_id}"
 
 
+def freed_subject(key: str) -> str:
+    return f"{LEASE_FREED_PREFIX}.{key}"
+
+
 class Leases(Protocol):
     def hold(self, key: str, limit: int) -> AbstractAsyncContextManager[None]:
         """Wait until fewer than `limit` holders hold `key`, and hold it for the block."""
@@ -60,15 +87,51 @@ class Leases(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass
+class Watch(Protocol):
+    async def stop(self) -> None: ...
+
+
+@dataclass(eq=False)
 class _Gate:
     """One key in this process: the semaphore in front and the slots this process holds."""
 
     limit: int
     sem: asyncio.Semaphore
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
-    held: set[int] = field(default_factory=set)  # including slots still being released
-    freed: asyncio.Event = field(default_factory=asyncio.Event)  # this process just gave a slot back
+    held: set[int] = field(default_factory=set)  # including idle leases and slots still being released
+    idle_leases: list["_Lease"] = field(default_factory=list)  # held, renewed, used by no call
+    freed: asyncio.Event = field(default_factory=asyncio.Event)  # a slot may have become free
+    frees: int = 0  # how many times `freed` was set: a claimer sees a free it scanned across
+    notified: set[int] = field(default_factory=set)  # slots other processes announced free
+    yielded: dict[int, float] = field(default_factory=dict)  # slot -> clock() until which it is left to others
+    watch: Watch | None = None
+    watch_tried: bool = False
+
+    def signal(self) -> None:
+        self.frees += 1
+        self.freed.set()
+
+    def take(self) -> "_Lease | None":
+        """The lease used last (the others age out and are given back), or None."""
+        if not self.idle_leases:
+            return None
+        lease = self.idle_leases.pop()
+        if lease.reaper is not None:
+            lease.reaper.cancel()
+            lease.reaper = None
+        return lease
+
+    def usable(self, slot: int, now: float) -> bool:
+        """Not held by this process, nor just left to others."""
+        if slot in self.held:
+            return False
+        until = self.yielded.get(slot)
+        if until is None:
+            return True
+        if until <= now:
+            del self.yielded[slot]
+            return True
+        return False
 
     def idle(self) -> bool:
         return self.sem._value == self.limit and not self.sem._waiters and not self.held
@@ -87,10 +150,18 @@ class _Gates:
             gate = self._gates[key] = _Gate(limit, asyncio.Semaphore(limit))
         return gate
 
-    def drop_if_idle(self, key: str, gate: _Gate) -> None:
+    def current(self, key: str, gate: _Gate) -> bool:
+        return self._gates.get(key) is gate
+
+    def drop_if_idle(self, key: str, gate: _Gate) -> bool:
         # No await between the check and the delete, so no other call can slip in.
         if self._gates.get(key) is gate and gate.idle():
             del self._gates[key]
+            return True
+        return False
+
+    def all(self) -> list[_Gate]:
+        return list(self._gates.values())
 
     def __len__(self) -> int:
         return len(self._gates)
@@ -135,22 +206,41 @@ class SlotStore(Protocol):
         ...
 
     async def remove(self, name: str, revision: int) -> None:
-        """Delete `name` if still at `revision`; nothing if it changed or is gone."""
+        """Delete `name` if still at `revision` (nothing if it changed or is gone), then tell the
+        watchers of its key that the slot is free."""
         ...
 
     async def taken(self, key: str) -> set[str]:
         """Names of the slots of `key` that exist now."""
         ...
 
+    async def watch(self, key: str, on_freed: Callable[[int], None]) -> Watch | None:
+        """Call `on_freed(slot)` when a slot of `key` is removed, until stopped; None if this
+        store cannot (the waiter polls)."""
+        ...
+
 
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError)
 
 
-class KvSlotStore:
-    """SlotStore on the JetStream KV bucket (opened on first use)."""
+class _Subscription:
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
 
-    def __init__(self, js: Callable[[], JetStreamContext], bucket: str) -> None:
+    async def stop(self) -> None:
+        with contextlib.suppress(*_NATS_ERRORS):
+            await self._sub.unsubscribe()
+
+
+class KvSlotStore:
+    """SlotStore on the JetStream KV bucket (opened on first use); freed notices on core NATS
+    when given the connection (`nc`), else waiters poll."""
+
+    def __init__(
+        self, js: Callable[[], JetStreamContext], bucket: str, *, nc: Callable[[], Client] | None = None
+    ) -> None:
         self._js = js
+        self._nc = nc
         self._bucket = bucket
         self._stream = f"KV_{bucket}"
         self._prefix = f"$KV.{bucket}."
@@ -183,12 +273,18 @@ class KvSlotStore:
         try:
             # The revision is the message's stream sequence: deleting it cannot touch a later
             # holder's lease, and a lease already expired or replaced is simply not found.
+            # It leaves no message behind, which is why a KV watch would not see it: the
+            # notice below is what wakes the waiters.
             await self._js().delete_msg(self._stream, revision)
         except nats.js.errors.APIError as exc:
             if exc.err_code not in (10037, 10043):  # no message found, sequence not found
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except _NATS_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if self._nc is not None:
+            key, slot = name.rsplit(".", 1)
+            with contextlib.suppress(*_NATS_ERRORS):  # a lost notice costs a waiter one poll
+                await self._nc().publish(freed_subject(key), slot.encode())
 
     async def taken(self, key: str) -> set[str]:
         try:
@@ -196,6 +292,20 @@ class KvSlotStore:
         except _NATS_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return {s.removeprefix(self._prefix) for s in (info.state.subjects or {})}
+
+    async def watch(self, key: str, on_freed: Callable[[int], None]) -> Watch | None:
+        if self._nc is None:
+            return None
+
+        async def got(msg: Msg) -> None:
+            with contextlib.suppress(ValueError):
+                on_freed(int(msg.data))
+
+        try:
+            return _Subscription(await self._nc().subscribe(freed_subject(key), cb=got))
+        except _NATS_ERRORS as exc:
+            log.warning("not watching freed slots of %s (%s); polling", key, exc)
+            return None
 
 
 @dataclass(eq=False)
@@ -205,8 +315,11 @@ class _Lease:
     revision: int
     written: float  # clock() when the holder last sent its write: the TTL runs from about then
     gate: _Gate
+    claimed: float  # clock() when it was claimed: reused until `reuse_max_s` after
     renewing: asyncio.Task[None] | None = None
-    released: bool = False
+    reaper: asyncio.TimerHandle | None = None  # gives it back once idle for `reuse_idle_s`
+    released: bool = False  # given back, or lost to another holder
+    yielding: bool = False  # given back for others' turn: its slot is left to them for a moment
 
     @property
     def name(self) -> str:
@@ -230,6 +343,10 @@ class SharedLeases:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        reuse_idle_s: float = REUSE_IDLE_S,
+        reuse_max_s: float = REUSE_MAX_S,
+        watched_poll_s: float = WAIT_WATCHED_S,
+        yield_s: float = YIELD_S,
     ) -> None:
         self._store = store
         self._ttl_s = ttl_s
@@ -240,10 +357,15 @@ class SharedLeases:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._reuse_idle_s = reuse_idle_s
+        self._reuse_max_s = reuse_max_s
+        self._watched_poll_s = watched_poll_s
+        self._yield_s = yield_s
         self.gates = _Gates()
-        self._held: set[_Lease] = set()
+        self._held: set[_Lease] = set()  # renewed: in use or idle
         self._background: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._closing = False
         self.lost = 0  # leases that expired under a live call (their holder stalled past the TTL)
 
     @asynccontextmanager
@@ -251,19 +373,25 @@ class SharedLeases:
         gate = self.gates.get(key, limit)
         try:
             async with gate.sem:
-                lease = await self._claim(key, limit, gate)
+                lease = gate.take() or await self._claim(key, limit, gate)
                 try:
                     yield
                 finally:
                     self._release(lease)
         finally:
-            self.gates.drop_if_idle(key, gate)
+            self._drop_if_idle(key, gate)
 
     async def _claim(self, key: str, limit: int, gate: _Gate) -> _Lease:
         async with gate.claiming:
-            free = [i for i in range(limit) if i not in gate.held]  # a first guess, before any scan
+            free = [i for i in range(limit) if gate.usable(i, self._clock())]  # a first guess, before any scan
             empty_scans = 0
             while True:
+                handed = gate.take()  # given back by a call of this process while this one waited
+                if handed is not None:
+                    return handed
+                if not free and gate.notified:  # announced free by another process: no scan needed
+                    free = [i for i in gate.notified if i < limit and gate.usable(i, self._clock())]
+                    gate.notified.clear()
                 if free:
                     slot = free.pop(self._rng.randrange(len(free)))
                     try:
@@ -276,20 +404,37 @@ class SharedLeases:
                         continue
                     self._keep(lease)
                     return lease
+                seen = gate.frees
                 try:
                     taken = await self._store.taken(key)
                 except StoreUnavailable as exc:
                     log.warning("lease bucket unavailable while claiming %s: %s", key, exc)
                     await self._sleep(self._rng.uniform(WAIT_MIN_S, STORE_RETRY_MAX_S))
                     continue
-                free = [i for i in range(limit) if i not in gate.held and f"{key}.{i}" not in taken]
-                if not free:
-                    upper = min(WAIT_MAX_S, WAIT_FIRST_MAX_S * 2**empty_scans)
+                now = self._clock()
+                free = [i for i in range(limit) if gate.usable(i, now) and f"{key}.{i}" not in taken]
+                if free:
+                    continue
+                if not gate.watch_tried:
+                    # Subscribed only now, so a slot freed since the scan may have gone unannounced.
+                    gate.watch_tried = True
+                    gate.watch = await self._store.watch(key, lambda slot: self._announced(gate, slot))
+                    continue
+                if gate.frees != seen:  # something was freed while the scan was on the wire
+                    continue
+                gate.freed.clear()
+                if gate.watch is not None:
+                    wait_s = self._watched_poll_s
+                else:
+                    wait_s = self._rng.uniform(WAIT_MIN_S, min(WAIT_MAX_S, WAIT_FIRST_MAX_S * 2**empty_scans))
                     empty_scans += 1
-                    # A slot this process gives back ends the wait at once; others' are polled for.
-                    gate.freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(gate.freed.wait(), self._rng.uniform(WAIT_MIN_S, upper))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gate.freed.wait(), wait_s)
+
+    @staticmethod
+    def _announced(gate: _Gate, slot: int) -> None:
+        gate.notified.add(slot)
+        gate.signal()
 
     async def _create(self, key: str, slot: int, gate: _Gate) -> _Lease:
         name = f"{key}.{slot}"
@@ -303,7 +448,7 @@ class SharedLeases:
             task.add_done_callback(lambda t: self._release_orphan(name, t))
             raise
         gate.held.add(slot)
-        return _Lease(key, slot, revision, written, gate)
+        return _Lease(key, slot, revision, written, gate, claimed=written)
 
     def _release_orphan(self, name: str, task: asyncio.Future[int]) -> None:
         if not task.cancelled() and task.exception() is None:
@@ -315,7 +460,30 @@ class SharedLeases:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
 
     def _release(self, lease: _Lease) -> None:
-        """Give the slot back in the background: the caller's answer need not wait for it, and a
+        """The call is done with its lease: keep it for the next call of this process (a waiting
+        one takes it at once), or give it back if it is due."""
+        gate = lease.gate
+        if lease.released:  # lost to another holder during the call: only our bookkeeping is left
+            self._spawn(self._remove(lease))
+            return
+        now = self._clock()
+        if not self._closing and now - lease.claimed < self._reuse_max_s and self.gates.current(lease.key, gate):
+            gate.idle_leases.append(lease)
+            lease.reaper = asyncio.get_running_loop().call_later(self._reuse_idle_s, self._reap, lease)
+            gate.signal()
+            return
+        lease.yielding = not self._closing
+        self._give_back(lease)
+
+    def _reap(self, lease: _Lease) -> None:
+        lease.reaper = None
+        gate = lease.gate
+        if lease in gate.idle_leases:
+            gate.idle_leases.remove(lease)
+            self._give_back(lease)
+
+    def _give_back(self, lease: _Lease) -> None:
+        """Delete the lease in the background: the caller's answer need not wait for it, and a
         cancelled caller still releases. Until it is done this process does not try that slot."""
         lease.released = True
         self._held.discard(lease)
@@ -327,9 +495,18 @@ class SharedLeases:
                 await asyncio.wait([lease.renewing])
             await self._quiet_remove(lease.name, lease.revision)
         finally:
-            lease.gate.held.discard(lease.slot)
-            lease.gate.freed.set()
-            self.gates.drop_if_idle(lease.key, lease.gate)
+            gate = lease.gate
+            gate.held.discard(lease.slot)
+            if lease.yielding:
+                gate.yielded[lease.slot] = self._clock() + self._yield_s
+                asyncio.get_running_loop().call_later(self._yield_s, gate.signal)
+            gate.signal()
+            self._drop_if_idle(lease.key, gate)
+
+    def _drop_if_idle(self, key: str, gate: _Gate) -> None:
+        if self.gates.drop_if_idle(key, gate) and gate.watch is not None:
+            self._spawn(gate.watch.stop())
+            gate.watch = None
 
     async def _quiet_remove(self, name: str, revision: int) -> None:
         try:
@@ -362,20 +539,39 @@ class SharedLeases:
             return
         except SlotTaken:
             pass
-        # It expired under a live call: take it back if nobody else did, else the cap may be
-        # exceeded by this call until it ends (it is not cut short: the answer may be billed).
+        # It expired (a stalled process): take it back if nobody else did, else the cap may be
+        # exceeded by a live call until it ends (it is not cut short: the answer may be billed).
         try:
             lease.revision = await self._store.create(lease.name, self._value)
             lease.written = written
-            log.warning("lease %s expired under a live call and was taken back", lease.name)
+            log.warning("lease %s expired while held and was taken back", lease.name)
         except (SlotTaken, StoreUnavailable):
-            self.lost += 1
             self._held.discard(lease)
             lease.released = True
-            log.warning("lease %s expired under a live call and was taken by another holder", lease.name)
+            gate = lease.gate
+            if lease in gate.idle_leases:  # no call had it: nothing exceeded, forget it
+                gate.idle_leases.remove(lease)
+                if lease.reaper is not None:
+                    lease.reaper.cancel()
+                self._spawn(self._remove(lease))
+            else:
+                self.lost += 1
+            log.warning("lease %s expired while held and was taken by another holder", lease.name)
 
     async def aclose(self) -> None:
-        """Stop renewing and wait briefly for releases under way (the rest expire)."""
+        """Give idle leases back, stop renewing and watching, and wait briefly for releases
+        under way (the rest expire)."""
+        self._closing = True
+        for lease in list(self._held):
+            if lease in lease.gate.idle_leases:
+                lease.gate.idle_leases.remove(lease)
+                if lease.reaper is not None:
+                    lease.reaper.cancel()
+                self._give_back(lease)
+        for gate in self.gates.all():
+            if gate.watch is not None:
+                self._spawn(gate.watch.stop())
+                gate.watch = None
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -56,7 +56,9 @@ def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatCli
         rate_budget=budget_for,
         # Concurrency caps shared by every replica of every service calling an endpoint.
         leases=SharedLeases(
-            KvSlotStore(lambda: jetstream(broker), KV_LEASES), ttl_s=LEASE_TTL_S, holder=holder_id(service)
+            KvSlotStore(lambda: jetstream(broker), KV_LEASES, nc=lambda: broker.config.connection_state.connection),
+            ttl_s=LEASE_TTL_S,
+            holder=holder_id(service),
         ),
     )
 

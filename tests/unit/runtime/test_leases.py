@@ -1,11 +1,12 @@
 """Slot leases against an in-memory store that behaves like the KV bucket (atomic create,
-compare-and-set, delete by revision, max-age expiry); several SharedLeases on one store are
-several replicas."""
+compare-and-set, delete by revision, max-age expiry) and announces removed slots like the freed
+notices; several SharedLeases on one store are several replicas."""
 
 import asyncio
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 import orjson
 import pytest
@@ -27,9 +28,13 @@ class FakeStore:
         self.scans = 0
         self.creates = 0
         self.renewals = 0
+        self.removes = 0
         self.conflicts = 0  # creates to refuse as if another holder won the race
         self.unavailable = 0  # calls to fail as if the broker were down
         self.create_delay_s = 0.0
+        self.watchers: list[FakeWatch] = []
+        self.can_watch = True
+        self.drop_notices = False  # as if every freed notice were lost
 
     def _live(self, name: str) -> tuple[int, float] | None:
         found = self.values.get(name)
@@ -70,10 +75,27 @@ class FakeStore:
         return self._write(name)
 
     async def remove(self, name: str, revision: int) -> None:
+        self.removes += 1
         self._broker()
         found = self._live(name)
         if found and found[0] == revision:
             del self.values[name]
+        key, slot = name.rsplit(".", 1)
+        for watch in list(self.watchers):
+            if watch.key == key and not self.drop_notices:
+                # Delivered later, as a message from the broker would be.
+                asyncio.get_running_loop().call_soon(watch.on_freed, int(slot))
+
+    async def watch(self, key: str, on_freed: Callable[[int], None]) -> "FakeWatch | None":
+        if not self.can_watch:
+            return None
+        watch = FakeWatch(self, key, on_freed)
+        self.watchers.append(watch)
+        return watch
+
+    def ops(self) -> int:
+        """KV operations so far (watching costs none)."""
+        return self.creates + self.renewals + self.removes + self.scans
 
     async def taken(self, key: str) -> set[str]:
         self.scans += 1
@@ -81,8 +103,18 @@ class FakeStore:
         return {n for n in list(self.values) if n.rsplit(".", 1)[0] == key and self._live(n)}
 
 
-def replica(store: FakeStore) -> SharedLeases:
-    return SharedLeases(store, ttl_s=store.ttl_s, holder="test")
+@dataclass(eq=False)
+class FakeWatch:
+    store: FakeStore
+    key: str
+    on_freed: Callable[[int], None]
+
+    async def stop(self) -> None:
+        self.store.watchers.remove(self)
+
+
+def replica(store: FakeStore, **reuse: float) -> SharedLeases:
+    return SharedLeases(store, ttl_s=store.ttl_s, holder="test", **reuse)
 
 
 class Peak:
@@ -273,3 +305,200 @@ async def test_two_clients_sharing_leases_stay_under_the_batch_and_endpoint_caps
     for client in tight:
         await client.aclose()
     assert slow_model.peak == 2  # four batches of 3, held to the endpoint's cap of 2 for both clients
+
+
+async def call_once(leases: SharedLeases, key: str = "ep.x", limit: int = 1, seconds: float = 0.0) -> None:
+    async with leases.hold(key, limit):
+        await asyncio.sleep(seconds)
+
+
+async def test_back_to_back_calls_of_one_process_reuse_their_leases_with_no_kv_op() -> None:
+    store = FakeStore(ttl_s=30)  # no renewal due during the test
+    leases = replica(store)
+    for _ in range(10):  # a batch's slot, then the endpoint's, as ChatClient takes them
+        async with leases.hold("batch.ep.b1", 3), leases.hold("ep.x", 8):
+            pass
+        await asyncio.sleep(0.001)
+    assert store.creates == 2 and store.ops() == 2  # claimed once, reused nine times
+    assert len(store.values) == 2  # still held while idle: they count against the caps
+    await settle(leases)
+    assert store.values == {} and store.removes == 2
+
+
+async def test_a_call_waiting_in_the_same_process_is_handed_the_lease() -> None:
+    store = FakeStore(ttl_s=30)
+    leases = replica(store)
+    first_inside = asyncio.Event()
+    handed_at: list[float] = []
+
+    async def first() -> None:
+        async with leases.hold("ep.x", 1):
+            first_inside.set()
+            await asyncio.sleep(0.05)
+        handed_at.append(time.monotonic())
+
+    async def second() -> None:
+        await first_inside.wait()
+        async with leases.hold("ep.x", 1):
+            handed_at.append(time.monotonic())
+
+    await asyncio.gather(first(), second())
+    assert handed_at[1] - handed_at[0] < 0.02
+    assert store.ops() == 1  # one create: the second call took the first one's lease
+    await settle(leases)
+
+
+async def test_a_claimer_waiting_for_other_replicas_takes_a_lease_its_own_process_frees() -> None:
+    store = FakeStore(ttl_s=30)
+    other, leases = replica(store), replica(store, watched_poll_s=10)  # no poll in time: only a handoff
+    await other.hold("ep.x", 2).__aenter__()  # another replica holds one slot of two for good
+    first_inside = asyncio.Event()
+    times: list[float] = []
+
+    async def first() -> None:
+        async with leases.hold("ep.x", 2):
+            first_inside.set()
+            await asyncio.sleep(0.05)
+        times.append(time.monotonic())
+
+    async def second() -> None:
+        await first_inside.wait()
+        async with leases.hold("ep.x", 2):  # passes the semaphore, then finds both slots taken
+            times.append(time.monotonic())
+            assert store.removes == 0 and len(store.values) == 2
+
+    await asyncio.gather(first(), second())
+    assert times[1] - times[0] < 0.02
+    await settle(leases)
+    assert len(store.values) == 1  # the other replica's
+
+
+async def test_an_idle_lease_is_given_back_after_the_grace() -> None:
+    store = FakeStore(ttl_s=30)
+    leases = replica(store, reuse_idle_s=0.05)
+    await call_once(leases)
+    assert len(store.values) == 1
+    await asyncio.sleep(0.15)
+    assert store.values == {} and store.removes == 1
+    assert len(leases.gates) == 0  # the key is forgotten once its lease is given back
+    await settle(leases)
+
+
+async def test_an_idle_lease_counts_against_the_cap_and_is_renewed_until_given_back() -> None:
+    store = FakeStore()  # TTL 0.3 s
+    keeper = replica(store, reuse_idle_s=1.0)  # keeps its idle lease past the TTL
+    waiter = replica(store, watched_poll_s=10)  # only a freed notice can wake it in time
+    await call_once(keeper)
+    released = time.monotonic()
+    await call_once(waiter)
+    waited = time.monotonic() - released
+    await settle(keeper, waiter)
+    assert 0.9 <= waited < 1.15  # the idle lease held the only slot until its grace ran out
+    assert store.renewals >= 2  # and stayed alive past two TTLs while idle
+
+
+async def test_the_cap_holds_across_two_replicas_handing_leases_off() -> None:
+    store = FakeStore()
+    replicas = [replica(store, reuse_max_s=0.05), replica(store, reuse_max_s=0.05)]
+    peak = Peak()
+    done = [0, 0]
+
+    async def call(r: int) -> None:
+        async with replicas[r].hold("batch.ep.b1", 3):
+            await peak.work(0.002)
+        done[r] += 1
+
+    await asyncio.gather(*(call(i % 2) for i in range(200)))
+    await settle(*replicas)
+    assert peak.peak == 3 and peak.now == 0
+    assert done == [100, 100]
+    assert store.creates < 100  # most calls took a lease handed over by their own process
+    assert store.values == {}
+
+
+async def test_a_lease_reused_for_reuse_max_is_given_back_so_other_replicas_get_a_turn() -> None:
+    store = FakeStore()
+    busy = replica(store, reuse_max_s=0.05)
+    other = replica(store, watched_poll_s=10)
+    stop = asyncio.Event()
+
+    async def stream() -> None:  # a call always waiting in `busy`: it would hand its lease on forever
+        while not stop.is_set():
+            await call_once(busy, seconds=0.005)
+
+    streams = [asyncio.create_task(stream()) for _ in range(2)]
+    await asyncio.sleep(0.02)
+    started = time.monotonic()
+    await call_once(other)
+    waited = time.monotonic() - started
+    stop.set()
+    await asyncio.gather(*streams)
+    await settle(busy, other)
+    assert waited < 0.2
+
+
+async def test_a_waiter_in_another_process_is_woken_by_the_freed_notice() -> None:
+    store = FakeStore(ttl_s=30)
+    holder = replica(store, reuse_idle_s=0)  # gives its lease back as soon as the call ends
+    waiter = replica(store, watched_poll_s=10)
+    inside = asyncio.Event()
+    released_at: list[float] = []
+
+    async def hold() -> None:
+        async with holder.hold("ep.x", 1):
+            inside.set()
+            await asyncio.sleep(0.1)
+        released_at.append(time.monotonic())
+
+    task = asyncio.create_task(hold())
+    await inside.wait()
+    await call_once(waiter)
+    acquired = time.monotonic()
+    await task
+    await settle(holder, waiter)
+    assert acquired - released_at[0] < 0.05
+    assert store.scans <= 3 and store.watchers == []  # woken, not polling; unsubscribed once idle
+
+
+async def test_a_missed_notice_is_caught_by_the_slow_poll() -> None:
+    store = FakeStore(ttl_s=30)
+    store.drop_notices = True
+    holder = replica(store, reuse_idle_s=0)
+    waiter = replica(store, watched_poll_s=0.1)
+    inside = asyncio.Event()
+
+    async def hold() -> None:
+        async with holder.hold("ep.x", 1):
+            inside.set()
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(hold())
+    await inside.wait()
+    started = time.monotonic()
+    await call_once(waiter)
+    waited = time.monotonic() - started
+    await task
+    await settle(holder, waiter)
+    assert 0.05 <= waited < 0.3
+
+
+async def test_without_notices_waiters_poll_with_backoff() -> None:
+    store = FakeStore(ttl_s=30)
+    store.can_watch = False
+    holder = replica(store, reuse_idle_s=0)
+    waiter = replica(store, watched_poll_s=10)  # unused: there is no watch
+    inside = asyncio.Event()
+
+    async def hold() -> None:
+        async with holder.hold("ep.x", 1):
+            inside.set()
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(hold())
+    await inside.wait()
+    started = time.monotonic()
+    await call_once(waiter)
+    waited = time.monotonic() - started
+    await task
+    await settle(holder, waiter)
+    assert 0.05 <= waited < 0.2
