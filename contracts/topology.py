@@ -53,9 +53,11 @@ KV_RATES = "evalbus_rates"
 # so a crashed replica's slots are free again before its prompts are redelivered.
 KV_LEASES = "evalbus_leases"
 LEASE_TTL_S = 5.0
-# Core NATS notices (not stored) that a slot of `<key>` was given back, `<prefix>.<key>` with the
-# slot number as payload: waiters of other processes try it at once instead of polling.
-LEASE_FREED_PREFIX = "evalbus.v1.leases.freed"
+# Core NATS notices (not stored) about the slots of `<key>`: `<prefix>.freed.<key>` (payload the
+# slot number) when one is given back, so waiters of other processes try it at once instead of
+# polling; `<prefix>.wanted.<key>` (payload the waiter) when a process waits, so the others give
+# back the leases they keep idle and take turns with those in use.
+LEASE_NOTICE_PREFIX = "evalbus.v1.leases"
 # Suites too large to travel inline in a start event: the CLI uploads them, the generator reads
 # them once and deletes them when the start is settled. The max age (the events stream's) only
 # cleans up what was never settled: an upload whose start never came, a delete that failed.

@@ -76,27 +76,27 @@ async def test_a_crashed_holders_slots_come_back_within_the_ttl(servers) -> None
     assert not info.state.subjects  # released by deleting its own revision: no tombstone left
 
 
-async def test_a_replica_waiting_is_woken_by_the_freed_notice_and_idle_leases_are_given_back(servers) -> None:  # type: ignore[no-untyped-def]
+async def test_idle_leases_are_given_back_to_a_replica_that_wants_them_through_notices(servers) -> None:  # type: ignore[no-untyped-def]
     conns = [await nats.connect(servers.nats_url) for _ in range(2)]
-    holder = leases_on(conns[0], reuse_idle_s=0.2)
-    waiter = leases_on(conns[1], watched_poll_s=30)  # no poll in time: only the notice can wake it
+    holder = leases_on(conns[0], reuse_idle_s=30)  # would keep its idle lease for good
+    waiter = leases_on(conns[1], watched_poll_s=30)  # would not poll in time
     key = batch_key("http://notice.example/v1", "b-notice")
     stream = f"KV_{KV_LEASES}"
     subjects_filter = f"$KV.{KV_LEASES}.{key}.*"
     try:
-        async with holder.hold(key, 1):
-            pass
-        released = time.monotonic()
-        for _ in range(3):  # back to back: the idle lease is reused, no new claim
+        for _ in range(3):  # back to back: one claim, the idle lease reused
             async with holder.hold(key, 1):
                 pass
-        async with waiter.hold(key, 1):  # waits for the holder's idle lease to be given back
-            waited = time.monotonic() - released
+        kept = await conns[0].jetstream().stream_info(stream, subjects_filter=subjects_filter)
+        started = time.monotonic()
+        async with waiter.hold(key, 1):  # wanted -> the holder gives it back -> freed -> claimed
+            waited = time.monotonic() - started
         await holder.aclose()
         await waiter.aclose()
         info = await conns[0].jetstream().stream_info(stream, subjects_filter=subjects_filter)
     finally:
         for nc in conns:
             await nc.close()
-    assert 0.15 < waited < 1.0
+    assert kept.state.subjects == {f"$KV.{KV_LEASES}.{key}.0": 1}
+    assert waited < 1.0
     assert not info.state.subjects

@@ -11,15 +11,16 @@ A lease outlives the call that claimed it, so that a process making a steady str
 pays no KV operation per call: a call that ends hands its lease to the next call of the same
 process for that key (one waiting, or one arriving within `reuse_idle_s`), and only a lease idle
 that long is given back. An idle lease is still a KV key, renewed like any other, so it counts
-against the cap like a call in flight. A lease is reused for at most `reuse_max_s` after its
-claim, then given back at its next release: other replicas waiting for the key get their turn.
+against the cap like a call in flight. Other replicas get their turn: a lease is reused for at
+most `reuse_max_s` after its claim (`wanted_reuse_s` while another process wants the key), then
+given back at its next release, and its slot is left to the others for `yield_s`.
 
 A local semaphore per key sits in front, so one process never asks for more than the cap, and
 one coroutine per key and process claims at a time, so waiting costs one scan per process
-rather than one per waiting call. A process that gives a slot back announces it on
-`LEASE_FREED_PREFIX.<key>` (core NATS, not stored); waiting processes subscribe while they wait
-and try that slot at once, and poll only as a fallback (a notice can be missed, and a crashed
-holder's lease expires without one).
+rather than one per waiting call. Processes announce on core NATS (not stored) a slot they gave
+back (`LEASE_NOTICE_PREFIX.freed.<key>`: waiters try it at once, and poll only as a fallback, as
+a notice can be missed and a crashed holder's lease expires without one) and that they wait
+(`.wanted.<key>`: the others give back their idle leases at once).
 `LocalLeases` is the same cap inside one process (unit tests, a client without a broker).
 """
 
@@ -45,7 +46,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from contracts import subjects
-from contracts.topology import LEASE_FREED_PREFIX
+from contracts.topology import LEASE_NOTICE_PREFIX
 
 log = logging.getLogger("evalbus.leases")
 
@@ -60,6 +61,9 @@ WAIT_WATCHED_S = 0.25
 STORE_RETRY_MAX_S = 1.0  # the bucket unreachable: retry at most this far apart
 REUSE_IDLE_S = 0.1  # a lease no call of this process used for this long is given back
 REUSE_MAX_S = 0.5  # a lease is reused for at most this long after its claim
+WANTED_REUSE_S = 0.05  # ... while another process wants its key
+WANTED_S = 0.5  # a key is wanted this long after the last notice (twice the waiters' fallback poll)
+WANT_EVERY_S = 0.1  # a waiter repeats its notice at most this often
 # ... then this process leaves its slot to others for this long: it learns of the free slot
 # first, so its own waiting calls would win it back every time.
 YIELD_S = 0.02
@@ -75,8 +79,9 @@ def batch_key(base_url: str, batch_id: str) -> str:
     return f"batch.{subjects.endpoint_token(base_url)}.{batch_id}"
 
 
-def freed_subject(key: str) -> str:
-    return f"{LEASE_FREED_PREFIX}.{key}"
+def notice_subject(kind: str, key: str) -> str:
+    """`kind` is "freed" or "wanted"; "*" for both."""
+    return f"{LEASE_NOTICE_PREFIX}.{kind}.{key}"
 
 
 class Leases(Protocol):
@@ -101,14 +106,15 @@ class _Gate:
     held: set[int] = field(default_factory=set)  # including idle leases and slots still being released
     idle_leases: list["_Lease"] = field(default_factory=list)  # held, renewed, used by no call
     freed: asyncio.Event = field(default_factory=asyncio.Event)  # a slot may have become free
-    frees: int = 0  # how many times `freed` was set: a claimer sees a free it scanned across
     notified: set[int] = field(default_factory=set)  # slots other processes announced free
+    claimers: int = 0  # calls of this process waiting for a slot past the semaphore
+    wanted_until: float = 0.0  # clock() until which another process waits for this key
+    next_want: float = 0.0  # clock() from which this process may announce it waits again
     yielded: dict[int, float] = field(default_factory=dict)  # slot -> clock() until which it is left to others
     watch: Watch | None = None
     watch_tried: bool = False
 
     def signal(self) -> None:
-        self.frees += 1
         self.freed.set()
 
     def take(self) -> "_Lease | None":
@@ -132,6 +138,10 @@ class _Gate:
             del self.yielded[slot]
             return True
         return False
+
+    def waited_for(self) -> bool:
+        """A call of this process waits for this key."""
+        return self.claimers > 0 or bool(self.sem._waiters)
 
     def idle(self) -> bool:
         return self.sem._value == self.limit and not self.sem._waiters and not self.held
@@ -214,9 +224,13 @@ class SlotStore(Protocol):
         """Names of the slots of `key` that exist now."""
         ...
 
-    async def watch(self, key: str, on_freed: Callable[[int], None]) -> Watch | None:
-        """Call `on_freed(slot)` when a slot of `key` is removed, until stopped; None if this
-        store cannot (the waiter polls)."""
+    async def want(self, key: str, holder: str) -> None:
+        """Tell the watchers of `key` that `holder` waits for one of its slots."""
+        ...
+
+    async def watch(self, key: str, on_freed: Callable[[int], None], on_wanted: Callable[[str], None]) -> Watch | None:
+        """Call `on_freed(slot)` when a slot of `key` is removed and `on_wanted(holder)` when a
+        holder waits for one, until stopped; None if this store cannot (waiters poll)."""
         ...
 
 
@@ -284,7 +298,7 @@ class KvSlotStore:
         if self._nc is not None:
             key, slot = name.rsplit(".", 1)
             with contextlib.suppress(*_NATS_ERRORS):  # a lost notice costs a waiter one poll
-                await self._nc().publish(freed_subject(key), slot.encode())
+                await self._nc().publish(notice_subject("freed", key), slot.encode())
 
     async def taken(self, key: str) -> set[str]:
         try:
@@ -293,16 +307,26 @@ class KvSlotStore:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return {s.removeprefix(self._prefix) for s in (info.state.subjects or {})}
 
-    async def watch(self, key: str, on_freed: Callable[[int], None]) -> Watch | None:
+    async def want(self, key: str, holder: str) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(*_NATS_ERRORS):  # a lost notice: the others' idle leases expire
+                await self._nc().publish(notice_subject("wanted", key), holder.encode())
+
+    async def watch(self, key: str, on_freed: Callable[[int], None], on_wanted: Callable[[str], None]) -> Watch | None:
         if self._nc is None:
             return None
+        kind_at = LEASE_NOTICE_PREFIX.count(".") + 1
 
         async def got(msg: Msg) -> None:
-            with contextlib.suppress(ValueError):
-                on_freed(int(msg.data))
+            kind = msg.subject.split(".", kind_at + 1)[kind_at]
+            if kind == "wanted":
+                on_wanted(msg.data.decode(errors="replace"))
+            elif kind == "freed":
+                with contextlib.suppress(ValueError):
+                    on_freed(int(msg.data))
 
         try:
-            return _Subscription(await self._nc().subscribe(freed_subject(key), cb=got))
+            return _Subscription(await self._nc().subscribe(notice_subject("*", key), cb=got))
         except _NATS_ERRORS as exc:
             log.warning("not watching freed slots of %s (%s); polling", key, exc)
             return None
@@ -347,12 +371,14 @@ class SharedLeases:
         reuse_max_s: float = REUSE_MAX_S,
         watched_poll_s: float = WAIT_WATCHED_S,
         yield_s: float = YIELD_S,
+        wanted_reuse_s: float = WANTED_REUSE_S,
     ) -> None:
         self._store = store
         self._ttl_s = ttl_s
         # Renewed once a third of the TTL has passed: two renewals may be missed (a slow event
         # loop, a broker hiccup) before a live lease expires.
         self._renew_after_s = ttl_s / 3
+        self._holder = f"{holder}#{id(self):x}"  # tells this instance's own notices apart
         self._value = orjson.dumps({"holder": holder})
         self._clock = clock
         self._sleep = sleep
@@ -361,6 +387,7 @@ class SharedLeases:
         self._reuse_max_s = reuse_max_s
         self._watched_poll_s = watched_poll_s
         self._yield_s = yield_s
+        self._wanted_reuse_s = wanted_reuse_s
         self.gates = _Gates()
         self._held: set[_Lease] = set()  # renewed: in use or idle
         self._background: set[asyncio.Task[None]] = set()
@@ -382,21 +409,37 @@ class SharedLeases:
             self._drop_if_idle(key, gate)
 
     async def _claim(self, key: str, limit: int, gate: _Gate) -> _Lease:
+        gate.claimers += 1
+        try:
+            return await self._claim_slot(key, limit, gate)
+        finally:
+            gate.claimers -= 1
+
+    async def _claim_slot(self, key: str, limit: int, gate: _Gate) -> _Lease:
+        if not gate.watch_tried:  # before the first claim: holders hear who wants, waiters what is freed
+            gate.watch_tried = True
+            gate.watch = await self._store.watch(
+                key, lambda slot: self._announced(gate, slot), lambda holder: self._wanted(gate, holder)
+            )
         async with gate.claiming:
             free = [i for i in range(limit) if gate.usable(i, self._clock())]  # a first guess, before any scan
+            scan_due = not free
+            scanned = False
             empty_scans = 0
             while True:
                 handed = gate.take()  # given back by a call of this process while this one waited
                 if handed is not None:
                     return handed
-                if not free and gate.notified:  # announced free by another process: no scan needed
-                    free = [i for i in gate.notified if i < limit and gate.usable(i, self._clock())]
+                now = self._clock()
+                if gate.notified:  # freed by this process or announced free by another: no scan needed
+                    free += [i for i in gate.notified if i < limit and gate.usable(i, now) and i not in free]
                     gate.notified.clear()
                 if free:
                     slot = free.pop(self._rng.randrange(len(free)))
                     try:
                         lease = await self._create(key, slot, gate)
                     except SlotTaken:
+                        scan_due = not scanned  # a guess: ask the bucket before waiting
                         continue
                     except StoreUnavailable as exc:
                         log.warning("lease bucket unavailable while claiming %s: %s", key, exc)
@@ -404,37 +447,48 @@ class SharedLeases:
                         continue
                     self._keep(lease)
                     return lease
-                seen = gate.frees
-                try:
-                    taken = await self._store.taken(key)
-                except StoreUnavailable as exc:
-                    log.warning("lease bucket unavailable while claiming %s: %s", key, exc)
-                    await self._sleep(self._rng.uniform(WAIT_MIN_S, STORE_RETRY_MAX_S))
+                if scan_due:
+                    try:
+                        taken = await self._store.taken(key)
+                    except StoreUnavailable as exc:
+                        log.warning("lease bucket unavailable while claiming %s: %s", key, exc)
+                        await self._sleep(self._rng.uniform(WAIT_MIN_S, STORE_RETRY_MAX_S))
+                        continue
+                    scan_due, scanned = False, True
+                    now = self._clock()
+                    free = [i for i in range(limit) if gate.usable(i, now) and f"{key}.{i}" not in taken]
+                    continue  # what was handed over or announced during the scan comes first
+                if gate.watch is not None and now >= gate.next_want:  # the others: give back what you keep idle
+                    gate.next_want = now + WANT_EVERY_S
+                    await self._store.want(key, self._holder)
                     continue
-                now = self._clock()
-                free = [i for i in range(limit) if gate.usable(i, now) and f"{key}.{i}" not in taken]
-                if free:
-                    continue
-                if not gate.watch_tried:
-                    # Subscribed only now, so a slot freed since the scan may have gone unannounced.
-                    gate.watch_tried = True
-                    gate.watch = await self._store.watch(key, lambda slot: self._announced(gate, slot))
-                    continue
-                if gate.frees != seen:  # something was freed while the scan was on the wire
-                    continue
+                # Woken by a lease handed over or a slot announced free; the scan only on a timeout,
+                # for a notice that was missed or a lease that expired.
                 gate.freed.clear()
                 if gate.watch is not None:
                     wait_s = self._watched_poll_s
                 else:
                     wait_s = self._rng.uniform(WAIT_MIN_S, min(WAIT_MAX_S, WAIT_FIRST_MAX_S * 2**empty_scans))
                     empty_scans += 1
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(gate.freed.wait(), wait_s)
+                except TimeoutError:
+                    scan_due = True
 
     @staticmethod
     def _announced(gate: _Gate, slot: int) -> None:
         gate.notified.add(slot)
         gate.signal()
+
+    def _wanted(self, gate: _Gate, holder: str) -> None:
+        if holder == self._holder:
+            return
+        gate.wanted_until = self._clock() + WANTED_S
+        while gate.idle_leases:  # kept for calls of this process that are not there: theirs now
+            lease = gate.take()
+            assert lease is not None
+            lease.yielding = True
+            self._give_back(lease)
 
     async def _create(self, key: str, slot: int, gate: _Gate) -> _Lease:
         name = f"{key}.{slot}"
@@ -467,7 +521,11 @@ class SharedLeases:
             self._spawn(self._remove(lease))
             return
         now = self._clock()
-        if not self._closing and now - lease.claimed < self._reuse_max_s and self.gates.current(lease.key, gate):
+        if gate.wanted_until > now:  # another process waits: keep it only for a call of ours that waits too
+            keep = now - lease.claimed < self._wanted_reuse_s and gate.waited_for()
+        else:
+            keep = now - lease.claimed < self._reuse_max_s
+        if keep and not self._closing and self.gates.current(lease.key, gate):
             gate.idle_leases.append(lease)
             lease.reaper = asyncio.get_running_loop().call_later(self._reuse_idle_s, self._reap, lease)
             gate.signal()
@@ -497,10 +555,11 @@ class SharedLeases:
         finally:
             gate = lease.gate
             gate.held.discard(lease.slot)
-            if lease.yielding:
+            if lease.yielding:  # left to the others; this process's claimers may try it after that
                 gate.yielded[lease.slot] = self._clock() + self._yield_s
-                asyncio.get_running_loop().call_later(self._yield_s, gate.signal)
-            gate.signal()
+                asyncio.get_running_loop().call_later(self._yield_s, self._announced, gate, lease.slot)
+            else:
+                self._announced(gate, lease.slot)
             self._drop_if_idle(lease.key, gate)
 
     def _drop_if_idle(self, key: str, gate: _Gate) -> None:

@@ -35,6 +35,8 @@ class FakeStore:
         self.watchers: list[FakeWatch] = []
         self.can_watch = True
         self.drop_notices = False  # as if every freed notice were lost
+        self.drop_wanted = False  # ... every wanted notice
+        self.wants = 0
 
     def _live(self, name: str) -> tuple[int, float] | None:
         found = self.values.get(name)
@@ -86,15 +88,23 @@ class FakeStore:
                 # Delivered later, as a message from the broker would be.
                 asyncio.get_running_loop().call_soon(watch.on_freed, int(slot))
 
-    async def watch(self, key: str, on_freed: Callable[[int], None]) -> "FakeWatch | None":
+    async def want(self, key: str, holder: str) -> None:
+        self.wants += 1
+        for watch in list(self.watchers):
+            if watch.key == key and not self.drop_wanted:
+                asyncio.get_running_loop().call_soon(watch.on_wanted, holder)
+
+    async def watch(
+        self, key: str, on_freed: Callable[[int], None], on_wanted: Callable[[str], None]
+    ) -> "FakeWatch | None":
         if not self.can_watch:
             return None
-        watch = FakeWatch(self, key, on_freed)
+        watch = FakeWatch(self, key, on_freed, on_wanted)
         self.watchers.append(watch)
         return watch
 
     def ops(self) -> int:
-        """KV operations so far (watching costs none)."""
+        """KV operations so far (notices cost none)."""
         return self.creates + self.renewals + self.removes + self.scans
 
     async def taken(self, key: str) -> set[str]:
@@ -108,6 +118,7 @@ class FakeWatch:
     store: FakeStore
     key: str
     on_freed: Callable[[int], None]
+    on_wanted: Callable[[str], None]
 
     async def stop(self) -> None:
         self.store.watchers.remove(self)
@@ -351,7 +362,8 @@ async def test_a_call_waiting_in_the_same_process_is_handed_the_lease() -> None:
 async def test_a_claimer_waiting_for_other_replicas_takes_a_lease_its_own_process_frees() -> None:
     store = FakeStore(ttl_s=30)
     other, leases = replica(store), replica(store, watched_poll_s=10)  # no poll in time: only a handoff
-    await other.hold("ep.x", 2).__aenter__()  # another replica holds one slot of two for good
+    for_good = other.hold("ep.x", 2)  # another replica holds one slot of two throughout
+    await for_good.__aenter__()
     first_inside = asyncio.Event()
     times: list[float] = []
 
@@ -371,6 +383,8 @@ async def test_a_claimer_waiting_for_other_replicas_takes_a_lease_its_own_proces
     assert times[1] - times[0] < 0.02
     await settle(leases)
     assert len(store.values) == 1  # the other replica's
+    await for_good.__aexit__(None, None, None)
+    await settle(other)
 
 
 async def test_an_idle_lease_is_given_back_after_the_grace() -> None:
@@ -386,6 +400,7 @@ async def test_an_idle_lease_is_given_back_after_the_grace() -> None:
 
 async def test_an_idle_lease_counts_against_the_cap_and_is_renewed_until_given_back() -> None:
     store = FakeStore()  # TTL 0.3 s
+    store.drop_wanted = True  # so only its grace ends it
     keeper = replica(store, reuse_idle_s=1.0)  # keeps its idle lease past the TTL
     waiter = replica(store, watched_poll_s=10)  # only a freed notice can wake it in time
     await call_once(keeper)
@@ -395,6 +410,22 @@ async def test_an_idle_lease_counts_against_the_cap_and_is_renewed_until_given_b
     await settle(keeper, waiter)
     assert 0.9 <= waited < 1.15  # the idle lease held the only slot until its grace ran out
     assert store.renewals >= 2  # and stayed alive past two TTLs while idle
+
+
+async def test_an_idle_lease_is_given_back_at_once_when_another_replica_wants_it() -> None:
+    store = FakeStore(ttl_s=30)
+    keeper = replica(store, reuse_idle_s=10)
+    waiter = replica(store, watched_poll_s=10)
+    await call_once(keeper)
+    started = time.monotonic()
+    await call_once(waiter)
+    waited = time.monotonic() - started
+    assert waited < 0.05 and store.wants == 1
+    started = time.monotonic()
+    await call_once(keeper)  # and back: the waiter kept its lease idle, and gives it back when asked
+    assert time.monotonic() - started < 0.05 and store.wants == 2
+    await settle(keeper, waiter)
+    assert store.values == {}
 
 
 async def test_the_cap_holds_across_two_replicas_handing_leases_off() -> None:
