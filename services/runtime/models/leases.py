@@ -530,7 +530,7 @@ class SharedLeases:
             lease.reaper = asyncio.get_running_loop().call_later(self._reuse_idle_s, self._reap, lease)
             gate.signal()
             return
-        lease.yielding = not self._closing
+        lease.yielding = gate.wanted_until > now and not self._closing  # nobody to leave it to otherwise
         self._give_back(lease)
 
     def _reap(self, lease: _Lease) -> None:
