@@ -1,4 +1,4 @@
-"""`python -m bench.run [--scenario all|blocks|overhead|profile|latency|scaleout|memory] [--repeats 3] [--quick]`
+"""`python -m bench.run [--scenario all|blocks|overhead|profile|latency|scaleout|leases|memory] [--repeats 3] [--quick]`
 
 Prints figures and writes bench/results/<scenario>.json, latest.json and latest.md. A benchmark,
 not a test: it exits 0 whatever the timings (non-zero only if a scenario could not run at all).
@@ -15,7 +15,15 @@ from bench import report
 from bench.scenarios import SCENARIOS
 from bench.scenarios.common import RunBudget, say
 
-ALL = ("blocks", "overhead", "profile", "latency", "scaleout", "memory")  # memory last: it takes what time is left
+ALL = (
+    "blocks",
+    "overhead",
+    "profile",
+    "latency",
+    "scaleout",
+    "leases",
+    "memory",
+)  # memory last: it takes what time is left
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

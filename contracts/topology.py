@@ -49,6 +49,18 @@ KV_RATES = "evalbus_rates"
 # Model endpoints' circuit breakers as the replicas of a service share them, one key per service
 # and endpoint (services/runtime/models/shared_breaker.py).
 KV_BREAKERS = "evalbus_breakers"
+# Model calls in flight, capped across every replica of every service: one key per slot of an
+# endpoint's cap and of a batch's cap on it, held by a lease its holder renews while the call
+# runs. The bucket's max age is the lease TTL: a crashed holder's slots come back within it
+# (services/runtime/models/leases.py). Shorter than the model-calling consumers' ack wait (15 s),
+# so a crashed replica's slots are free again before its prompts are redelivered.
+KV_LEASES = "evalbus_leases"
+LEASE_TTL_S = 5.0
+# Core NATS notices (not stored) about the slots of `<key>`: `<prefix>.freed.<key>` (payload the
+# slot number) when one is given back, so waiters of other processes try it at once instead of
+# polling; `<prefix>.wanted.<key>` (payload the waiter) when a process waits, so the others give
+# back the leases they keep idle and take turns with those in use.
+LEASE_NOTICE_PREFIX = "evalbus.v1.leases"
 # Suites too large to travel inline in a start event: the CLI uploads them, the generator reads
 # them once and deletes them when the start is settled. The max age (the events stream's) only
 # cleans up what was never settled: an upload whose start never came, a delete that failed.

@@ -23,6 +23,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
@@ -35,8 +36,10 @@ from contracts.topology import (
     CONSUMERS,
     KV_BREAKERS,
     KV_CANCELS,
+    KV_LEASES,
     KV_RATES,
     KV_STARTS,
+    LEASE_TTL_S,
     OBJ_SUITES,
     OBJ_SUITES_MAX_AGE_S,
     STREAMS,
@@ -73,6 +76,28 @@ def stream_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
         max_age=spec.max_age_s,
         duplicate_window=spec.duplicate_window_s,
         max_msgs_per_subject=spec.max_msgs_per_subject,
+    )
+
+
+def lease_bucket_config(replicas: int = 1) -> StreamConfig:
+    """The leases bucket as nats-py's `create_key_value` makes a bucket, except that deleting a
+    message is allowed: a lease is released by deleting its own revision, which leaves no
+    tombstone (the next claim is one create) and cannot remove a lease someone else took after
+    it expired. In memory: leases are worth nothing after a server restart. Replicated like the
+    other buckets in a cluster, so model calls do not wait for a lost node that held it."""
+    return StreamConfig(
+        name=f"KV_{KV_LEASES}",
+        subjects=[f"$KV.{KV_LEASES}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.MEMORY,
+        max_age=LEASE_TTL_S,
+        max_msgs_per_subject=1,
+        duplicate_window=LEASE_TTL_S,
+        discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=True,
+        allow_direct=True,
+        deny_delete=False,
+        num_replicas=replicas,
     )
 
 
@@ -152,6 +177,11 @@ async def apply_topology(
                 await _raise_replicas(js, f"KV_{bucket}", n)
             except BucketNotFoundError:
                 await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30 * 86_400, replicas=n))
+        try:
+            await js.key_value(KV_LEASES)
+            await _raise_replicas(js, f"KV_{KV_LEASES}", n)
+        except BucketNotFoundError:
+            await js.add_stream(lease_bucket_config(n))
         try:
             await js.object_store(OBJ_SUITES)
             await _raise_replicas(js, f"OBJ_{OBJ_SUITES}", n)

@@ -9,6 +9,7 @@ from typing import Any
 from bench.scenarios.building_blocks import blocks
 from bench.scenarios.common import RunBudget
 from bench.scenarios.latency import latency
+from bench.scenarios.leases import leases
 from bench.scenarios.memory import memory
 from bench.scenarios.overhead import overhead
 from bench.scenarios.profiling import profile
@@ -20,5 +21,6 @@ SCENARIOS: dict[str, Callable[[RunBudget], dict[str, Any]]] = {
     "profile": profile,
     "latency": latency,
     "scaleout": scaleout,
+    "leases": leases,
     "memory": memory,
 }

@@ -11,7 +11,9 @@ def scaleout(budget: RunBudget) -> dict[str, Any]:
     n, latency_ms, per_replica, concurrency = budget.n(480), 300, 8, 256
     base = StackSpec(
         fake_model={"latency_ms": str(latency_ms)},
-        service_env={"chat_runner": {"EVALBUS_ENDPOINT_CONCURRENCY": str(per_replica)}},
+        # Calls per replica capped by the messages it works on at once: the endpoint's concurrency is
+        # one cap for all replicas together (services/runtime/models/leases.py), so it cannot be the knob.
+        service_env={"chat_runner": {"EVALBUS_WORKER_SLOTS": str(per_replica)}},
     )
     two = StackSpec(fake_model=base.fake_model, service_env=base.service_env, replicas={"chat_runner": 2})
     config = batch_config(concurrency=concurrency)
@@ -27,7 +29,7 @@ def scaleout(budget: RunBudget) -> dict[str, Any]:
     return {
         "title": "4. Scale-out: 1 vs 2 chat-runner replicas when the model call is the bottleneck",
         "setup": (
-            f"N = {n:,}; model and judge {latency_ms} ms; chat-runner EVALBUS_ENDPOINT_CONCURRENCY={per_replica} "
+            f"N = {n:,}; model and judge {latency_ms} ms; chat-runner EVALBUS_WORKER_SLOTS={per_replica} "
             f"per replica (bound {bound:.0f} prompts/s per replica); judge at its default 64; batch concurrency "
             f"{concurrency}; {budget.repeats} runs each, interleaved"
         ),
@@ -52,8 +54,8 @@ def scaleout(budget: RunBudget) -> dict[str, Any]:
             f"Model latency {latency_ms} ms (not 100 ms) with {per_replica} calls per replica: at the measured CPU "
             f"cost per prompt (~15 ms), 2 x 80 prompts/s would make the 2 cores, not the model calls, the limit; "
             f"here 2 replicas need ~{2 * bound:.0f} prompts/s.",
-            "Each replica prefetches up to EVALBUS_WORKER_SLOTS (default 128) messages whatever its endpoint "
-            "concurrency, so N must be well above 2 x 128 for the second replica to get its share.",
+            f"Each replica prefetches up to EVALBUS_WORKER_SLOTS ({per_replica} here) messages, which also caps its "
+            "calls in flight; the endpoint's concurrency (64) is shared by both replicas.",
             *run_notes([*one_runs, *two_runs]),
         ],
         "runs": {"one": [r.as_dict() for r in one_runs], "two": [r.as_dict() for r in two_runs]},

@@ -105,6 +105,11 @@ class State:
     planner: FaultPlanner
     log: RequestLog | None
     stats: dict[str, Counter[str]] = field(default_factory=lambda: {k: Counter() for k in (*KINDS, "invalid")})
+    # Requests being answered now, and the most at once since start: what a concurrency cap
+    # across replicas is checked against.
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
     # Completions answered (HTTP 200, not given up on by the client) and their usage: what a
     # provider would bill, for tests of the call ledger.
     served: dict[str, Counter[str]] = field(default_factory=lambda: {k: Counter() for k in KINDS})
@@ -174,6 +179,15 @@ def _answer(state: State, req: ChatRequest, judge_request: bool, outcome: FaultO
 
 async def chat_completions(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.in_flight += 1
+    state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+    try:
+        return await _chat_completion(request, state)
+    finally:
+        state.in_flight -= 1
+
+
+async def _chat_completion(request: web.Request, state: State) -> web.Response:
     settings = state.settings
     started = time.perf_counter()
     if settings.api_key is not None and request.headers.get("Authorization") != f"Bearer {settings.api_key}":
@@ -256,6 +270,8 @@ async def stats(request: web.Request) -> web.Response:
             "invalid": counts["invalid"]["400"],
             "unauthorized": counts["invalid"]["401"],
             "total": sum(sum(c.values()) for c in counts.values()),
+            "in_flight": request.app[STATE].in_flight,
+            "peak_in_flight": request.app[STATE].peak_in_flight,
             # per kind, and in all: responses answered and their usage (what a provider bills)
             "served": {
                 **served,

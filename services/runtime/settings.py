@@ -79,7 +79,9 @@ class Settings(BaseSettings):
         description="let batches name any other http(s) URL, called without any key (for trusted networks only)",
     )
 
-    endpoint_concurrency: int = Field(default=64, ge=1, description="in-flight model calls per endpoint and process")
+    endpoint_concurrency: int = Field(
+        default=64, ge=1, description="in-flight model calls per endpoint URL, across every replica of every service"
+    )
     worker_slots: int = Field(default=128, ge=1, description="messages a model-calling service works on at once")
     retry_base_s: float = Field(default=5.0, ge=0, description="first retry delay (full jitter, doubling)")
     retry_max_s: float = Field(default=60.0, ge=0, description="longest single retry delay")

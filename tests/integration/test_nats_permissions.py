@@ -33,7 +33,9 @@ from contracts.topology import (
     GENERATOR_START,
     JUDGE_RESPONDED,
     KV_CANCELS,
+    KV_LEASES,
     KV_STARTS,
+    LEASE_TTL_S,
     RECORDER_DEAD_LETTERS,
     RECORDER_EVENTS,
     SCORER_JUDGED,
@@ -47,6 +49,7 @@ from infra.nats_topology import apply_topology
 from services.recorder.api import start_api
 from services.runtime.messaging.cancels import CancelledBatches
 from services.runtime.messaging.health import Health
+from services.runtime.models.leases import KvSlotStore, SharedLeases, batch_key
 
 pytestmark = pytest.mark.integration
 
@@ -360,6 +363,27 @@ async def test_model_calling_services_watch_the_cancels_bucket(connect: Connect,
     svc = await connect(service)
     await watch_cancels_until(svc, {batch})
     assert svc.errors == []
+
+
+async def test_model_calling_services_share_leases_and_their_notices(connect: Connect) -> None:
+    # The judge keeps its lease idle; chat-runner's wanted notice makes it give it back, and the
+    # freed notice wakes chat-runner (neither would be in time otherwise).
+    judge, runner = await connect("judge"), await connect("chat-runner")
+
+    def leases(svc: Conn, **reuse: float) -> SharedLeases:
+        store = KvSlotStore(lambda: svc.js, KV_LEASES, nc=lambda: svc.nc)
+        return SharedLeases(store, ttl_s=LEASE_TTL_S, holder="test", **reuse)
+
+    keeper, waiter = leases(judge, reuse_idle_s=30), leases(runner, watched_poll_s=30)
+    key = batch_key("http://permissions.example/v1", new_batch_id())
+    async with keeper.hold(key, 1):
+        pass
+    async with asyncio.timeout(5):
+        async with waiter.hold(key, 1):
+            pass
+    await keeper.aclose()
+    await waiter.aclose()
+    assert judge.errors == [] and runner.errors == []
 
 
 async def test_cancel_watcher_answers_flow_control(connect: Connect) -> None:

@@ -1,7 +1,8 @@
 """One client for OpenAI-compatible chat completions, shared by chat-runner and judge.
 
 It owns what every model call needs: pooled keep-alive connections per endpoint, a
-concurrency limit per endpoint and per batch, a per-attempt timeout, and retries with
+concurrency limit per endpoint and per batch (held across replicas by services/runtime/models/leases.py
+when the client is given shared leases), a per-attempt timeout, and retries with
 exponential backoff and full jitter that honour `Retry-After` on 429. A call goes to the URL of
 the endpoint its options name, with that endpoint's key only (services/runtime/models/endpoints.py
 decides which endpoint a batch may use); redirects are not followed, so the key goes nowhere else.
@@ -25,6 +26,7 @@ from contracts.enums import FailureCategory
 from services.runtime.models.breaker import ProviderBreaker, Sharing, StateChange
 from services.runtime.models.endpoints import Endpoint
 from services.runtime.models.http_pool import HttpEndpoint, open_endpoint
+from services.runtime.models.leases import Leases, LocalLeases, batch_key, endpoint_key
 from services.runtime.models.rate_budget import RateBudget
 from services.runtime.models.retry_log import before_retry, retries_ended
 from services.runtime.models.tokens import count_chat_tokens, count_tokens
@@ -183,10 +185,9 @@ def parse_completion(payload: bytes, prompt_texts: list[str]) -> tuple[str, str 
 
 @dataclass
 class _Endpoint:
-    """Everything per base URL: its connections, call limit, breaker and rate budget."""
+    """Everything per base URL: its connections, breaker and rate budget."""
 
     http: HttpEndpoint
-    slots: asyncio.Semaphore
     breaker: ProviderBreaker
     budget: RateBudget | None
 
@@ -205,6 +206,7 @@ class ChatClient:
         on_breaker_change: StateChange | None = None,
         rate_budget: Callable[[Endpoint], RateBudget | None] = lambda _: None,
         breaker_sharing: Sharing | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.breaker_sharing = breaker_sharing  # the replicas' shared breaker state, if any
         self._endpoint_concurrency = endpoint_concurrency
@@ -217,7 +219,8 @@ class ChatClient:
         self._tuned_breakers: dict[tuple[str, int, float], ProviderBreaker] = {}
         self._rate_budget_for = rate_budget
         self._endpoints: dict[str, _Endpoint] = {}
-        self._batch_slots: dict[tuple[str, str], tuple[int, asyncio.Semaphore]] = {}
+        # The caps on calls in flight; per process unless shared leases are given.
+        self.leases: Leases = leases or LocalLeases()
         self._policies: dict[tuple[int, float | None], tuple[stop_base, Callable[[RetryCallState], float]]] = {}
 
     def _new_breaker(
@@ -255,7 +258,6 @@ class ChatClient:
             endpoint = _Endpoint(
                 # As many keep-alive connections as calls may be in flight, so none is opened per call.
                 http=open_endpoint(base_url, self._endpoint_concurrency),
-                slots=asyncio.Semaphore(self._endpoint_concurrency),
                 breaker=breaker,
                 budget=self._rate_budget_for(target),
             )
@@ -264,23 +266,15 @@ class ChatClient:
         return endpoint
 
     @asynccontextmanager
-    async def _slot(self, endpoint: _Endpoint, base_url: str, batch_id: str, batch_limit: int) -> AsyncIterator[None]:
-        key = (base_url, batch_id)
-        entry = self._batch_slots.get(key)
-        if entry is None or entry[0] != batch_limit:
-            entry = (batch_limit, asyncio.Semaphore(batch_limit))
-            self._batch_slots[key] = entry
-        sem = entry[1]
-        try:
-            async with sem, endpoint.slots:
-                yield
-        finally:
-            # A batch nobody holds or waits for gives its semaphore back, so a long-running
-            # service does not keep one per batch it ever saw. (No await between the check and
-            # the delete, so no other call can slip in.)
-            idle = sem._value == batch_limit and not sem._waiters
-            if self._batch_slots.get(key) is entry and idle:
-                del self._batch_slots[key]
+    async def _slot(self, base_url: str, batch_id: str, batch_limit: int) -> AsyncIterator[None]:
+        # The batch's slot first, then the endpoint's, in every process: a call waiting for its
+        # batch's turn holds none of the endpoint's slots, and one order everywhere means no two
+        # calls ever wait for each other's slots.
+        async with (
+            self.leases.hold(batch_key(base_url, batch_id), batch_limit),
+            self.leases.hold(endpoint_key(base_url), self._endpoint_concurrency),
+        ):
+            yield
 
     def _policy(self, max_retries: int, base_s: float | None) -> tuple[stop_base, Callable[[RetryCallState], float]]:
         """Stop and wait strategies (stateless, so built once per setting rather than per call)."""
@@ -356,7 +350,7 @@ class ChatClient:
             nonlocal started
             if budget is not None:  # waited for before taking a slot, so waiting holds nothing
                 await budget.acquire(token_estimate)
-            async with self._slot(endpoint, base_url, batch_id, batch_limit):
+            async with self._slot(base_url, batch_id, batch_limit):
                 started = time.perf_counter()
                 try:
                     # One deadline for sending, the status and the whole body.
@@ -433,3 +427,4 @@ class ChatClient:
         self._endpoints.clear()
         for endpoint in endpoints:
             await endpoint.http.session.close()
+        await self.leases.aclose()

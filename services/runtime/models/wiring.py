@@ -9,13 +9,14 @@ from nats.js.kv import KeyValue
 
 from contracts import subjects
 from contracts.ops import BreakerStateChanged
-from contracts.topology import KV_BREAKERS, KV_RATES
+from contracts.topology import KV_BREAKERS, KV_LEASES, KV_RATES, LEASE_TTL_S
 from services.runtime.messaging.cancels import CancelledBatches
 from services.runtime.messaging.connection import jetstream
 from services.runtime.messaging.publishing import encode
 from services.runtime.messaging.service import Service
 from services.runtime.models.client import ChatClient
 from services.runtime.models.endpoints import Endpoint, Endpoints
+from services.runtime.models.leases import KvSlotStore, SharedLeases, holder_id
 from services.runtime.models.rate_budget import Limit, RateBudget
 from services.runtime.models.shared_breaker import KvBreakerStore, SharedBreakers
 from services.runtime.settings import Settings
@@ -55,6 +56,12 @@ def chat_client(settings: Settings, broker: NatsBroker, service: str) -> ChatCli
         on_breaker_change=changed,
         rate_budget=budget_for,
         breaker_sharing=SharedBreakers(KvBreakerStore(breakers_kv), service),
+        # Concurrency caps shared by every replica of every service calling an endpoint.
+        leases=SharedLeases(
+            KvSlotStore(lambda: jetstream(broker), KV_LEASES, nc=lambda: broker.config.connection_state.connection),
+            ttl_s=LEASE_TTL_S,
+            holder=holder_id(service),
+        ),
     )
 
 

@@ -95,6 +95,19 @@ async def test_health_models_and_stats() -> None:
 
 
 @pytest.mark.asyncio
+async def test_stats_count_requests_in_flight_and_the_peak() -> None:
+    async with serving(latency_ms=200) as client:
+        calls = [client.post("/v1/chat/completions", json=chat_body(f"Where is order {i}?")) for i in range(5)]
+        answering = asyncio.gather(*calls)
+        await asyncio.sleep(0.1)
+        during = (await client.get("/stats")).json()
+        await answering
+        after = (await client.get("/stats")).json()
+    assert during["in_flight"] == 5
+    assert (after["in_flight"], after["peak_in_flight"]) == (0, 5)
+
+
+@pytest.mark.asyncio
 async def test_chat_completion_has_the_openai_shape_and_real_token_counts() -> None:
     body = chat_body("My PulseBuds Pro won't pair with my phone", temperature=0.2)
     async with serving() as client:

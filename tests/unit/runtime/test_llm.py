@@ -18,6 +18,7 @@ from contracts.inputs import BatchConfig, ChatMessage
 from services.chat_runner.logic import run_prompt
 from services.runtime.models.client import CallOptions, ChatClient, Completion, ModelCallError, parse_retry_after
 from services.runtime.models.endpoints import Endpoint, Endpoints
+from services.runtime.models.leases import LocalLeases
 from services.runtime.settings import EndpointSetting, Settings
 from tests.scripted_model import Reply, ScriptedModel, ok, ok_body, scripted_server
 
@@ -266,7 +267,7 @@ async def test_per_batch_limits_hold_and_are_freed_when_a_batch_goes_idle(model:
     await asyncio.gather(*(call(client, model.opts()) for _ in range(10)))  # call() uses batch_limit=2
     await client.aclose()
     assert model.peak == 2
-    assert client._batch_slots == {}
+    assert isinstance(client.leases, LocalLeases) and len(client.leases.gates) == 0
 
 
 def authorizations(server: ScriptedModel) -> list[str | None]:
