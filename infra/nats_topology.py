@@ -83,13 +83,15 @@ def lease_bucket_config(replicas: int = 1) -> StreamConfig:
     """The leases bucket as nats-py's `create_key_value` makes a bucket, except that deleting a
     message is allowed: a lease is released by deleting its own revision, which leaves no
     tombstone (the next claim is one create) and cannot remove a lease someone else took after
-    it expired. In memory: leases are worth nothing after a server restart. Replicated like the
-    other buckets in a cluster, so model calls do not wait for a lost node that held it."""
+    it expired. On file, not in memory: a single server forgets a memory stream itself when it
+    restarts, and with no bucket every model call would wait for good (leases are seldom written:
+    a process reuses its own). Replicated like the other buckets in a cluster, so model calls do
+    not wait for a lost node that held it."""
     return StreamConfig(
         name=f"KV_{KV_LEASES}",
         subjects=[f"$KV.{KV_LEASES}.>"],
         retention=RetentionPolicy.LIMITS,
-        storage=StorageType.MEMORY,
+        storage=StorageType.FILE,
         max_age=LEASE_TTL_S,
         max_msgs_per_subject=1,
         duplicate_window=LEASE_TTL_S,
@@ -145,6 +147,21 @@ async def _raise_replicas(js: JetStreamContext, stream: str, replicas: int) -> N
         await js.update_stream(cfg)
 
 
+async def _ensure_lease_bucket(js: JetStreamContext, replicas: int) -> None:
+    """The leases bucket on file with at least `replicas`; one made in memory by an earlier version
+    is made again (its leases expire within seconds anyway)."""
+    try:
+        cfg = (await js.stream_info(f"KV_{KV_LEASES}")).config
+    except NotFoundError:
+        await js.add_stream(lease_bucket_config(replicas))
+        return
+    if cfg.storage != StorageType.FILE:
+        await js.delete_stream(f"KV_{KV_LEASES}")
+        await js.add_stream(lease_bucket_config(max(replicas, cfg.num_replicas or 1)))
+    else:
+        await _raise_replicas(js, f"KV_{KV_LEASES}", replicas)
+
+
 async def apply_topology(
     nats_url: str,
     *,
@@ -177,11 +194,7 @@ async def apply_topology(
                 await _raise_replicas(js, f"KV_{bucket}", n)
             except BucketNotFoundError:
                 await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=30 * 86_400, replicas=n))
-        try:
-            await js.key_value(KV_LEASES)
-            await _raise_replicas(js, f"KV_{KV_LEASES}", n)
-        except BucketNotFoundError:
-            await js.add_stream(lease_bucket_config(n))
+        await _ensure_lease_bucket(js, n)
         try:
             await js.object_store(OBJ_SUITES)
             await _raise_replicas(js, f"OBJ_{OBJ_SUITES}", n)
