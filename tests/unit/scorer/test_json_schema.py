@@ -201,8 +201,8 @@ def test_unique_items_is_linear_in_the_answer() -> None:
             times.append(time.perf_counter() - started)
         return min(times)
 
-    # 8x the items: ~8x the time when linear, 64x when pairwise; relative, so a loaded machine passes.
-    assert fastest(16_000) < 24 * fastest(2_000)
+    # 8x the items: 8-40x the time when linear (caches, a loaded machine), 64x when pairwise.
+    assert fastest(16_000) < 48 * fastest(2_000)
 
 
 def test_patterns_outside_a_validation_use_the_stdlib_unchanged() -> None:
