@@ -6,6 +6,7 @@ database pauses. Invariants are checked from PostgreSQL, the stream and the fake
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -57,7 +58,8 @@ def pause_postgres(stack: Stack, sig: int) -> None:
     assert stack.postgres and stack.postgres.proc
     root = psutil.Process(stack.postgres.proc.pid)
     for proc in [root, *root.children(recursive=True)]:
-        proc.send_signal(sig)
+        with contextlib.suppress(psutil.NoSuchProcess):  # a backend that ended meanwhile (its connection cut)
+            proc.send_signal(sig)
 
 
 async def query(db: str, sql: str, **params: object) -> list[tuple[object, ...]]:
@@ -395,7 +397,8 @@ def cut_database_connections(stack: Stack) -> None:
         except psutil.Error:
             continue
         if title.startswith("postgres: ") and " evalbus " in f"{title} ":
-            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGTERM)
 
 
 async def recorder_redeliveries_after(
