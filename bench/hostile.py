@@ -40,6 +40,7 @@ from contracts.ops import DeadLetter
 from contracts.services import NAMES as SERVICE_NAMES
 from evalbus import client, stack
 from evalbus.cli.common import connect
+from infra import credentials
 from services.runtime.settings import get_settings
 
 REJECTED, DEAD, NO_EFFECT, WRONG = "rejected", "dead-lettered", "no effect", "WRONG"
@@ -157,8 +158,10 @@ class Tally:
 
 
 class Probe:
-    def __init__(self, nc: Client, seen: Seen, tally: Tally, wait_s: float) -> None:
+    def __init__(self, nc: Client, seen: Seen, tally: Tally, wait_s: float, operator: Client | None = None) -> None:
         self.nc, self.js, self.seen, self.tally, self.wait_s = nc, nc.jetstream(), seen, tally, wait_s
+        # Resume re-drives work: an operator's command (the locked-down config refuses it to `client`).
+        self.operator = operator or nc
 
     async def publish(self, subject: str, data: bytes, msg_id: str | None = None) -> int | None:
         """The stream sequence it was stored at; None if the broker refused it (permissions)."""
@@ -259,8 +262,9 @@ class Probe:
     # --- queries -------------------------------------------------------------------------------
 
     async def query(self, category: str, endpoint: str, body: bytes, expect: tuple[str, ...] = ("400", "404")) -> None:
+        nc = self.operator if endpoint == "batch.resume" else self.nc
         try:
-            reply = await self.nc.request(subjects.api(endpoint), body, timeout=15)
+            reply = await nc.request(subjects.api(endpoint), body, timeout=15)
         except Exception as exc:
             self.tally.add(category, WRONG, f"{endpoint}: no reply ({type(exc).__name__})")
             return
@@ -271,6 +275,17 @@ class Probe:
             self.tally.add(category, REJECTED)
         else:
             self.tally.add(category, WRONG, f"{endpoint}: {code or 'success'} ({size} bytes) {error[:100]!r}")
+
+    async def resume_as_client(self, category: str, batch_id: str) -> None:
+        """A `client` user's resume must not reach the recorder (no reply: refused by permissions)."""
+        if self.operator is self.nc:
+            return  # an open stack: nothing to refuse
+        try:
+            await self.nc.request(subjects.api("batch.resume"), orjson.dumps({"batch_id": batch_id}), timeout=5)
+        except Exception:
+            self.tally.add(category, REJECTED)
+            return
+        self.tally.add(category, WRONG, "a client user's resume was answered")
 
     async def terminal(self, batch_id: str, timeout_s: float) -> dict[str, Any] | None:
         """The recorder's status once it is not running (None: unknown or still running)."""
@@ -542,6 +557,7 @@ async def hostile_queries(p: Probe, known: str) -> None:
         await p.query("query: huge ints", "batch.samples", _json(body))
     await p.query("query: huge ints", "batches.history", _json({"limit": 10**30}))
     await p.query("query: unknown batch resume", "batch.resume", b'{"batch_id": "b-hz-no-such-batch"}', expect=("404",))
+    await p.resume_as_client("query: resume as client", known)
     await p.query("query: garbage body", "batch.status", b"\x00\xff")
     await p.query("query: garbage body", "batch.samples", b"[" * 5000 + b"]" * 5000)
 
@@ -579,7 +595,11 @@ async def run(wait_s: float) -> int:
     await nc.subscribe(subjects.any_batch("batch", "*"), cb=seen.on_lifecycle)
     await nc.subscribe(subjects.dlq("*"), cb=seen.on_dead_letter)
     await nc.flush()
-    p = Probe(nc, seen, tally, wait_s)
+    operator: Client | None = None  # with EVALBUS_NATS_URL, every query goes as the one user given
+    if not get_settings().nats_url:
+        with contextlib.suppress(typer.Exit):  # a stack without the operator role: resume goes as the client
+            operator = await connect(credentials.OPERATOR_ROLE)
+    p = Probe(nc, seen, tally, wait_s, operator)
     sick = await health(nc)
     if sick:
         print("not healthy before the run: " + "; ".join(sick), file=sys.stderr)
@@ -600,6 +620,8 @@ async def run(wait_s: float) -> int:
     for note in tally.notes:
         print(f"WRONG  {note}")
     await nc.drain()
+    if operator is not None:
+        await operator.drain()
     return 0 if tally.wrong == 0 and not sick and not why else 1
 
 
